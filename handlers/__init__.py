@@ -1,0 +1,1 @@
+"""HTTP: the session-aware base handlers, then one module per API area."""

@@ -1,0 +1,344 @@
+"""Sessions as handlers see them, and the cookie rules that bind a browser to one.
+
+`Session` is the per-request view of a session: reads come from the record loaded at the start,
+writes are recorded as operations. `SessionManager` owns everything about the cookie (signing
+with rotation, strict verification, attributes), the timeouts, and loading and saving through
+whichever store it was given.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
+
+from settings import Settings, key_version
+from stores.base import Operation, Record, SessionStore, apply_operations, new_record
+
+log = logging.getLogger("sessions")
+
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+_ID_BYTES = 32  # 256 bits
+
+
+def new_session_id() -> str:
+    """A fresh 256-bit URL-safe session id."""
+    return secrets.token_urlsafe(_ID_BYTES)
+
+
+class Session:
+    """One browser session for the length of a request.
+
+    Reading: ``session["k"]``, ``session.get("k")``, ``"k" in session``.
+    Writing: ``session["k"] = v``, ``del session["k"]``, ``session.increment("k")``; each is
+    recorded as an operation and applied to the newest stored record when the request saves,
+    so concurrent requests do not overwrite each other.
+    ``regenerate()`` moves the data to a new id; ``destroy()`` ends the session.
+    """
+
+    def __init__(
+        self,
+        session_id: str | None,
+        record: Record | None,
+        *,
+        resign: bool = False,
+        touch_due: bool = False,
+        stale_cookie: bool = False,
+    ) -> None:
+        # The id the browser will hold after this response; None until one is needed.
+        self.id = session_id
+        # The id whose record is in the store, or None for a session not stored yet.
+        self.stored_id = session_id if record is not None else None
+        self.created_at: float | None = record["created_at"] if record else None
+        self._data: dict[str, Any] = dict(record["data"]) if record else {}
+        self.operations: list[Operation] = []
+        self.retired_ids: list[str] = []
+        self.resign = resign
+        self.touch_due = touch_due
+        # The request carried a session cookie that was not adopted: clear it unless replaced.
+        self.stale_cookie = stale_cookie
+
+    # Reading -------------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default``."""
+        return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """A read-only view of the session's data as this request sees it."""
+        return dict(self._data)
+
+    @property
+    def is_new(self) -> bool:
+        """True while nothing of this session is in the store."""
+        return self.stored_id is None
+
+    @property
+    def modified(self) -> bool:
+        """True if saving would write, delete or create anything."""
+        return bool(self.operations or self.retired_ids)
+
+    # Writing -------------------------------------------------------------------------------
+
+    def _record(self, op: Operation) -> None:
+        self.operations.append(op)
+        self._data = apply_operations({"data": self._data, "created_at": 0, "last_seen": 0}, [op], 0)["data"]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise TypeError("session keys are strings")
+        self._record(Operation("set", key, value))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._data:
+            raise KeyError(key)
+        self._record(Operation("delete", key))
+
+    def increment(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to an integer (missing counts as 0); return this request's view of it.
+
+        Concurrent increments on one session all count; the stored total can be higher than the
+        value returned here until the session is saved.
+        """
+        self._record(Operation("incr", key, amount))
+        value: int = self._data[key]
+        return value
+
+    def regenerate(self) -> None:
+        """Give the session a new id, keeping its data; the old id stops working on save.
+
+        Call it whenever privilege changes (login), so an id an attacker planted or saw before
+        is worthless afterwards.
+        """
+        if self.stored_id is not None:
+            self.retired_ids.append(self.stored_id)
+        # The kept data becomes the new record's starting point.
+        self.operations = [Operation("set", k, v) for k, v in self._data.items()]
+        self.stored_id = None
+        self.created_at = None
+        self.id = new_session_id()
+
+    def destroy(self) -> None:
+        """End the session: its record is deleted and the browser's cookie cleared on save.
+
+        Anything written afterwards starts a new anonymous session.
+        """
+        if self.stored_id is not None:
+            self.retired_ids.append(self.stored_id)
+        self.stale_cookie = self.stale_cookie or self.id is not None
+        self.stored_id = None
+        self.created_at = None
+        self.id = None
+        self._data = {}
+        self.operations = []
+
+    def discard(self) -> None:
+        """Drop unsaved changes (used when the request fails)."""
+        self.operations = []
+        self.retired_ids = []
+        self.touch_due = False
+
+
+@dataclass(frozen=True)
+class CookieChange:
+    """What the response must do to the session cookie: set ``value`` or, if None, clear it."""
+
+    value: str | None
+
+
+class SessionManager:
+    """Signs and verifies session cookies, enforces timeouts, and loads and saves sessions."""
+
+    def __init__(self, settings: Settings, store: SessionStore, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.cookie_name = settings.cookie_name
+        self._secrets = {key_version(s): s for s in settings.session_secrets}
+        self._signing_version = key_version(settings.session_secrets[0])
+        self._xsrf_keys = [
+            hmac.new(s.encode("utf-8"), b"xsrf-token", hashlib.sha256).digest() for s in settings.session_secrets
+        ]
+        self._log_key = hmac.new(settings.session_secrets[-1].encode("utf-8"), b"log-id", hashlib.sha256).digest()
+        self._max_age_days = settings.absolute_timeout / 86400
+
+    # Cookie values ---------------------------------------------------------------------------
+
+    def log_id(self, session_id: str | None) -> str:
+        """A short keyed hash of a session id for log lines; the id itself is never logged."""
+        if not session_id:
+            return "-"
+        return hmac.new(self._log_key, session_id.encode("ascii"), hashlib.sha256).hexdigest()[:12]
+
+    def sign(self, session_id: str) -> str:
+        """The cookie value for ``session_id``, signed (Tornado v2) with the newest secret."""
+        value = create_signed_value(
+            self._secrets, self.cookie_name, session_id, version=2, clock=self.clock, key_version=self._signing_version
+        )
+        return value.decode("ascii")
+
+    def verify(self, cookie: str | None) -> tuple[str | None, bool]:
+        """The session id a cookie value carries and whether it needs re-signing, or (None, False).
+
+        Strict: only a v2 value signed by one of our secrets, within the absolute lifetime,
+        carrying a well-formed id, is accepted.
+        """
+        if not cookie or len(cookie) > self.settings.cookie_max_length or not cookie.isascii():
+            return None, False
+        try:
+            raw = decode_signed_value(
+                self._secrets,
+                self.cookie_name,
+                cookie,
+                max_age_days=self._max_age_days,
+                clock=self.clock,
+                min_version=2,
+            )
+            version = get_signature_key_version(cookie)
+        except Exception:  # malformed fields can surface as any parsing error
+            return None, False
+        if raw is None:
+            return None, False
+        try:
+            session_id = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None, False
+        if not SESSION_ID_PATTERN.fullmatch(session_id):
+            return None, False
+        return session_id, version != self._signing_version
+
+    # XSRF tokens -----------------------------------------------------------------------------
+
+    def _xsrf_mac(self, key: bytes, nonce: str, session_id: str | None) -> str:
+        mac = hmac.new(key, f"{nonce}|{session_id or ''}".encode("ascii"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+    def xsrf_token(self, session_id: str | None) -> str:
+        """A new XSRF token bound to ``session_id`` (or to "no session")."""
+        nonce = secrets.token_urlsafe(18)
+        return f"{nonce}.{self._xsrf_mac(self._xsrf_keys[0], nonce, session_id)}"
+
+    def xsrf_valid(self, token: str | None, session_id: str | None) -> bool:
+        """Whether ``token`` was issued by us for ``session_id``."""
+        if not token or len(token) > 128 or not token.isascii():
+            return False
+        nonce, _, mac = token.partition(".")
+        if not nonce or not mac:
+            return False
+        return any(hmac.compare_digest(mac, self._xsrf_mac(key, nonce, session_id)) for key in self._xsrf_keys)
+
+    # Loading and saving ------------------------------------------------------------------------
+
+    def _expired(self, record: Record, now: float) -> str | None:
+        if now - record["created_at"] >= self.settings.absolute_timeout:
+            return "absolute timeout"
+        if now - record["last_seen"] >= self.settings.idle_timeout:
+            return "idle timeout"
+        if record["created_at"] > now + 60:
+            return "created in the future"
+        return None
+
+    def ttl(self, created_at: float, now: float) -> float:
+        """How long the store should keep a record: the sooner of the idle and absolute ends."""
+        left = self.settings.absolute_timeout - (now - created_at)
+        return max(1.0, min(float(self.settings.idle_timeout), left))
+
+    async def load(self, cookie: str | None) -> Session:
+        """The session a request's cookie names, or a new anonymous one. Never adopts an id.
+
+        Raises `StoreUnavailable` when the store cannot answer.
+        """
+        session_id, resign = self.verify(cookie)
+        if session_id is None:
+            if cookie:
+                log.info("session cookie rejected (bad signature, format or age)")
+            return Session(None, None, stale_cookie=bool(cookie))
+        record = await self.store.load(session_id)
+        if record is None:
+            log.warning("session cookie for an unknown session, not adopted (session=%s)", self.log_id(session_id))
+            return Session(None, None, stale_cookie=True)
+        now = self.clock()
+        reason = self._expired(record, now)
+        if reason is not None:
+            await self.store.delete(session_id)
+            log.info("session expired: %s (session=%s)", reason, self.log_id(session_id))
+            return Session(None, None, stale_cookie=True)
+        touch_due = now - record["last_seen"] >= self.settings.touch_interval
+        return Session(session_id, record, resign=resign, touch_due=touch_due)
+
+    async def save(self, session: Session) -> CookieChange | None:
+        """Write what the request changed; return the cookie change the response must carry.
+
+        Every store call completes before this returns, so the response is never sent ahead of
+        the save. Raises `StoreUnavailable` (nothing promised to the client) or
+        `StoreValueError` (data too large or not JSON).
+        """
+        now = self.clock()
+        change: CookieChange | None = None
+        if session.stored_id is None and session.operations:
+            if session.id is None:
+                session.id = new_session_id()
+            record = apply_operations(new_record(now), session.operations, now)
+            await self.store.create(session.id, record, self.ttl(now, now))
+            event = "regenerated" if session.retired_ids else "created"
+            log.info("session %s (session=%s)", event, self.log_id(session.id))
+            self._adopt(session, session.id, record)
+            change = CookieChange(self.sign(session.id))
+        elif session.stored_id is not None and session.operations:
+            assert session.created_at is not None
+            merged = await self.store.update(
+                session.stored_id, session.operations, now, self.ttl(session.created_at, now)
+            )
+            if merged is None:
+                # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
+                # never resurrect it; the changes start a new anonymous session instead.
+                log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+                session.id = new_session_id()
+                session.stored_id = None
+                return await self.save(session)
+            self._adopt(session, session.stored_id, merged)
+        elif session.stored_id is not None and session.touch_due:
+            assert session.created_at is not None
+            await self.store.touch(session.stored_id, now, self.ttl(session.created_at, now))
+            session.touch_due = False
+        for old_id in session.retired_ids:
+            await self.store.delete(old_id)
+            if session.id is None:
+                log.info("session destroyed (session=%s)", self.log_id(old_id))
+        session.retired_ids = []
+        if change is None and session.id is not None and session.stored_id == session.id and session.resign:
+            change = CookieChange(self.sign(session.id))
+        elif change is None and session.id is None and session.stale_cookie:
+            change = CookieChange(None)
+        session.resign = False
+        session.stale_cookie = False
+        return change
+
+    @staticmethod
+    def _adopt(session: Session, session_id: str, record: Record) -> None:
+        session.stored_id = session_id
+        session.created_at = record["created_at"]
+        session._data = dict(record["data"])
+        session.operations = []
+        session.touch_due = False

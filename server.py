@@ -1,0 +1,112 @@
+"""Entry point: parse the command line, load settings, build the app, serve, drain on SIGTERM.
+
+    python server.py --env=dev                 serve (dev: http://127.0.0.1:3000)
+    python server.py hash-password < pw.txt    print a password hash for a users file
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from tornado.httpserver import HTTPServer
+
+from handlers.app import SessionApplication
+from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
+from stores import build_store
+from stores.users import DEMO_USERS_FILE, UserDirectory, UsersFileError, hash_password
+
+log = logging.getLogger("server")
+
+# Tornado's own cap, far above ours: the handlers answer 413 with a JSON error themselves
+# (from Content-Length, before reading), and this only bounds what a chunked body may stream.
+TORNADO_MAX_BODY = 16 * 1024 * 1024
+DRAIN_SECONDS = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="Cookie-session server for browser front ends.",
+        epilog="Environment variables: " + ", ".join(ENV_VARIABLES) + " (see README.md, Settings).",
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=("serve", "hash-password"),
+        help="serve (default), or hash-password: read one password line on standard input and "
+        "print its hash for a users file",
+    )
+    parser.add_argument("--env", default="dev", choices=ENVIRONMENTS, help="environment settings to load (default: dev)")
+    parser.add_argument("--host", help="address to listen on (overrides HOST and the environment's default)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides PORT and the environment's default)")
+    return parser
+
+
+def hash_password_command() -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("server.py: hash-password: no password given on standard input", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def load_users(settings: Settings) -> UserDirectory:
+    return UserDirectory.from_file(settings.users_file or DEMO_USERS_FILE)
+
+
+async def serve(settings: Settings, users: UserDirectory) -> None:
+    store = build_store(settings)
+    app = SessionApplication(settings, store, users)
+    server = HTTPServer(app, xheaders=settings.xheaders, max_body_size=TORNADO_MAX_BODY)
+    server.listen(settings.port, settings.host)
+    await store.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving env=%s on http://%s:%d (store: %s)", settings.env, settings.host, settings.port, settings.store)
+    await stop.wait()
+    log.info("stopping: no new connections; draining for up to %.0fs", DRAIN_SECONDS)
+    server.stop()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while app.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await store.close()
+    users.close()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "hash-password":
+        return hash_password_command()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        settings = load_settings(args.env, **overrides)
+        users = load_users(settings)
+    except (SettingsError, UsersFileError) as e:
+        print(f"server.py: refusing to start ({args.env}): {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings, users))
+    except OSError as e:
+        print(f"server.py: cannot listen on {settings.host}:{settings.port}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The settings record and the defaults every environment shares.
+
+Each environment module (``dev``, ``prod``, ``test``) states only where it differs from these
+defaults; ``settings.loader`` applies environment variables and validates the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MINUTE = 60
+HOUR = 60 * MINUTE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads at start-up. Frozen: nothing changes it while it runs."""
+
+    env: str = "dev"
+    host: str = "127.0.0.1"
+    port: int = 3000
+    # Trust X-Real-IP / X-Forwarded-* headers. Only behind a proxy that overwrites them.
+    xheaders: bool = False
+
+    # Signing secrets, newest first: the newest signs, every one verifies.
+    session_secrets: tuple[str, ...] = ()
+    cookie_name: str = "sid"
+    cookie_secure: bool = False
+    cookie_httponly: bool = True
+    cookie_samesite: str = "Lax"
+    cookie_domain: str | None = None
+    # None: a browser-session cookie. A number: Max-Age in seconds.
+    cookie_max_age: int | None = None
+    # Longest cookie value accepted before any decoding is attempted.
+    cookie_max_length: int = 512
+
+    idle_timeout: int = 30 * MINUTE
+    absolute_timeout: int = 12 * HOUR
+    # last_seen is written at most this often per session, so a read-only request is usually
+    # just a read. The idle timeout is enforced to within this granularity (never later).
+    touch_interval: int = 60
+
+    store: str = "memory"
+    memory_max_sessions: int = 100_000
+    # How often the memory store frees expired records, and how many it frees per slice.
+    memory_sweep_interval: float = 5.0
+    memory_sweep_batch: int = 2_000
+
+    memcached_servers: tuple[str, ...] = ()
+
+    # Exact origins (scheme://host[:port]) allowed to call the API with credentials.
+    cors_origins: tuple[str, ...] = ()
+    cors_max_age: int = 600
+
+    xsrf_cookie_name: str = "XSRF-TOKEN"
+    xsrf_header_name: str = "X-XSRF-TOKEN"
+
+    # None: the two demo users shipped in settings/demo_users.json (refused in prod).
+    users_file: str | None = None
+    max_body_size: int = 64 * 1024
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULTS = Settings()

@@ -1,0 +1,209 @@
+"""Loading settings: environment module, then environment variables, then explicit overrides.
+
+Validation collects every problem before refusing, so an operator fixes a configuration in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from settings.base import Settings
+
+log = logging.getLogger("settings")
+
+ENVIRONMENTS = ("dev", "prod", "test")
+MIN_PROD_SECRET_BYTES = 32
+SAMESITE_VALUES = ("Lax", "Strict", "None")
+STORES = ("memory", "memcached")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+# The documented environment variables, the setting each one fills, and how to read it.
+ENV_VARIABLES: dict[str, str] = {
+    "SESSION_SECRETS": "session_secrets",
+    "SESSION_SECRETS_FILE": "session_secrets",
+    "CORS_ORIGINS": "cors_origins",
+    "HOST": "host",
+    "PORT": "port",
+    "USERS_FILE": "users_file",
+    "SESSION_IDLE_TIMEOUT": "idle_timeout",
+    "SESSION_ABSOLUTE_TIMEOUT": "absolute_timeout",
+    "MEMCACHED_SERVERS": "memcached_servers",
+}
+
+
+class SettingsError(Exception):
+    """A configuration the server refuses to start with. ``problems`` names every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _read_secrets_file(path: str, problems: list[str]) -> tuple[str, ...]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            # Secrets are used exactly as written; only the line ending is not part of one.
+            return tuple(line.rstrip("\r\n") for line in f if line.rstrip("\r\n"))
+    except (OSError, UnicodeDecodeError) as e:
+        problems.append(f"SESSION_SECRETS_FILE: cannot read {path!r}: {e.__class__.__name__}")
+        return ()
+
+
+def _int_variable(name: str, value: str, problems: list[str]) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        problems.append(f"{name}: expected a whole number, got {value!r}")
+        return None
+
+
+def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if environ.get("SESSION_SECRETS") and environ.get("SESSION_SECRETS_FILE"):
+        problems.append("SESSION_SECRETS and SESSION_SECRETS_FILE are both set: use one")
+    if environ.get("SESSION_SECRETS"):
+        # Comma-separated; each entry is the HMAC key exactly as written (no trimming).
+        changes["session_secrets"] = tuple(s for s in environ["SESSION_SECRETS"].split(",") if s)
+    elif environ.get("SESSION_SECRETS_FILE"):
+        changes["session_secrets"] = _read_secrets_file(environ["SESSION_SECRETS_FILE"], problems)
+    for name in ("CORS_ORIGINS", "MEMCACHED_SERVERS"):
+        if name in environ:
+            changes[ENV_VARIABLES[name]] = _split_list(environ[name])
+    for name in ("HOST", "USERS_FILE"):
+        if environ.get(name):
+            changes[ENV_VARIABLES[name]] = environ[name]
+    for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT"):
+        if environ.get(name):
+            number = _int_variable(name, environ[name], problems)
+            if number is not None:
+                changes[ENV_VARIABLES[name]] = number
+    return changes
+
+
+def key_version(secret: str) -> int:
+    """A stable key version for a secret, derived from the secret itself.
+
+    Deriving it (rather than numbering by position) keeps every issued cookie verifiable when a
+    secret is prepended or the oldest one is dropped. The value reveals nothing usable: it is an
+    HMAC of a constant under the secret, and an attacker holding a signed cookie could already
+    test guesses against its signature.
+    """
+    digest = hmac.new(secret.encode("utf-8"), b"key-version", hashlib.sha256).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _validate(s: Settings, problems: list[str]) -> None:
+    if not 0 <= s.port <= 65535:
+        problems.append(f"port (PORT): {s.port} is not a TCP port")
+    if s.idle_timeout <= 0:
+        problems.append("idle_timeout (SESSION_IDLE_TIMEOUT): must be positive")
+    if s.absolute_timeout <= 0:
+        problems.append("absolute_timeout (SESSION_ABSOLUTE_TIMEOUT): must be positive")
+    if 0 < s.absolute_timeout < s.idle_timeout:
+        problems.append(
+            "idle_timeout (SESSION_IDLE_TIMEOUT): longer than absolute_timeout "
+            "(SESSION_ABSOLUTE_TIMEOUT), so it would never apply"
+        )
+    if s.touch_interval <= 0:
+        problems.append("touch_interval: must be positive")
+    if s.cookie_samesite not in SAMESITE_VALUES:
+        problems.append(f"cookie_samesite: {s.cookie_samesite!r} is not one of {', '.join(SAMESITE_VALUES)}")
+    if s.cookie_samesite == "None" and not s.cookie_secure:
+        problems.append("cookie_samesite: SameSite=None requires cookie_secure (browsers drop it otherwise)")
+    for name in (s.cookie_name, s.xsrf_cookie_name):
+        if not _COOKIE_NAME.match(name):
+            problems.append(f"cookie name {name!r}: not a valid cookie name")
+    if s.cookie_name.startswith("__Host-") and (not s.cookie_secure or s.cookie_domain):
+        problems.append("cookie_name: the __Host- prefix needs cookie_secure and no cookie_domain")
+    if s.store not in STORES:
+        problems.append(f"store: {s.store!r} is not one of {', '.join(STORES)}")
+    if s.store == "memcached" and not s.memcached_servers:
+        problems.append("memcached_servers (MEMCACHED_SERVERS): the memcached store needs at least one host:port")
+    for server in s.memcached_servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            problems.append(f"memcached_servers (MEMCACHED_SERVERS): {server!r} is not host:port")
+    if s.memory_max_sessions <= 0:
+        problems.append("memory_max_sessions: must be positive")
+    if s.max_body_size <= 0:
+        problems.append("max_body_size: must be positive")
+    for origin in s.cors_origins:
+        if origin in ("*", "null"):
+            problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is never allowed with credentials")
+        elif not _ORIGIN.match(origin):
+            problems.append(
+                f"cors_origins (CORS_ORIGINS): {origin!r} is not an origin (scheme://host[:port], no path)"
+            )
+    if not s.session_secrets:
+        problems.append("session_secrets (SESSION_SECRETS or SESSION_SECRETS_FILE): at least one secret is required")
+    if len(set(s.session_secrets)) != len(s.session_secrets):
+        problems.append("session_secrets (SESSION_SECRETS): the same secret is listed twice")
+    elif len({key_version(x) for x in s.session_secrets}) != len(s.session_secrets):
+        problems.append("session_secrets (SESSION_SECRETS): two secrets share a key version; replace one")
+
+
+def _validate_prod(s: Settings, problems: list[str]) -> None:
+    short = [i for i, x in enumerate(s.session_secrets) if len(x.encode("utf-8")) < MIN_PROD_SECRET_BYTES]
+    if short:
+        positions = ", ".join(str(i + 1) for i in short)
+        problems.append(
+            f"session_secrets (SESSION_SECRETS): secret(s) at position {positions} shorter than "
+            f"{MIN_PROD_SECRET_BYTES} bytes"
+        )
+    if not s.cookie_secure:
+        problems.append("cookie_secure: must be on in prod (the cookie would travel over plain HTTP)")
+    if s.store == "memory":
+        problems.append(
+            "store: the memory store is for development only (lost on restart, not shared between "
+            "processes); use the memcached store (MEMCACHED_SERVERS)"
+        )
+    if not s.users_file:
+        problems.append("users_file (USERS_FILE): prod needs its own users; the demo users are refused")
+
+
+def load_settings(
+    env: str,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build and validate the settings for ``env``.
+
+    Order: the environment module, then documented environment variables from ``environ``
+    (``os.environ`` by default), then ``overrides`` (command-line flags, tests).
+    Raises `SettingsError` naming every problem at once.
+    """
+    if env not in ENVIRONMENTS:
+        raise SettingsError([f"env: {env!r} is not one of {', '.join(ENVIRONMENTS)}"])
+    module = importlib.import_module(f"settings.{env}")
+    base: Settings = module.SETTINGS
+    problems: list[str] = []
+    changes = _from_environ(os.environ if environ is None else environ, problems)
+    changes.update(overrides)
+    try:
+        result = base.replace(**changes)
+    except TypeError as e:
+        raise SettingsError([str(e)]) from None
+    if not result.session_secrets and env in ("dev", "test"):
+        # Convenience for a laptop: a random secret for this process only. Sessions do not
+        # survive a restart; set SESSION_SECRETS to keep them.
+        log.warning("no SESSION_SECRETS set: using a random secret; sessions end when the server stops")
+        result = result.replace(session_secrets=(secrets.token_urlsafe(32),))
+    _validate(result, problems)
+    if env == "prod":
+        _validate_prod(result, problems)
+    if problems:
+        raise SettingsError(problems)
+    return result

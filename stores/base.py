@@ -1,0 +1,137 @@
+"""The store protocol: what every session store provides, and the record and operations it keeps.
+
+A record is a JSON-serialisable dict::
+
+    {"data": {...}, "created_at": <epoch seconds>, "last_seen": <epoch seconds>}
+
+Handlers never write a record whole. They record operations (set, delete, increment) and the store
+applies them to the newest stored version, so concurrent requests on one session lose no update.
+Nothing here knows about HTTP; a store does not know how the session id reached it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+Record: TypeAlias = dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not confirm an operation. Handlers answer 503."""
+
+
+class StoreValueError(Exception):
+    """A value the store refuses to keep (not JSON, or larger than its limit). Handlers answer 413."""
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One change to a session's data: ``set`` a value, ``delete`` a key, ``incr`` a number."""
+
+    kind: Literal["set", "delete", "incr"]
+    key: str
+    value: Any = None
+
+
+def new_record(now: float) -> Record:
+    """An empty record created at ``now``."""
+    return {"data": {}, "created_at": now, "last_seen": now}
+
+
+def apply_operations(record: Record, operations: Sequence[Operation], now: float) -> Record:
+    """Return a copy of ``record`` with ``operations`` applied in order and ``last_seen`` = now.
+
+    An increment of a missing or non-numeric value starts from 0.
+    """
+    data = dict(record["data"])
+    for op in operations:
+        if op.kind == "set":
+            data[op.key] = op.value
+        elif op.kind == "delete":
+            data.pop(op.key, None)
+        else:
+            current = data.get(op.key)
+            if not isinstance(current, int) or isinstance(current, bool):
+                current = 0
+            data[op.key] = current + op.value
+    return {"data": data, "created_at": record["created_at"], "last_seen": now}
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_record(raw: str | bytes) -> Record | None:
+    """Decode a stored record; anything malformed (bad JSON, wrong types) is None, never an error.
+
+    Stores call this on what they read back, so a corrupted or hostile value in the store reads
+    as "no session" instead of reaching a handler.
+    """
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("data"), dict)
+        or not _is_time(record.get("created_at"))
+        or not _is_time(record.get("last_seen"))
+    ):
+        return None
+    return record
+
+
+def dump_record(record: Record, max_size: int | None = None) -> str:
+    """Encode a record as compact JSON; raise `StoreValueError` if it is not JSON or too large."""
+    try:
+        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise StoreValueError(f"session data is not JSON-serialisable: {e}") from None
+    if max_size is not None and len(text.encode("utf-8")) > max_size:
+        raise StoreValueError(f"session record is larger than {max_size} bytes")
+    return text
+
+
+class SessionStore(abc.ABC):
+    """Where session records live. Every method is a coroutine that never blocks the IOLoop.
+
+    Outages raise `StoreUnavailable`; a missing record is not an error (None / False).
+    ``ttl`` is in seconds: the store may forget a record that long after the call.
+    """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Begin background work (sweeping, health checks). Called once the IOLoop runs."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work and release connections."""
+
+    @abc.abstractmethod
+    async def load(self, session_id: str) -> Record | None:
+        """The stored record, or None when there is none (or it expired)."""
+
+    @abc.abstractmethod
+    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+        """Store a record under a new id. Confirmed: returns only once it is stored."""
+
+    @abc.abstractmethod
+    async def update(
+        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float
+    ) -> Record | None:
+        """Apply ``operations`` to the newest stored record and return it; None if it is gone."""
+
+    @abc.abstractmethod
+    async def touch(self, session_id: str, now: float, ttl: float) -> bool:
+        """Set ``last_seen`` to ``now`` and extend the ttl without changing data; False if gone."""
+
+    @abc.abstractmethod
+    async def delete(self, session_id: str) -> None:
+        """Forget a record. Deleting a missing record is not an error."""
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """Whether the store can serve requests now (for the readiness probe)."""

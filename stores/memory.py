@@ -1,0 +1,136 @@
+"""The in-process memory store, for development and tests: bounded, LRU-evicting, self-cleaning.
+
+Records are kept as compact JSON text, the same form the memcached store keeps, so a handler that
+stores something unserialisable fails the same way on a laptop as in production, and nothing a
+handler holds aliases what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from stores.base import (
+    Operation,
+    Record,
+    SessionStore,
+    apply_operations,
+    dump_record,
+    parse_record,
+)
+
+log = logging.getLogger("stores.memory")
+
+
+class MemoryStore(SessionStore):
+    """At most ``max_sessions`` records; the least recently used goes first when full.
+
+    Expired records are freed on read and by a background sweep that walks from the least
+    recently used end and stops at the first live record, in slices of ``sweep_batch`` so that
+    freeing many at once never holds the IOLoop for long. A record with a short ttl behind a
+    live one is freed on its next read, by eviction, or when the sweep reaches it.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float = 5.0,
+        sweep_batch: int = 2_000,
+        max_record_size: int = 64 * 1024,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self.sweep_interval = sweep_interval
+        self.sweep_batch = sweep_batch
+        self.max_record_size = max_record_size
+        # session id -> (record as JSON text, expiry time). Order: least recently used first.
+        self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    async def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("memory store sweep failed")
+
+    async def sweep(self) -> int:
+        """Free expired records from the least recently used end; return how many were freed."""
+        freed = 0
+        while True:
+            now = self.clock()
+            batch = 0
+            while self._records and batch < self.sweep_batch:
+                session_id, (_, expires_at) = next(iter(self._records.items()))
+                if expires_at > now:
+                    return freed
+                del self._records[session_id]
+                batch += 1
+            freed += batch
+            if not self._records:
+                return freed
+            # Let requests run between slices.
+            await asyncio.sleep(0)
+
+    def _live(self, session_id: str) -> str | None:
+        entry = self._records.get(session_id)
+        if entry is None:
+            return None
+        text, expires_at = entry
+        if expires_at <= self.clock():
+            del self._records[session_id]
+            return None
+        self._records.move_to_end(session_id)
+        return text
+
+    def _put(self, session_id: str, record: Record, ttl: float) -> None:
+        text = dump_record(record, self.max_record_size)
+        self._records[session_id] = (text, self.clock() + ttl)
+        self._records.move_to_end(session_id)
+        while len(self._records) > self.max_sessions:
+            self._records.popitem(last=False)
+
+    async def load(self, session_id: str) -> Record | None:
+        text = self._live(session_id)
+        return None if text is None else parse_record(text)
+
+    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+        self._put(session_id, record, ttl)
+
+    async def update(
+        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float
+    ) -> Record | None:
+        # No await between read and write: on one IOLoop this is atomic.
+        text = self._live(session_id)
+        current = None if text is None else parse_record(text)
+        if current is None:
+            return None
+        merged = apply_operations(current, operations, now)
+        self._put(session_id, merged, ttl)
+        return merged
+
+    async def touch(self, session_id: str, now: float, ttl: float) -> bool:
+        return await self.update(session_id, (), now, ttl) is not None
+
+    async def delete(self, session_id: str) -> None:
+        self._records.pop(session_id, None)
+
+    async def ready(self) -> bool:
+        return True

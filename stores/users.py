@@ -1,0 +1,163 @@
+"""The user directory: accounts loaded from a JSON file, and scrypt password hashes.
+
+A users file is a JSON list of ``{"email", "name", "balance", "password_hash"}`` objects.
+Hashes look like ``scrypt$<log2 N>$<r>$<p>$<salt>$<key>`` (salt and key base64url, unpadded),
+so their cost can be raised later without invalidating stored ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# OWASP's scrypt minimum (N=2^14, r=8, p=5): about 16 MiB and a few hundred ms per hash.
+DEFAULT_COST = (14, 8, 5)
+MAX_PASSWORD_LENGTH = 1024
+DEMO_USERS_FILE = Path(__file__).resolve().parent.parent / "settings" / "demo_users.json"
+_KEY_BYTES = 32
+_SALT_BYTES = 16
+
+
+class UsersFileError(Exception):
+    """The users file cannot be read or has a malformed entry; the message says which."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    n = 1 << log_n
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=_KEY_BYTES, maxmem=256 * r * n + (1 << 20)
+    )
+
+
+def hash_password(password: str, cost: tuple[int, int, int] = DEFAULT_COST) -> str:
+    """A new salted scrypt hash of ``password`` in this module's text format."""
+    log_n, r, p = cost
+    salt = os.urandom(_SALT_BYTES)
+    return f"scrypt${log_n}${r}${p}${_b64(salt)}${_b64(_scrypt(password, salt, log_n, r, p))}"
+
+
+def _parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
+    parts = text.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        raise ValueError("not a scrypt$logN$r$p$salt$key hash")
+    log_n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    # Bounds keep a mistyped file from asking for gigabytes per login.
+    if not (10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
+        raise ValueError("scrypt cost out of range")
+    salt, key = _unb64(parts[4]), _unb64(parts[5])
+    if len(salt) < 8 or len(key) != _KEY_BYTES:
+        raise ValueError("salt or key of the wrong length")
+    return log_n, r, p, salt, key
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """Whether ``password`` matches ``password_hash`` (constant-time comparison)."""
+    log_n, r, p, salt, key = _parse_hash(password_hash)
+    return hmac.compare_digest(_scrypt(password, salt, log_n, r, p), key)
+
+
+@dataclass(frozen=True)
+class User:
+    """An account as the API shows it. The hash stays in the directory."""
+
+    email: str
+    name: str
+    balance: float
+
+
+def _normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+class UserDirectory:
+    """Looks up users and checks passwords off the IOLoop, at the same cost for unknown emails."""
+
+    def __init__(self, entries: list[dict[str, Any]], executor: ThreadPoolExecutor | None = None) -> None:
+        self._users: dict[str, tuple[User, str]] = {}
+        costs = set()
+        for i, entry in enumerate(entries):
+            user, password_hash = self._parse_entry(i, entry)
+            key = _normalise_email(user.email)
+            if key in self._users:
+                raise UsersFileError(f"entry {i}: email {user.email!r} appears twice")
+            self._users[key] = (user, password_hash)
+            costs.add(_parse_hash(password_hash)[:3])
+        # An unknown email is checked against a hash of the most expensive cost in the file, so
+        # the answer takes as long as for a known email with a wrong password.
+        self._decoy_hash = hash_password(os.urandom(16).hex(), max(costs, default=DEFAULT_COST))
+        self._executor = executor or ThreadPoolExecutor(max_workers=2, thread_name_prefix="password")
+
+    @staticmethod
+    def _parse_entry(i: int, entry: Any) -> tuple[User, str]:
+        if not isinstance(entry, dict):
+            raise UsersFileError(f"entry {i}: expected an object")
+        email, name, balance, password_hash = (
+            entry.get("email"),
+            entry.get("name"),
+            entry.get("balance"),
+            entry.get("password_hash"),
+        )
+        if not isinstance(email, str) or "@" not in email:
+            raise UsersFileError(f"entry {i}: 'email' must be an email address")
+        if not isinstance(name, str):
+            raise UsersFileError(f"entry {i}: 'name' must be a string")
+        if not isinstance(balance, (int, float)) or isinstance(balance, bool) or not math.isfinite(balance):
+            raise UsersFileError(f"entry {i}: 'balance' must be a number")
+        if not isinstance(password_hash, str):
+            raise UsersFileError(f"entry {i}: 'password_hash' must be a string from 'server.py hash-password'")
+        try:
+            _parse_hash(password_hash)
+        except ValueError as e:
+            raise UsersFileError(f"entry {i}: 'password_hash' is invalid ({e})") from None
+        return User(email=email, name=name, balance=balance), password_hash
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> UserDirectory:
+        """Load a users file; raise `UsersFileError` naming the problem."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                entries = json.load(f)
+        except OSError as e:
+            raise UsersFileError(f"cannot read users file {str(path)!r}: {e.strerror}") from None
+        except ValueError as e:
+            raise UsersFileError(f"users file {str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(entries, list):
+            raise UsersFileError(f"users file {str(path)!r} must hold a JSON list")
+        return cls(entries)
+
+    def get(self, email: str) -> User | None:
+        """The user with this email (case-insensitive), or None."""
+        found = self._users.get(_normalise_email(email))
+        return found[0] if found else None
+
+    async def authenticate(self, email: str, password: str) -> User | None:
+        """The user if ``password`` is theirs, else None. Runs the hash on a worker thread."""
+        found = self._users.get(_normalise_email(email))
+        password_hash = found[1] if found else self._decoy_hash
+        if len(password) > MAX_PASSWORD_LENGTH:
+            password = ""
+            found = None
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(self._executor, verify_password, password, password_hash)
+        return found[0] if found and matches else None
+
+    def close(self) -> None:
+        """Stop the hashing threads."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
