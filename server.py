@@ -1,7 +1,7 @@
 """Entry point: parse the command line, load settings, build the app, serve, drain on SIGTERM.
 
-    python server.py --env=dev                 serve (dev: http://127.0.0.1:3000)
-    python server.py hash-password < pw.txt    print a password hash for a users file
+python server.py --env=dev                 serve (dev: http://127.0.0.1:3000)
+python server.py hash-password < pw.txt    print a password hash for a users file
 """
 
 from __future__ import annotations
@@ -44,17 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve (default), or hash-password: read one password line on standard input and "
         "print its hash for a users file",
     )
-    parser.add_argument("--env", default="dev", choices=ENVIRONMENTS, help="environment settings to load (default: dev)")
+    parser.add_argument(
+        "--env", default="dev", choices=ENVIRONMENTS, help="environment settings to load (default: dev)"
+    )
     parser.add_argument("--host", help="address to listen on (overrides HOST and the environment's default)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides PORT and the environment's default)")
     return parser
 
 
 def hash_password_command() -> int:
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+    # Prompt only at a terminal; a pipe gives exactly one line.
+    password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
     if not password:
         print("server.py: hash-password: no password given on standard input", file=sys.stderr)
         return 2

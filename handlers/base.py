@@ -219,9 +219,7 @@ class JsonHandler(RequestHandler):
             raise ApiError(403, "Origin not allowed.")
         else:
             self.set_header("Access-Control-Allow-Methods", methods)
-            self.set_header(
-                "Access-Control-Allow-Headers", f"Content-Type, {self.app.config.xsrf_header_name}"
-            )
+            self.set_header("Access-Control-Allow-Headers", f"Content-Type, {self.app.config.xsrf_header_name}")
             self.set_header("Access-Control-Max-Age", str(self.app.config.cors_max_age))
         self.set_status(204)
 

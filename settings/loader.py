@@ -144,9 +144,7 @@ def _validate(s: Settings, problems: list[str]) -> None:
         if origin in ("*", "null"):
             problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is never allowed with credentials")
         elif not _ORIGIN.match(origin):
-            problems.append(
-                f"cors_origins (CORS_ORIGINS): {origin!r} is not an origin (scheme://host[:port], no path)"
-            )
+            problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is not an origin (scheme://host[:port], no path)")
     if not s.session_secrets:
         problems.append("session_secrets (SESSION_SECRETS or SESSION_SECRETS_FILE): at least one secret is required")
     if len(set(s.session_secrets)) != len(s.session_secrets):

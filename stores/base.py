@@ -119,9 +119,7 @@ class SessionStore(abc.ABC):
         """Store a record under a new id. Confirmed: returns only once it is stored."""
 
     @abc.abstractmethod
-    async def update(
-        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float
-    ) -> Record | None:
+    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
         """Apply ``operations`` to the newest stored record and return it; None if it is gone."""
 
     @abc.abstractmethod

@@ -76,16 +76,14 @@ class MemoryStore(SessionStore):
         freed = 0
         while True:
             now = self.clock()
-            batch = 0
-            while self._records and batch < self.sweep_batch:
+            for _ in range(self.sweep_batch):
+                if not self._records:
+                    return freed
                 session_id, (_, expires_at) = next(iter(self._records.items()))
                 if expires_at > now:
                     return freed
                 del self._records[session_id]
-                batch += 1
-            freed += batch
-            if not self._records:
-                return freed
+                freed += 1
             # Let requests run between slices.
             await asyncio.sleep(0)
 
@@ -114,10 +112,11 @@ class MemoryStore(SessionStore):
     async def create(self, session_id: str, record: Record, ttl: float) -> None:
         self._put(session_id, record, ttl)
 
-    async def update(
-        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float
-    ) -> Record | None:
-        # No await between read and write: on one IOLoop this is atomic.
+    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
+        return self._apply(session_id, operations, now, ttl)
+
+    def _apply(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
+        # Synchronous from read to write: on one IOLoop, atomic.
         text = self._live(session_id)
         current = None if text is None else parse_record(text)
         if current is None:
@@ -127,7 +126,7 @@ class MemoryStore(SessionStore):
         return merged
 
     async def touch(self, session_id: str, now: float, ttl: float) -> bool:
-        return await self.update(session_id, (), now, ttl) is not None
+        return self._apply(session_id, (), now, ttl) is not None
 
     async def delete(self, session_id: str) -> None:
         self._records.pop(session_id, None)

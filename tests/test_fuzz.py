@@ -1,0 +1,138 @@
+"""Property-based: arbitrary cookies, headers and bodies never get a 5xx from the API."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tornado.httpserver import HTTPServer
+
+from handlers.app import SessionApplication
+from settings import load_settings
+from stores.memory import MemoryStore
+from stores.users import DEMO_USERS_FILE, UserDirectory
+from tests.conftest import test_secret
+
+
+class ServerThread:
+    """The app served from its own thread and IOLoop, for tests that talk raw sockets."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        config = load_settings("test", environ={}, session_secrets=(test_secret(),))
+        app = SessionApplication(config, MemoryStore(1000), UserDirectory.from_file(DEMO_USERS_FILE))
+        server = HTTPServer(app, max_body_size=16 * 1024 * 1024)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        server.add_sockets([sock])
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        server.stop()
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[ServerThread]:
+    with ServerThread() as server:
+        yield server
+
+
+def raw_status(port: int, request: bytes) -> int | None:
+    """Send raw bytes; return the response status, or None if the server closed without one."""
+    # No half-close: Tornado reads a shut-down write side as the client going away.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            return None
+    if not data:
+        return None
+    parts = data.split(b" ", 2)
+    assert parts[0].startswith(b"HTTP/1."), data[:100]
+    return int(parts[1])
+
+
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+cookie_text = st.one_of(
+    header_text,
+    st.builds(lambda v: f"sid={v}", header_text),
+    st.builds(lambda v: f'sid="2|{v}"', header_text),
+    st.builds(lambda a, b: f"sid={a}; XSRF-TOKEN={b}", header_text, header_text),
+)
+body_bytes = st.one_of(
+    st.binary(max_size=2000),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+        lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+        max_leaves=20,
+    ).map(lambda v: __import__("json").dumps(v).encode()),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "HEAD"]),
+    path=st.sampled_from(["/api", "/api/login", "/api/logout", "/api/balance", "/livez", "/readyz", "/x"]),
+    cookie=cookie_text,
+    content_type=st.sampled_from(["application/json", "text/plain", "application/json; charset=utf-16", ""]),
+    origin=st.sampled_from([None, "http://localhost:4736", "null", "http://evil.example"]),
+    body=body_bytes,
+)
+def test_no_input_gets_a_server_error(live_server: ServerThread, method, path, cookie, content_type, origin, body):
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Cookie: {cookie}", "Connection: close"]
+    if content_type:
+        head.append(f"Content-Type: {content_type}")
+    if origin:
+        head.append(f"Origin: {origin}")
+    head.append(f"Content-Length: {len(body)}")
+    status = raw_status(live_server.port, ("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    assert status is not None and status < 500, status
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /api HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 60_000 + b"\r\n\r\n",
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n\r\nzz\r\n",
+        b"GET /api/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api?%ff=%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nOrigin: http://x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5\r\n\r\n\x00\x01\x02\x03\x04",
+    ],
+)
+def test_malformed_requests_are_never_a_server_error(live_server: ServerThread, request_bytes):
+    status = raw_status(live_server.port, request_bytes)
+    assert status is None or status < 500

@@ -1,0 +1,378 @@
+"""Session behaviour through HTTP: cookies, ids, rotation, timeouts, laziness, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from tornado.web import create_signed_value
+
+from handlers.app import SessionApplication
+from settings import Settings, key_version
+from stores.base import Operation, Record
+from stores.memory import MemoryStore
+from tests.conftest import Browser, CountingStore, FakeClock, body_json, test_secret
+
+
+def stored_ids(store: MemoryStore) -> set[str]:
+    return set(store._records)
+
+
+def cookie_id(browser: Browser, app: SessionApplication) -> str | None:
+    session_id, _ = app.sessions.verify(browser.cookies.get("sid"))
+    return session_id
+
+
+@pytest.mark.gen_test
+async def test_cookie_attributes_in_dev_and_test(browser: Browser):
+    await browser.get("/api")
+    morsel = browser.last_set_cookies["sid"]
+    assert morsel["httponly"] is True
+    assert morsel["samesite"] == "Lax"
+    assert morsel["path"] == "/"
+    assert not morsel["secure"]
+    assert not morsel["domain"]
+    assert not morsel["expires"] and not morsel["max-age"]  # a browser-session cookie
+
+
+@pytest.mark.gen_test
+async def test_cookie_holds_only_a_signed_256_bit_id(browser: Browser, app: SessionApplication, store: MemoryStore):
+    await browser.get("/api")
+    raw = browser.cookies["sid"].strip('"')
+    assert raw.startswith("2|")  # Tornado v2 signature
+    session_id = cookie_id(browser, app)
+    assert session_id is not None
+    assert len(base64.urlsafe_b64decode(session_id + "=")) == 32
+    assert stored_ids(store) == {session_id}
+    assert "page_views" not in raw
+
+
+@pytest.mark.gen_test
+async def test_login_regenerates_the_id_so_the_old_one_is_dead(make_browser, app: SessionApplication, store):
+    victim = make_browser()
+    await victim.get("/api")  # an anonymous session an attacker might have planted
+    planted = dict(victim.cookies)
+    pre_login_id = cookie_id(victim, app)
+    await victim.login()
+    post_login_id = cookie_id(victim, app)
+    assert post_login_id and post_login_id != pre_login_id
+    assert pre_login_id not in stored_ids(store)
+    # Data is kept across the new id.
+    assert (await victim.get("/api")).body.decode() == "You visited this page 2 times"
+    # The attacker holding the pre-login cookie is not logged in.
+    attacker = make_browser()
+    attacker.cookies.update(planted)
+    assert body_json(await attacker.get("/api/login")) == {"loggedIn": False}
+    assert (await attacker.get("/api/balance")).code == 401
+
+
+@pytest.mark.gen_test
+async def test_old_cookie_is_worthless_after_logout(make_browser):
+    user = make_browser()
+    await user.login()
+    copied = dict(user.cookies)
+    r = await user.post("/api/logout", {})
+    cleared = user.last_set_cookies["sid"]
+    assert cleared.value == ""
+    assert cleared["path"] == "/"
+    assert cleared["samesite"] == "Lax"
+    assert cleared["httponly"] is True
+    thief = make_browser()
+    thief.cookies.update(copied)
+    r = await thief.get("/api/balance")
+    assert r.code == 401
+
+
+def forge(app: SessionApplication, value: str, *, secret: str | None = None, version: int = 2) -> str:
+    secret = secret or app.config.session_secrets[0]
+    if version == 1:
+        return create_signed_value(secret, "sid", value, version=1, clock=app.clock).decode()
+    keys = {key_version(secret): secret}
+    return create_signed_value(keys, "sid", value, version=2, key_version=key_version(secret), clock=app.clock).decode()
+
+
+def swap_value(signed: str, other: str) -> str:
+    """``signed`` with its value field replaced by ``other``'s, keeping ``signed``'s signature."""
+    fields, other_fields = signed.split("|"), other.split("|")
+    fields[4] = other_fields[4]
+    return "|".join(fields)
+
+
+def tamper(value: str) -> str:
+    flipped = "A" if value[-1] != "A" else "B"
+    return value[:-1] + flipped
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "make_cookie",
+    [
+        pytest.param(lambda app, sid: tamper(forge(app, sid)), id="tampered-signature"),
+        pytest.param(lambda app, sid: swap_value(forge(app, sid), forge(app, "A" * 43)), id="tampered-value"),
+        pytest.param(lambda app, sid: sid, id="unsigned"),
+        pytest.param(lambda app, sid: forge(app, sid, version=1), id="v1-signature"),
+        pytest.param(lambda app, sid: forge(app, sid, secret=test_secret()), id="foreign-secret"),
+        pytest.param(lambda app, sid: forge(app, sid) + "x" * 5000, id="oversized"),
+        pytest.param(lambda app, sid: forge(app, "../../etc/passwd"), id="signed-bad-format"),
+        pytest.param(lambda app, sid: forge(app, sid + "\x01"), id="signed-control-char"),
+        pytest.param(lambda app, sid: "2|garbage|||", id="malformed-v2"),
+        pytest.param(lambda app, sid: "\u00e9\u00e9", id="non-ascii"),
+    ],
+)
+async def test_bad_cookies_are_never_adopted(browser: Browser, app: SessionApplication, store, make_cookie):
+    await browser.login()
+    real_id = cookie_id(browser, app)
+    assert real_id is not None
+    browser.cookies["sid"] = make_cookie(app, real_id)
+    r = await browser.get("/api/login")
+    assert r.code == 200
+    assert body_json(r) == {"loggedIn": False}
+    r = await browser.get("/api")
+    assert r.code == 200
+    assert r.body.decode() == "Welcome to this page for the first time!"
+    new_id = cookie_id(browser, app)
+    assert new_id is not None and new_id != real_id
+
+
+@pytest.mark.gen_test
+async def test_control_characters_in_the_cookie_header_are_not_a_500(browser: Browser):
+    for header in ('sid="2|1:0\\x00"; XSRF-TOKEN=\x7f', "sid=\x01\x02", "sid=%00%0d%0a"):
+        r = await browser.get("/api/login", headers={"Cookie": header})
+        # The HTTP parser may refuse a control character outright (400); never a 5xx.
+        assert r.code in (200, 400), header
+        if r.code == 200:
+            assert body_json(r) == {"loggedIn": False}
+
+
+@pytest.mark.gen_test
+async def test_unknown_signed_id_is_not_adopted_and_is_logged_hashed(browser: Browser, app, store, caplog):
+    chosen = "A" * 43  # an id the client picked and signed with a leaked secret, say
+    browser.cookies["sid"] = forge(app, chosen)
+    with caplog.at_level(logging.INFO):
+        r = await browser.get("/api")
+    assert r.code == 200
+    assert chosen not in stored_ids(store)
+    assert cookie_id(browser, app) != chosen
+    warnings = [rec.getMessage() for rec in caplog.records if "unknown session" in rec.getMessage()]
+    assert warnings and app.sessions.log_id(chosen) in warnings[0]
+    assert all(chosen not in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.gen_test
+async def test_a_rejected_cookie_is_cleared_when_nothing_replaces_it(browser: Browser, app):
+    browser.cookies["sid"] = forge(app, "B" * 43)
+    await browser.get("/api/login")
+    assert browser.last_set_cookies["sid"].value == ""
+    assert "sid" not in browser.cookies
+
+
+def rotated(config: Settings, *new_first: str) -> Settings:
+    return config.replace(session_secrets=(*new_first, *config.session_secrets))
+
+
+@pytest.mark.gen_test
+async def test_key_rotation_keeps_old_cookies_and_re_signs_them(browser: Browser, app: SessionApplication, store):
+    await browser.login()
+    old_cookie = browser.cookies["sid"]
+    session_id = cookie_id(browser, app)
+    # Rotate: a new secret in front. The running app is rebuilt with the new list.
+    from handlers.session import SessionManager
+
+    app.config = rotated(app.config, test_secret())
+    app.sessions = SessionManager(app.config, store, app.clock)
+    r = await browser.get("/api/balance")
+    assert r.code == 200
+    assert body_json(r) == {"balance": 53762}
+    assert "sid" in browser.last_set_cookies  # re-issued
+    new_cookie = browser.cookies["sid"]
+    assert new_cookie != old_cookie
+    assert cookie_id(browser, app) == session_id
+    new_version = key_version(app.config.session_secrets[0])
+    assert f"|{len(str(new_version))}:{new_version}|" in new_cookie
+    # Once re-signed, no further re-issue.
+    await browser.get("/api/balance")
+    assert "sid" not in browser.last_set_cookies
+    # Dropping the old secret now does not hurt this browser.
+    app.config = app.config.replace(session_secrets=app.config.session_secrets[:1])
+    app.sessions = SessionManager(app.config, store, app.clock)
+    assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+
+
+@pytest.mark.gen_test
+async def test_cookie_signed_before_two_prepends_still_verifies(browser: Browser, app: SessionApplication, store):
+    from handlers.session import SessionManager
+
+    await browser.login()
+    app.config = rotated(app.config, test_secret(), test_secret())
+    app.sessions = SessionManager(app.config, store, app.clock)
+    assert (await browser.get("/api/balance")).code == 200
+
+
+@pytest.mark.gen_test
+async def test_idle_timeout(browser: Browser, app: SessionApplication, clock: FakeClock, store):
+    await browser.login()
+    idle = app.config.idle_timeout
+    # Active every idle/2: stays logged in well past the idle timeout.
+    for _ in range(4):
+        clock.advance(idle / 2)
+        assert (await browser.get("/api/balance")).code == 200
+    clock.advance(idle + 1)
+    r = await browser.get("/api/balance")
+    assert r.code == 401
+    assert len(store) == 0  # the expired record is deleted, not just ignored
+
+
+@pytest.mark.gen_test
+async def test_absolute_timeout_ends_even_an_active_session(browser: Browser, app: SessionApplication, clock):
+    await browser.login()
+    step = app.config.idle_timeout / 2
+    elapsed = 0.0
+    while elapsed + step < app.config.absolute_timeout:
+        clock.advance(step)
+        elapsed += step
+        assert (await browser.get("/api/balance")).code == 200
+    clock.advance(step)
+    assert (await browser.get("/api/balance")).code == 401
+
+
+@pytest.mark.gen_test
+async def test_read_only_requests_touch_at_most_once_per_interval(browser: Browser, app, store: CountingStore, clock):
+    await browser.login()
+    store.calls.clear()
+    for _ in range(5):
+        clock.advance(1)
+        await browser.get("/api/balance")
+    assert store.calls == ["load"] * 5
+    clock.advance(app.config.touch_interval)
+    await browser.get("/api/balance")
+    assert store.calls[-2:] == ["load", "touch"]
+
+
+@pytest.mark.gen_test
+async def test_requests_that_do_not_need_a_session_store_nothing(make_browser, store: CountingStore):
+    b = make_browser()
+    for path in ("/api/login", "/api/balance", "/livez", "/readyz", "/nope"):
+        r = await b.get(path)
+        assert "sid" not in b.last_set_cookies, path
+    r = await b.fetch(
+        "OPTIONS",
+        "/api/login",
+        headers={"Origin": "http://localhost:4736", "Access-Control-Request-Method": "POST"},
+    )
+    assert r.code == 204
+    assert "Set-Cookie" not in r.headers
+    await b.post("/api/logout", {})
+    await b.post("/api/login", {"email": "max@gmail.com", "password": "bad"})
+    assert "load" not in store.calls or set(store.calls) == {"load"}
+    assert "create" not in store.calls
+    assert len(store) == 0
+
+
+@pytest.mark.gen_test
+async def test_sessionless_routes_make_no_store_call(browser: Browser, store: CountingStore):
+    await browser.get("/api")  # has a session now
+    store.calls.clear()
+    for path in ("/livez", "/nope"):
+        await browser.get(path)
+    assert store.calls == []
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_concurrent_increments_on_one_session_all_count(browser: Browser, app):
+    await browser.get("/api")
+    n = 50
+    results = await asyncio.gather(*(browser.get("/api") for _ in range(n)))
+    assert all(r.code == 200 for r in results)
+    texts = {r.body.decode() for r in results}
+    assert len(texts) == n  # each saw its own stored total: no two responses alike
+    assert (await browser.get("/api")).body.decode() == f"You visited this page {n + 2} times"
+
+
+class GatedStore(MemoryStore):
+    """The memory store, but create waits until the test opens the gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+        await self.gate.wait()
+        await super().create(session_id, record, ttl)
+
+
+@pytest.fixture
+def gated_app(config, users, clock) -> SessionApplication:
+    return SessionApplication(config, GatedStore(100, clock=clock), users, clock=clock)
+
+
+def gate_of(app: SessionApplication) -> asyncio.Event:
+    assert isinstance(app.store, GatedStore)
+    return app.store.gate
+
+
+@pytest.mark.gen_test
+async def test_response_waits_for_the_save(http_client, gated_app, browser: Browser, http_server):
+    http_server.request_callback = gated_app
+    pending = asyncio.ensure_future(browser.get("/api"))
+    await asyncio.sleep(0.2)
+    assert not pending.done()  # the store has not confirmed: nothing is sent
+    gate_of(gated_app).set()
+    r = await pending
+    assert r.code == 200
+    assert isinstance(gated_app.store, MemoryStore) and len(gated_app.store) == 1
+
+
+class VanishingStore(MemoryStore):
+    """Deletes the record between the load and the update, as a concurrent logout would."""
+
+    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float):
+        await self.delete(session_id)
+        return await super().update(session_id, operations, now, ttl)
+
+
+@pytest.mark.gen_test
+async def test_a_session_destroyed_mid_request_is_not_resurrected(config, users, clock, browser, http_server):
+    app = SessionApplication(config, VanishingStore(100, clock=clock), users, clock=clock)
+    http_server.request_callback = app
+    await browser.login()
+    old_id = cookie_id(browser, app)
+    r = await browser.get("/api")
+    assert r.code == 200
+    new_id = cookie_id(browser, app)
+    assert new_id != old_id
+    assert body_json(await browser.get("/api/login")) == {"loggedIn": False}
+
+
+@pytest.mark.gen_test
+async def test_log_lines_never_hold_a_session_id(browser: Browser, app, caplog):
+    seen: set[str] = {"C" * 43}
+    with caplog.at_level(logging.DEBUG):
+        await browser.get("/api")
+        seen.add(cookie_id(browser, app) or "")
+        await browser.login()
+        seen.add(cookie_id(browser, app) or "")
+        await browser.post("/api/logout", {})
+        browser.cookies["sid"] = forge(app, "C" * 43)
+        await browser.get("/api")
+        seen.add(cookie_id(browser, app) or "")
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "session created" in text and "session destroyed" in text
+    seen.discard("")
+    assert len(seen) == 4
+    for session_id in seen:
+        assert session_id not in text
+
+
+def test_key_versions_are_stable_and_distinct():
+    a, b = test_secret(), test_secret()
+    assert key_version(a) == key_version(a)
+    assert key_version(a) != key_version(b)
+    assert 0 <= key_version(a) < 2**31
+    expected = int.from_bytes(hmac.new(a.encode(), b"key-version", hashlib.sha256).digest()[:4], "big") & 0x7FFFFFFF
+    assert key_version(a) == expected

@@ -1,0 +1,250 @@
+"""Settings per environment, environment variables, prod refusals, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from settings import SettingsError, load_settings
+from stores.users import UserDirectory, UsersFileError, hash_password, verify_password
+from tests.conftest import test_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG = "p" * 40
+
+
+def run_server(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 20):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("SESSION_SECRETS", "USERS_FILE", "CORS_ORIGINS")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "server.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_dev_defaults():
+    s = load_settings("dev", environ={})
+    assert (s.host, s.port) == ("127.0.0.1", 3000)
+    assert s.store == "memory"
+    assert (s.cookie_name, s.cookie_secure, s.cookie_httponly, s.cookie_samesite) == ("sid", False, True, "Lax")
+    assert s.cors_origins == ("http://localhost:4736",)
+    assert len(s.session_secrets) == 1  # a random one for this process
+
+
+def test_prod_defaults_with_the_required_variables(tmp_path):
+    s = load_settings("prod", environ={"SESSION_SECRETS": LONG, "USERS_FILE": str(tmp_path / "u.json")})
+    assert s.cookie_name == "__Host-sid"
+    assert s.cookie_secure and s.cookie_httponly and s.cookie_samesite == "Lax"
+    assert s.cookie_domain is None
+    assert (s.idle_timeout, s.absolute_timeout) == (30 * 60, 12 * 3600)
+    assert s.store == "memcached"
+    assert s.xheaders
+
+
+def test_environment_variables_override(tmp_path):
+    secrets_file = tmp_path / "secrets"
+    secrets_file.write_text("new secret with spaces \nold\n")
+    s = load_settings(
+        "dev",
+        environ={
+            "SESSION_SECRETS_FILE": str(secrets_file),
+            "CORS_ORIGINS": "https://a.example, https://b.example:8443",
+            "HOST": "0.0.0.0",
+            "PORT": "4000",
+            "USERS_FILE": "/x/users.json",
+            "SESSION_IDLE_TIMEOUT": "60",
+            "SESSION_ABSOLUTE_TIMEOUT": "3600",
+            "MEMCACHED_SERVERS": "10.0.0.1:11211,10.0.0.2:11211",
+        },
+    )
+    assert s.session_secrets == ("new secret with spaces ", "old")  # used exactly as written
+    assert s.cors_origins == ("https://a.example", "https://b.example:8443")
+    assert (s.host, s.port, s.users_file) == ("0.0.0.0", 4000, "/x/users.json")
+    assert (s.idle_timeout, s.absolute_timeout) == (60, 3600)
+    assert s.memcached_servers == ("10.0.0.1:11211", "10.0.0.2:11211")
+    assert load_settings("dev", environ={"SESSION_SECRETS": " a ,b"}).session_secrets == (" a ", "b")
+
+
+def test_prod_refuses_every_unsafe_setting_at_once():
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            "prod",
+            environ={"SESSION_SECRETS": f"short,{LONG}", "CORS_ORIGINS": "*,null"},
+            cookie_secure=False,
+            cookie_samesite="None",
+            cookie_name="sid",
+            store="memory",
+        )
+    text = str(caught.value)
+    for expected in (
+        "position 1 shorter than 32 bytes",
+        "cookie_secure",
+        "SameSite=None",
+        "'*'",
+        "'null'",
+        "memory store",
+        "USERS_FILE",
+    ):
+        assert expected in text, expected
+    assert len(caught.value.problems) >= 7
+
+
+def test_prod_refuses_a_missing_secret():
+    with pytest.raises(SettingsError) as caught:
+        load_settings("prod", environ={"USERS_FILE": "/u.json"})
+    assert "SESSION_SECRETS" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"PORT": "abc"}, "PORT: expected a whole number"),
+        ({"PORT": "70000"}, "not a TCP port"),
+        ({"SESSION_IDLE_TIMEOUT": "7200", "SESSION_ABSOLUTE_TIMEOUT": "3600"}, "longer than absolute_timeout"),
+        ({"SESSION_IDLE_TIMEOUT": "0"}, "must be positive"),
+        ({"CORS_ORIGINS": "http://a.example/path"}, "not an origin"),
+        ({"MEMCACHED_SERVERS": "nohost"}, "not host:port"),
+        ({"SESSION_SECRETS": "same,same"}, "listed twice"),
+        ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read"),
+    ],
+)
+def test_bad_values_are_named(environ, message):
+    with pytest.raises(SettingsError) as caught:
+        load_settings("dev", environ=environ)
+    assert message in str(caught.value)
+
+
+def test_password_hashes_round_trip_and_carry_their_cost():
+    h = hash_password("s3cret", cost=(10, 8, 1))
+    assert h.startswith("scrypt$10$8$1$")
+    assert verify_password("s3cret", h)
+    assert not verify_password("s3cret ", h)
+    assert hash_password("s3cret", cost=(10, 8, 1)) != h  # salted
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"not": "a list"},
+        [{"email": "a@b", "name": "A", "balance": 1}],
+        [{"email": "a@b", "name": "A", "balance": "1", "password_hash": "x"}],
+        [{"email": "a@b", "name": "A", "balance": 1, "password_hash": "plaintext"}],
+        [{"email": "nope", "name": "A", "balance": 1, "password_hash": "x"}],
+    ],
+)
+def test_malformed_users_files_are_refused(tmp_path, entries):
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(UsersFileError):
+        UserDirectory.from_file(path)
+
+
+# The command line, as a user runs it --------------------------------------------------------------
+
+
+def test_help_documents_every_flag():
+    r = run_server("--help")
+    assert r.returncode == 0
+    for flag in ("--env", "--host", "--port", "hash-password", "SESSION_SECRETS", "MEMCACHED_SERVERS"):
+        assert flag in r.stdout
+
+
+@pytest.mark.parametrize("args", [("--nope",), ("--env=staging",), ("--port=abc",), ("frobnicate",)])
+def test_unknown_flags_and_values_exit_non_zero(args):
+    r = run_server(*args)
+    assert r.returncode == 2
+    assert "usage:" in r.stderr and "error:" in r.stderr
+
+
+def test_prod_start_is_refused_naming_the_settings():
+    r = run_server("--env=prod", env={"SESSION_SECRETS": "short", "CORS_ORIGINS": "*"})
+    assert r.returncode == 2
+    for expected in ("shorter than 32 bytes", "'*'", "USERS_FILE"):
+        assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_bad_users_file_is_refused(tmp_path):
+    path = tmp_path / "users.json"
+    path.write_text("[{")
+    r = run_server("--env=test", env={"USERS_FILE": str(path)})
+    assert r.returncode == 2
+    assert "not valid JSON" in r.stderr
+
+
+def test_hash_password_reads_stdin_and_prints_a_usable_hash(tmp_path):
+    r = run_server("hash-password", stdin="correct horse\n")
+    assert r.returncode == 0
+    line = r.stdout.strip().splitlines()[-1]
+    assert verify_password("correct horse", line)
+    assert "correct horse" not in r.stdout + r.stderr
+    assert run_server("hash-password", stdin="").returncode == 2
+
+
+def test_server_serves_a_users_file_and_stops_cleanly(tmp_path):
+    users = tmp_path / "users.json"
+    users.write_text(
+        json.dumps(
+            [
+                {
+                    "email": "ann@example.com",
+                    "name": "Ann",
+                    "balance": 7,
+                    "password_hash": hash_password("pw", cost=(10, 8, 1)),
+                }
+            ]
+        )
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()}
+    env.update(USERS_FILE=str(users), SESSION_SECRETS=test_secret())
+    proc = subprocess.Popen(
+        [sys.executable, "server.py", "--env=test", f"--port={port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(base + "/livez", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            base + "/api/login",
+            data=json.dumps({"email": "ann@example.com", "password": "pw"}).encode(),
+            headers={"Content-Type": "application/json", "Origin": base},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.load(response) == {"user": {"email": "ann@example.com", "name": "Ann"}}
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, output
+    assert "stopped" in output
