@@ -234,7 +234,7 @@ class JsonHandler(RequestHandler):
         if status_code == 405:
             self.set_header("Allow", ", ".join([*self.allowed_methods(), "OPTIONS"]))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"errorMessage": message}))
+        self.finish(json.dumps({"errorMessage": message}, separators=(",", ":")))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Errors we answered on purpose are not worth a traceback.
@@ -320,6 +320,10 @@ class SessionHandler(JsonHandler):
         }
         if change.value is None:
             self.clear_cookie(config.cookie_name, **attributes)
+            # Max-Age=0 as well as a past Expires: clients that mishandle one (curl's cookie
+            # jar keeps a cookie whose Expires is past) honour the other. set_cookie drops a
+            # max_age of 0 as falsy, hence the morsel.
+            self._new_cookie[config.cookie_name]["max-age"] = "0"
         else:
             self.set_cookie(config.cookie_name, change.value, max_age=config.cookie_max_age, **attributes)
 

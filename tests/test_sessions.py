@@ -80,6 +80,7 @@ async def test_old_cookie_is_worthless_after_logout(make_browser):
     r = await user.post("/api/logout", {})
     cleared = user.last_set_cookies["sid"]
     assert cleared.value == ""
+    assert cleared["max-age"] == "0" and cleared["expires"]
     assert cleared["path"] == "/"
     assert cleared["samesite"] == "Lax"
     assert cleared["httponly"] is True
