@@ -48,7 +48,24 @@ class Settings:
     memory_sweep_interval: float = 5.0
     memory_sweep_batch: int = 2_000
 
-    memcached_servers: tuple[str, ...] = ()
+    # Largest session record either store keeps (JSON bytes); larger writes are refused (413).
+    session_max_size: int = 64 * 1024
+
+    memcached_servers: tuple[str, ...] = ("127.0.0.1:11211",)
+    # Keys are this prefix plus the hex SHA-256 of the session id.
+    memcached_prefix: str = "session:"
+    memcached_connect_timeout: float = 0.5
+    memcached_timeout: float = 0.5
+    # Worker threads (and pooled connections per node) for the blocking pymemcache client.
+    memcached_threads: int = 8
+    # A node failing for this long leaves the hash ring: its sessions are lost, not 503 forever.
+    memcached_dead_after: float = 3.0
+    # How often failed nodes are probed so they rejoin on their own.
+    memcached_probe_interval: float = 1.0
+    # Optional TLS: a CA file turns it on; a client certificate and key are optional.
+    memcached_tls_ca: str | None = None
+    memcached_tls_cert: str | None = None
+    memcached_tls_key: str | None = None
 
     # Exact origins (scheme://host[:port]) allowed to call the API with credentials.
     cors_origins: tuple[str, ...] = ()

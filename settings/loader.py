@@ -37,6 +37,10 @@ ENV_VARIABLES: dict[str, str] = {
     "SESSION_IDLE_TIMEOUT": "idle_timeout",
     "SESSION_ABSOLUTE_TIMEOUT": "absolute_timeout",
     "MEMCACHED_SERVERS": "memcached_servers",
+    "MEMCACHED_TLS_CA": "memcached_tls_ca",
+    "MEMCACHED_TLS_CERT": "memcached_tls_cert",
+    "MEMCACHED_TLS_KEY": "memcached_tls_key",
+    "SESSION_STORE": "store",
 }
 
 
@@ -82,7 +86,7 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
     for name in ("CORS_ORIGINS", "MEMCACHED_SERVERS"):
         if name in environ:
             changes[ENV_VARIABLES[name]] = _split_list(environ[name])
-    for name in ("HOST", "USERS_FILE"):
+    for name in ("HOST", "USERS_FILE", "MEMCACHED_TLS_CA", "MEMCACHED_TLS_CERT", "MEMCACHED_TLS_KEY", "SESSION_STORE"):
         if environ.get(name):
             changes[ENV_VARIABLES[name]] = environ[name]
     for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT"):
@@ -136,6 +140,22 @@ def _validate(s: Settings, problems: list[str]) -> None:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) <= 65535:
             problems.append(f"memcached_servers (MEMCACHED_SERVERS): {server!r} is not host:port")
+    if bool(s.memcached_tls_cert) != bool(s.memcached_tls_key):
+        problems.append(
+            "memcached_tls_cert / memcached_tls_key (MEMCACHED_TLS_CERT, MEMCACHED_TLS_KEY): set both or neither"
+        )
+    if s.memcached_tls_cert and not s.memcached_tls_ca:
+        problems.append(
+            "memcached_tls_ca (MEMCACHED_TLS_CA): a client certificate needs the CA that verifies the server"
+        )
+    for name in ("memcached_tls_ca", "memcached_tls_cert", "memcached_tls_key"):
+        path = getattr(s, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"{name} ({name.upper()}): {path!r} is not a readable file")
+    if min(s.memcached_timeout, s.memcached_connect_timeout, s.memcached_threads, s.session_max_size) <= 0:
+        problems.append(
+            "memcached_timeout, memcached_connect_timeout, memcached_threads, session_max_size: must be positive"
+        )
     if s.memory_max_sessions <= 0:
         problems.append("memory_max_sessions: must be positive")
     if s.max_body_size <= 0:

@@ -16,5 +16,4 @@ SETTINGS = DEFAULTS.replace(
     idle_timeout=30 * MINUTE,
     absolute_timeout=12 * HOUR,
     store="memcached",
-    memcached_servers=("127.0.0.1:11211",),
 )

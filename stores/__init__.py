@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from settings import Settings
 from stores.base import SessionStore
+from stores.memcached import MemcachedStore, tls_context
 from stores.memory import MemoryStore
 
 
@@ -18,5 +19,21 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
             clock=clock,
             sweep_interval=settings.memory_sweep_interval,
             sweep_batch=settings.memory_sweep_batch,
+            max_record_size=settings.session_max_size,
+        )
+    if settings.store == "memcached":
+        tls = None
+        if settings.memcached_tls_ca:
+            tls = tls_context(settings.memcached_tls_ca, settings.memcached_tls_cert, settings.memcached_tls_key)
+        return MemcachedStore(
+            settings.memcached_servers,
+            prefix=settings.memcached_prefix,
+            connect_timeout=settings.memcached_connect_timeout,
+            timeout=settings.memcached_timeout,
+            threads=settings.memcached_threads,
+            max_record_size=settings.session_max_size,
+            dead_after=settings.memcached_dead_after,
+            probe_interval=settings.memcached_probe_interval,
+            tls=tls,
         )
     raise ValueError(f"unknown store {settings.store!r}")

@@ -183,3 +183,9 @@ def make_browser(http_client: AsyncHTTPClient, base_url: str) -> Any:
         return Browser(http_client, base_url, origin)
 
     return make
+
+
+def serve(http_server: Any, app: SessionApplication) -> SessionApplication:
+    """Point the running test server at ``app`` (for tests that need their own settings)."""
+    http_server.request_callback = app
+    return app

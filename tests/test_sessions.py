@@ -17,7 +17,7 @@ from handlers.app import SessionApplication
 from settings import Settings, key_version
 from stores.base import Operation, Record
 from stores.memory import MemoryStore
-from tests.conftest import Browser, CountingStore, FakeClock, body_json, test_secret
+from tests.conftest import Browser, CountingStore, FakeClock, body_json, serve, test_secret
 
 
 def stored_ids(store: MemoryStore) -> set[str]:
@@ -319,7 +319,7 @@ def gate_of(app: SessionApplication) -> asyncio.Event:
 
 @pytest.mark.gen_test
 async def test_response_waits_for_the_save(http_client, gated_app, browser: Browser, http_server):
-    http_server.request_callback = gated_app
+    serve(http_server, gated_app)
     pending = asyncio.ensure_future(browser.get("/api"))
     await asyncio.sleep(0.2)
     assert not pending.done()  # the store has not confirmed: nothing is sent
@@ -339,8 +339,7 @@ class VanishingStore(MemoryStore):
 
 @pytest.mark.gen_test
 async def test_a_session_destroyed_mid_request_is_not_resurrected(config, users, clock, browser, http_server):
-    app = SessionApplication(config, VanishingStore(100, clock=clock), users, clock=clock)
-    http_server.request_callback = app
+    app = serve(http_server, SessionApplication(config, VanishingStore(100, clock=clock), users, clock=clock))
     await browser.login()
     old_id = cookie_id(browser, app)
     r = await browser.get("/api")

@@ -1,0 +1,446 @@
+"""The memcached store against real memcached processes started on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheServerError
+from tornado.httpclient import AsyncHTTPClient
+from tornado.web import create_signed_value
+
+from handlers.app import SessionApplication
+from settings import Settings, key_version, load_settings
+from stores import build_store
+from stores.base import StoreUnavailable, new_record
+from stores.memcached import THIRTY_DAYS, MemcachedStore, memcached_exptime, tls_context
+from stores.users import hash_password
+from tests.conftest import MAX, Browser, FakeClock, body_json, serve, test_secret
+from tests.services import AppProcess, Memcached, TestPKI, app_processes
+
+pytestmark = pytest.mark.memcached
+DAY = 86400
+
+
+@pytest.fixture
+def memcached() -> Iterator[Memcached]:
+    with Memcached() as server:
+        yield server
+
+
+def make_store(*servers: Memcached, **kwargs) -> MemcachedStore:
+    options = {"timeout": 0.3, "connect_timeout": 0.3, "dead_after": 1.0, "probe_interval": 0.2, **kwargs}
+    return MemcachedStore([s.address for s in servers], **options)
+
+
+@pytest.fixture
+def store(memcached: Memcached) -> Iterator[MemcachedStore]:  # replaces the memory store in this module
+    store = make_store(memcached)
+    yield store
+    store.shutdown()
+
+
+@pytest.fixture
+def config() -> Settings:
+    return load_settings("test", environ={}, session_secrets=(test_secret(),), store="memcached")
+
+
+def app_with(config: Settings, store: MemcachedStore, users, clock) -> SessionApplication:
+    return SessionApplication(config, store, users, clock=clock)
+
+
+def session_id_of(browser: Browser, app: SessionApplication) -> str:
+    session_id, _ = app.sessions.verify(browser.cookies.get("sid"))
+    assert session_id is not None
+    return session_id
+
+
+def memcached_store(app: SessionApplication) -> MemcachedStore:
+    assert isinstance(app.store, MemcachedStore)
+    return app.store
+
+
+def raw_client(server: Memcached) -> Client:
+    return Client(("127.0.0.1", server.port), default_noreply=False)
+
+
+def signed_cookie(app: SessionApplication, session_id: str) -> str:
+    secret = app.config.session_secrets[0]
+    keys = {key_version(secret): secret}
+    return create_signed_value(
+        keys, "sid", session_id, version=2, key_version=key_version(secret), clock=app.clock
+    ).decode()
+
+
+# Keys, values, TTLs -----------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_keys_are_a_prefix_and_sha256_and_values_are_json(browser, app, memcached: Memcached):
+    await browser.get("/api")
+    await browser.login()
+    session_id = session_id_of(browser, app)
+    key = "session:" + hashlib.sha256(session_id.encode()).hexdigest()
+    keys = memcached.stored_keys()
+    assert key in keys
+    assert all(k.startswith("session:") and session_id not in k for k in keys)
+    value = raw_client(memcached).get(key)
+    assert session_id.encode() not in value
+    record = json.loads(value)
+    assert record["data"] == {"page_views": 1, "user": "max@gmail.com"}
+    assert isinstance(record["created_at"], float) and isinstance(record["last_seen"], float)
+
+
+@pytest.mark.gen_test
+async def test_ttl_is_the_sooner_of_idle_and_absolute_end(http_server, browser, memcached, users, clock: FakeClock):
+    config = load_settings(
+        "test",
+        environ={"SESSION_IDLE_TIMEOUT": "1000", "SESSION_ABSOLUTE_TIMEOUT": "1500"},
+        session_secrets=(test_secret(),),
+    )
+    app = serve(http_server, app_with(config, make_store(memcached), users, clock))
+    await browser.get("/api")
+    key = memcached_store(app).key(session_id_of(browser, app))
+    ttl = memcached.ttl(key)
+    assert ttl is not None and 995 <= ttl <= 1000  # idle end comes first
+    clock.advance(900)
+    await browser.get("/api")
+    ttl = memcached.ttl(key)
+    assert ttl is not None and 595 <= ttl <= 600  # now the absolute end (1500 - 900) does
+
+
+def test_exptime_is_never_a_raw_offset_over_30_days():
+    assert memcached_exptime(10) == 10
+    assert memcached_exptime(0.2) == 1
+    assert memcached_exptime(THIRTY_DAYS) == THIRTY_DAYS
+    assert memcached_exptime(THIRTY_DAYS + 1, wall_clock=lambda: 1_000_000_000.0) == 1_000_000_000 + THIRTY_DAYS + 1
+
+
+@pytest.mark.gen_test
+async def test_lifetimes_over_30_days_work(http_server, browser, memcached: Memcached, users, clock):
+    config = load_settings(
+        "test",
+        environ={"SESSION_IDLE_TIMEOUT": str(40 * DAY), "SESSION_ABSOLUTE_TIMEOUT": str(90 * DAY)},
+        session_secrets=(test_secret(),),
+    )
+    app = serve(http_server, app_with(config, make_store(memcached), users, clock))
+    await browser.get("/api")
+    assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
+    ttl = memcached.ttl(memcached_store(app).key(session_id_of(browser, app)))
+    assert ttl is not None and 40 * DAY - 10 <= ttl <= 40 * DAY
+
+
+@pytest.mark.gen_test
+async def test_touch_refreshes_the_ttl_without_rewriting_data(browser, app, memcached, clock: FakeClock):
+    await browser.login()
+    key = memcached_store(app).key(session_id_of(browser, app))
+    client = raw_client(memcached)
+    value, token = client.gets(key)
+    clock.advance(app.config.touch_interval + 1)
+    assert (await browser.get("/api/balance")).code == 200
+    value_after, token_after = client.gets(key)
+    assert (value_after, token_after) == (value, token)  # data untouched: same bytes, same cas
+    assert float(client.get(key + ":seen")) == clock()
+    # The refreshed last_seen counts: idle timeout measured from the touch, not the login.
+    clock.advance(app.config.idle_timeout - 10)
+    assert (await browser.get("/api/balance")).code == 200
+
+
+# Confirmed writes and concurrency -----------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_created_updated_and_deleted_records_are_there_when_the_response_arrives(browser, app, memcached):
+    client = raw_client(memcached)
+    await browser.get("/api")
+    key = memcached_store(app).key(session_id_of(browser, app))
+    assert json.loads(client.get(key))["data"] == {"page_views": 1}
+    await browser.get("/api")
+    assert json.loads(client.get(key))["data"] == {"page_views": 2}
+    await browser.login()
+    assert client.get(key) is None  # regenerated: the pre-login record is gone
+    login_key = memcached_store(app).key(session_id_of(browser, app))
+    await browser.post("/api/logout", {})
+    assert client.get(login_key) is None
+
+
+def fill_until_full(server: Memcached) -> None:
+    """Fill every small slab class of a memcached started with -M until it refuses writes."""
+    client = raw_client(server)
+    for size in range(16, 2048, 16):
+        n = 0
+        while True:
+            try:
+                client.set(f"fill:{size}:{n:040d}", b"x" * size, 0)
+            except MemcacheServerError:
+                break
+            n += 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_write_memcached_refuses_fails_the_login_with_503_and_no_cookie(http_server, browser, users, clock):
+    config = load_settings("test", environ={}, session_secrets=(test_secret(),), store="memcached")
+    with Memcached("-M", "-m", "2", "-I", "512k") as full:
+        fill_until_full(full)
+        app = serve(http_server, app_with(config, make_store(full), users, clock))
+        r = await browser.login()
+        assert r.code == 503
+        assert r.headers["Retry-After"]
+        assert "errorMessage" in body_json(r)
+        assert "sid" not in browser.cookies
+        assert not [k for k in full.stored_keys() if k.startswith("session:")]
+        assert app.in_flight == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_concurrent_increments_in_one_process_all_count(browser):
+    await browser.get("/api")
+    results = await asyncio.gather(*(browser.get("/api") for _ in range(50)))
+    assert all(r.code == 200 for r in results)
+    assert (await browser.get("/api")).body.decode() == "You visited this page 52 times"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_two_processes_sharing_memcached_lose_no_increment(memcached: Memcached):
+    env = {
+        "SESSION_STORE": "memcached",
+        "MEMCACHED_SERVERS": memcached.address,
+        "SESSION_SECRETS": test_secret(),
+    }
+    with app_processes(env, 2) as (first, second):
+        client = AsyncHTTPClient(force_instance=True, max_clients=100)
+        try:
+            r = await client.fetch(first.base_url + "/api")
+            cookie = r.headers["Set-Cookie"].split(";")[0]
+            headers = {"Cookie": cookie}
+            n = 200
+            requests = [
+                client.fetch((first if i % 2 else second).base_url + "/api", headers=headers, raise_error=False)
+                for i in range(n)
+            ]
+            results = await asyncio.gather(*requests)
+            assert [r.code for r in results] == [200] * n
+            final = await client.fetch(second.base_url + "/api", headers=headers)
+            assert final.body.decode() == f"You visited this page {n + 2} times"
+        finally:
+            client.close()
+
+
+# Outages ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_outage_gives_503_then_recovers_without_restart(browser, make_browser, app, memcached, caplog):
+    await browser.login()
+    memcached.stop()
+    with caplog.at_level(logging.INFO):
+        for path, method in (("/api/login", "GET"), ("/api/balance", "GET"), ("/api", "GET"), ("/api/logout", "POST")):
+            started = time.monotonic()
+            r = await browser.fetch(method, path, json_body={} if method == "POST" else None)
+            assert r.code == 503, path
+            assert time.monotonic() - started < 2
+            assert r.headers["Retry-After"] == "2"
+            assert body_json(r)["errorMessage"]
+        assert (await browser.get("/readyz")).code == 503
+        assert (await browser.get("/livez")).code == 200
+        r = await make_browser().login()  # a login with nowhere to store the session
+        assert r.code == 503
+        assert "Set-Cookie" not in r.headers or "sid=" not in r.headers["Set-Cookie"]
+    outage_lines = [
+        rec for rec in caplog.records if "unavailable" in rec.getMessage() and rec.name.startswith("stores")
+    ]
+    assert len(outage_lines) == 1  # logged once, not per request
+    assert "sid" in browser.cookies  # a 503 never clears the browser's cookie
+
+    memcached.start()  # same port; memcached is a cache, so it comes back empty
+    deadline = time.monotonic() + 5
+    while (await browser.get("/readyz")).code != 200:
+        assert time.monotonic() < deadline, "did not recover within 5 s"
+        await asyncio.sleep(0.1)
+    assert body_json(await browser.get("/api/login")) == {"loggedIn": False}
+    assert (await browser.login()).code == 200
+    assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stalled_memcached_does_not_block_other_requests(browser, base_url, memcached):
+    await browser.get("/api")
+    # Its own client: the shared one queues past 10 requests, which would measure the client.
+    probe_client = AsyncHTTPClient(force_instance=True)
+    memcached.pause()
+    try:
+        stalled = [asyncio.ensure_future(browser.get("/api")) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        for path in ("/livez", "/api/login"):  # sessionless, and a session read with no cookie
+            started = time.monotonic()
+            r = await Browser(probe_client, base_url).get(path)
+            assert r.code == 200
+            assert time.monotonic() - started < 0.2, path
+        started = time.monotonic()
+        results = await asyncio.gather(*stalled)
+        assert {r.code for r in results} == {503}
+        assert time.monotonic() - started < 2
+    finally:
+        memcached.resume()
+        probe_client.close()
+    deadline = time.monotonic() + 5
+    while (r := await browser.get("/api")).code != 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert r.body.decode().startswith("You visited this page")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_three_nodes_one_killed(http_server, make_browser, users, clock, config):
+    with Memcached() as a, Memcached() as b, Memcached() as c:
+        store = make_store(a, b, c)
+        await store.start()  # as server.py does: the prober retires and restores nodes
+        app = serve(http_server, app_with(config, store, users, clock))
+        browsers = [make_browser() for _ in range(30)]
+        for br in browsers:
+            await br.get("/api")
+        homes = {id(br): store.node_name(session_id_of(br, app)) for br in browsers}
+        assert len(set(homes.values())) == 3  # spread over all three
+        b.stop()
+        lost = [br for br in browsers if homes[id(br)] == b.address]
+        kept = [br for br in browsers if homes[id(br)] != b.address]
+        for br in kept:
+            r = await br.get("/api")
+            assert r.body.decode() == "You visited this page 2 times"
+        # While b is being detected as dead: 503 (never a silent new session, never a 500).
+        codes = {(await br.get("/api")).code for br in lost}
+        assert codes <= {503, 200} and 500 not in codes
+        await asyncio.sleep(store.dead_after + 0.5)
+        for br in lost:
+            r = await br.get("/api")
+            assert r.code == 200
+            assert r.body.decode() == "Welcome to this page for the first time!"  # lost with its node
+        for br in kept:
+            assert (await br.get("/api")).body.decode() == "You visited this page 3 times"
+        assert (await make_browser().get("/readyz")).code == 200
+        await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x80\x81\xff",
+        b"[]",
+        b'{"data": 5, "created_at": 1, "last_seen": 1}',
+        b'{"data": {}, "created_at": "soon", "last_seen": 1}',
+        b"[" * 50_000,
+        b'{"data": {"user": "max@gmail.com"}, "created_at": 1, "last_seen": 1, "pad": "' + b"x" * 70_000 + b'"}',
+    ],
+)
+async def test_hostile_values_in_memcached_are_no_session(browser, app, memcached: Memcached, value):
+    session_id = "H" * 43
+    memcached.set_raw(memcached_store(app).key(session_id), value)
+    browser.cookies["sid"] = signed_cookie(app, session_id)
+    r = await browser.get("/api/login")
+    assert (r.code, body_json(r)) == (200, {"loggedIn": False})
+    r = await browser.get("/api")
+    assert r.code == 200 and r.body.decode() == "Welcome to this page for the first time!"
+
+
+@pytest.mark.gen_test
+async def test_readiness_follows_memcached(browser, memcached: Memcached):
+    assert (await browser.get("/readyz")).code == 200
+    memcached.stop()
+    r = await browser.get("/readyz")
+    assert r.code == 503 and r.headers["Retry-After"]
+
+
+@pytest.mark.gen_test
+async def test_records_over_the_size_limit_are_refused_with_413(http_server, browser, memcached, users, clock, config):
+    # Room for the anonymous counter record, not for the login record that adds the user.
+    anonymous = len(json.dumps({"data": {"page_views": 1}, "created_at": clock(), "last_seen": clock()}))
+    app = serve(http_server, app_with(config, make_store(memcached, max_record_size=anonymous + 5), users, clock))
+    await browser.get("/api")
+    r = await browser.login(MAX)
+    assert r.code == 413
+    assert "errorMessage" in body_json(r)
+    assert "sid" in browser.cookies  # the anonymous session is untouched
+    assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
+    assert app.in_flight == 0
+
+
+# TLS --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_memcached(tmp_path) -> Iterator[tuple[Memcached, TestPKI]]:
+    pki = TestPKI(tmp_path)
+    options = f"ssl_chain_cert={pki.server_cert},ssl_key={pki.server_key},ssl_ca_cert={pki.ca_cert},ssl_verify_mode=2"
+    with Memcached("-Z", "-o", options) as server:
+        yield server, pki
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sessions_over_tls_with_a_client_certificate(http_server, browser, users, clock, tls_memcached):
+    server, pki = tls_memcached
+    config = load_settings(
+        "test",
+        environ={
+            "SESSION_STORE": "memcached",
+            "MEMCACHED_SERVERS": server.address,
+            "MEMCACHED_TLS_CA": pki.ca_cert,
+            "MEMCACHED_TLS_CERT": pki.client_cert,
+            "MEMCACHED_TLS_KEY": pki.client_key,
+        },
+        session_secrets=(test_secret(),),
+    )
+    serve(http_server, SessionApplication(config, build_store(config), users, clock=clock))
+    assert (await browser.get("/readyz")).code == 200
+    await browser.get("/api")
+    assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
+    assert (await browser.login()).code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tls_refuses_an_unverified_server_or_a_missing_client_certificate(tls_memcached, tmp_path):
+    server, pki = tls_memcached
+    (tmp_path / "other").mkdir()
+    other_ca = TestPKI(tmp_path / "other")
+    untrusted = make_store(server, tls=tls_context(other_ca.ca_cert, pki.client_cert, pki.client_key))
+    no_client_cert = make_store(server, tls=tls_context(pki.ca_cert))
+    plaintext = make_store(server)
+    for store in (untrusted, no_client_cert, plaintext):
+        with pytest.raises(StoreUnavailable):
+            await store.create("T" * 43, new_record(0), 60)
+        assert not await store.ready()
+
+
+def test_prod_starts_on_memcached_with_the_hardened_cookie(memcached: Memcached, tmp_path):
+    users = tmp_path / "users.json"
+    users.write_text(
+        json.dumps(
+            [
+                {
+                    "email": "ann@example.com",
+                    "name": "Ann",
+                    "balance": 1,
+                    "password_hash": hash_password("pw", cost=(10, 8, 1)),
+                }
+            ]
+        )
+    )
+    env = {"SESSION_SECRETS": test_secret(), "USERS_FILE": str(users), "MEMCACHED_SERVERS": memcached.address}
+    with AppProcess(env, args=("--env=prod",)) as app:
+        with urllib.request.urlopen(app.base_url + "/api", timeout=5) as response:
+            assert response.read() == b"Welcome to this page for the first time!"
+            cookie = response.headers["Set-Cookie"]
+        assert urllib.request.urlopen(app.base_url + "/readyz", timeout=5).status == 200
+    assert cookie.startswith("__Host-sid=")
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite", "path"} <= attributes
+    assert "domain" not in attributes
+    assert "samesite=lax" in cookie.lower() and "path=/" in cookie.lower()
+    assert [k for k in memcached.stored_keys() if k.startswith("session:")]
