@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from tornado.httpserver import HTTPServer
 
+from handlers.access import configure_logging
 from handlers.app import SessionApplication
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
 from stores import build_store
@@ -27,7 +29,6 @@ log = logging.getLogger("server")
 # Tornado's own cap, far above ours: the handlers answer 413 with a JSON error themselves
 # (from Content-Length, before reading), and this only bounds what a chunked body may stream.
 TORNADO_MAX_BODY = 16 * 1024 * 1024
-DRAIN_SECONDS = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,21 +79,37 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("serving env=%s on http://%s:%d (store: %s)", settings.env, settings.host, settings.port, settings.store)
     await stop.wait()
-    log.info("stopping: no new connections; draining for up to %.0fs", DRAIN_SECONDS)
-    server.stop()
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while app.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await drain(server, app, settings.drain_timeout)
     await store.close()
     users.close()
     log.info("stopped")
+
+
+async def drain(server: HTTPServer, app: SessionApplication, timeout: float) -> None:
+    """Stop accepting, let requests in flight finish (and save their sessions), then close.
+
+    Keep-alive is switched off first, so a request still arriving on an open connection is
+    answered with ``Connection: close`` instead of keeping the connection around.
+    """
+    log.info("stopping: no new connections; draining %d request(s) for up to %.1fs", app.in_flight, timeout)
+    server.stop()
+    server.conn_params.no_keep_alive = True
+    deadline = time.monotonic() + timeout
+    while app.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    if app.in_flight:
+        log.warning("drain timeout: closing %d unfinished request(s)", app.in_flight)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        log.warning("some connections did not close in time")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         return hash_password_command()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(os.environ.get("LOG_FORMAT", "text"))
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
         settings = load_settings(args.env, **overrides)
@@ -100,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, UsersFileError) as e:
         print(f"server.py: refusing to start ({args.env}): {e}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_format)
     try:
         asyncio.run(serve(settings, users))
     except OSError as e:

@@ -9,6 +9,7 @@ from typing import Any
 from tornado.routing import _RuleList
 from tornado.web import Application
 
+from handlers.access import log_request
 from handlers.account import BalanceHandler
 from handlers.auth import LoginHandler, LogoutHandler
 from handlers.base import SecurityHeaders
@@ -55,5 +56,6 @@ class SessionApplication(Application):
             [*(extra_routes or []), *API_ROUTES],
             default_handler_class=NotFoundHandler,
             transforms=[SecurityHeaders],
+            log_function=log_request,
             **tornado_settings,
         )

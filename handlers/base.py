@@ -43,6 +43,19 @@ STATUS_MESSAGES = {
 STORE_RETRY_AFTER = "2"
 
 
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def normalise_origin(origin: str) -> str:
+    """Lower-case, without the scheme's default port: http://Host:80 and http://host compare equal."""
+    origin = origin.lower()
+    scheme = origin.partition("://")[0]
+    default = _DEFAULT_PORTS.get(scheme)
+    if default and origin.endswith(default):
+        return origin[: -len(default)]
+    return origin
+
+
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """Split a Content-Type value into its lower-cased media type and parameters."""
     media_type, *rest = value.split(";")
@@ -127,7 +140,7 @@ class JsonHandler(RequestHandler):
 
     def own_origin(self) -> str:
         """This server's origin as the browser sees it (the forwarded scheme behind a proxy)."""
-        return f"{self.request.protocol}://{self.request.host}".lower()
+        return normalise_origin(f"{self.request.protocol}://{self.request.host}")
 
     # Request checks --------------------------------------------------------------------------
 
@@ -152,7 +165,7 @@ class JsonHandler(RequestHandler):
         """
         origin = self.request.headers.get("Origin")
         if origin is not None:
-            if origin in self.app.config.cors_origins or origin.lower() == self.own_origin():
+            if origin in self.app.config.cors_origins or normalise_origin(origin) == self.own_origin():
                 return
             raise ApiError(403, "Cross-origin request refused.")
         config = self.app.config

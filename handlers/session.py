@@ -65,6 +65,8 @@ class Session:
         self.touch_due = touch_due
         # The request carried a session cookie that was not adopted: clear it unless replaced.
         self.stale_cookie = stale_cookie
+        # regenerate() was called (a login): logged as such even when no session existed before.
+        self.regenerated = False
 
     # Reading -------------------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class Session:
         self.stored_id = None
         self.created_at = None
         self.id = new_session_id()
+        self.regenerated = True
 
     def destroy(self) -> None:
         """End the session: its record is deleted and the browser's cookie cleared on save.
@@ -272,17 +275,28 @@ class SessionManager:
         session_id, resign = self.verify(cookie)
         if session_id is None:
             if cookie:
-                log.info("session cookie rejected (bad signature, format or age)")
+                log.info("session cookie rejected (bad signature, format or age)", extra={"event": "session.rejected"})
             return Session(None, None, stale_cookie=bool(cookie))
         record = await self.store.load(session_id)
         if record is None:
-            log.warning("session cookie for an unknown session, not adopted (session=%s)", self.log_id(session_id))
+            hashed = self.log_id(session_id)
+            log.warning(
+                "session cookie for an unknown session, not adopted (session=%s)",
+                hashed,
+                extra={"event": "session.unknown", "session": hashed},
+            )
             return Session(None, None, stale_cookie=True)
         now = self.clock()
         reason = self._expired(record, now)
         if reason is not None:
             await self.store.delete(session_id)
-            log.info("session expired: %s (session=%s)", reason, self.log_id(session_id))
+            hashed = self.log_id(session_id)
+            log.info(
+                "session expired: %s (session=%s)",
+                reason,
+                hashed,
+                extra={"event": "session.expired", "session": hashed},
+            )
             return Session(None, None, stale_cookie=True)
         touch_due = now - record["last_seen"] >= self.settings.touch_interval
         return Session(session_id, record, resign=resign, touch_due=touch_due)
@@ -301,8 +315,9 @@ class SessionManager:
                 session.id = new_session_id()
             record = apply_operations(new_record(now), session.operations, now)
             await self.store.create(session.id, record, self.ttl(now, now))
-            event = "regenerated" if session.retired_ids else "created"
-            log.info("session %s (session=%s)", event, self.log_id(session.id))
+            event = "regenerated" if session.regenerated else "created"
+            hashed = self.log_id(session.id)
+            log.info("session %s (session=%s)", event, hashed, extra={"event": f"session.{event}", "session": hashed})
             self._adopt(session, session.id, record)
             change = CookieChange(self.sign(session.id))
         elif session.stored_id is not None and session.operations:
@@ -325,7 +340,10 @@ class SessionManager:
         for old_id in session.retired_ids:
             await self.store.delete(old_id)
             if session.id is None:
-                log.info("session destroyed (session=%s)", self.log_id(old_id))
+                hashed = self.log_id(old_id)
+                log.info(
+                    "session destroyed (session=%s)", hashed, extra={"event": "session.destroyed", "session": hashed}
+                )
         session.retired_ids = []
         if change is None and session.id is not None and session.stored_id == session.id and session.resign:
             change = CookieChange(self.sign(session.id))

@@ -23,6 +23,10 @@ class Settings:
     port: int = 3000
     # Trust X-Real-IP / X-Forwarded-* headers. Only behind a proxy that overwrites them.
     xheaders: bool = False
+    # On SIGTERM/SIGINT: stop accepting, then let requests in flight finish for up to this long.
+    drain_timeout: float = 10.0
+    # "text" or "json" (one JSON object per line).
+    log_format: str = "text"
 
     # Signing secrets, newest first: the newest signs, every one verifies.
     session_secrets: tuple[str, ...] = ()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib
+import ipaddress
 import logging
 import os
 import re
@@ -41,6 +42,8 @@ ENV_VARIABLES: dict[str, str] = {
     "MEMCACHED_TLS_CERT": "memcached_tls_cert",
     "MEMCACHED_TLS_KEY": "memcached_tls_key",
     "SESSION_STORE": "store",
+    "LOG_FORMAT": "log_format",
+    "DRAIN_TIMEOUT": "drain_timeout",
 }
 
 
@@ -86,10 +89,18 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
     for name in ("CORS_ORIGINS", "MEMCACHED_SERVERS"):
         if name in environ:
             changes[ENV_VARIABLES[name]] = _split_list(environ[name])
-    for name in ("HOST", "USERS_FILE", "MEMCACHED_TLS_CA", "MEMCACHED_TLS_CERT", "MEMCACHED_TLS_KEY", "SESSION_STORE"):
+    for name in (
+        "HOST",
+        "USERS_FILE",
+        "MEMCACHED_TLS_CA",
+        "MEMCACHED_TLS_CERT",
+        "MEMCACHED_TLS_KEY",
+        "SESSION_STORE",
+        "LOG_FORMAT",
+    ):
         if environ.get(name):
             changes[ENV_VARIABLES[name]] = environ[name]
-    for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT"):
+    for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT", "DRAIN_TIMEOUT"):
         if environ.get(name):
             number = _int_variable(name, environ[name], problems)
             if number is not None:
@@ -121,6 +132,10 @@ def _validate(s: Settings, problems: list[str]) -> None:
             "idle_timeout (SESSION_IDLE_TIMEOUT): longer than absolute_timeout "
             "(SESSION_ABSOLUTE_TIMEOUT), so it would never apply"
         )
+    if s.log_format not in ("text", "json"):
+        problems.append(f"log_format (LOG_FORMAT): {s.log_format!r} is not text or json")
+    if s.drain_timeout < 0:
+        problems.append("drain_timeout (DRAIN_TIMEOUT): must not be negative")
     if s.touch_interval <= 0:
         problems.append("touch_interval: must be positive")
     if s.cookie_samesite not in SAMESITE_VALUES:
@@ -190,6 +205,20 @@ def _validate_prod(s: Settings, problems: list[str]) -> None:
         )
     if not s.users_file:
         problems.append("users_file (USERS_FILE): prod needs its own users; the demo users are refused")
+    if not _is_loopback(s.host):
+        problems.append(
+            f"host (HOST): {s.host!r} is not a loopback address; in prod the app listens on loopback "
+            "behind nginx, which overwrites the forwarding headers the app trusts"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(

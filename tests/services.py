@@ -7,12 +7,14 @@ A service whose binary is missing makes its tests skip with a reason naming it, 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -138,28 +140,41 @@ class Memcached:
 
 
 class AppProcess:
-    """``server.py`` in a subprocess on a free port, with the given environment variables."""
+    """``server.py`` in a subprocess on a free port, with the given environment variables.
+
+    Its output goes to a file, so a test can read the log while the process runs.
+    """
 
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("--env=test",), port: int | None = None) -> None:
         self.port = port or free_port()
         self.env = {**os.environ, **env}
         self.args = args
-        self.process: subprocess.Popen[str] | None = None
-        self.output = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"app-{self.port}-", suffix=".log")[1])
+        self.returncode: int | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def start(self) -> AppProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "server.py", *self.args, f"--port={self.port}"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "server.py", *self.args, f"--port={self.port}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -171,25 +186,34 @@ class AppProcess:
                     raise RuntimeError(f"server did not start:\n{self.output}") from None
                 time.sleep(0.05)
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
+    def send_signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 20) -> int:
+        """Wait for the process to exit; return its exit code."""
+        assert self.process is not None
         try:
-            self.output, _ = self.process.communicate(timeout=20)
+            self.returncode = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.output, _ = self.process.communicate()
-        code = self.process.returncode
+            self.returncode = self.process.wait()
         self.process = None
-        return code
+        return self.returncode
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process is None:
+            return self.returncode or 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.wait()
 
     def __enter__(self) -> AppProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.log_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -202,7 +226,7 @@ def app_processes(env: dict[str, str], count: int) -> Iterator[list[AppProcess]]
         yield apps
     finally:
         for app in apps:
-            app.stop()
+            app.__exit__()
 
 
 class TestPKI:
@@ -276,3 +300,70 @@ class TestPKI:
             ext,
         )
         return cert, key
+
+
+class Nginx:
+    """nginx in the foreground with the deploy site rendered for this test's ports and paths."""
+
+    def __init__(self, directory: Path, site: str) -> None:
+        self.binary = require_binary("nginx")
+        self.dir = directory
+        self.site = site
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Nginx:
+        for sub in ("tmp", "logs"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "site.conf").write_text(self.site)
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = "".join(
+            f"    {kind}_temp_path {self.dir}/tmp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (self.dir / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/logs/error.log warn;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n"
+            f"    access_log {self.dir}/logs/access.log;\n{temp}    include {self.dir}/site.conf;\n}}\n"
+        )
+        check = subprocess.run(
+            [self.binary, "-t", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")], capture_output=True, text=True
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}")
+        self.process = subprocess.Popen(
+            [self.binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """The (address, port) pairs process ``pid`` listens on over TCP, read from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            address_hex, port_hex = local.split(":")
+            raw = bytes.fromhex(address_hex)
+            # /proc prints each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((str(ipaddress.ip_address(words)), int(port_hex, 16)))
+            assert len(address_hex) == width
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -96,7 +97,7 @@ body_bytes = st.one_of(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
         lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
         max_leaves=20,
-    ).map(lambda v: __import__("json").dumps(v).encode()),
+    ).map(lambda v: json.dumps(v).encode()),
 )
 
 

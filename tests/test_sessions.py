@@ -362,7 +362,7 @@ async def test_log_lines_never_hold_a_session_id(browser: Browser, app, caplog):
         await browser.get("/api")
         seen.add(cookie_id(browser, app) or "")
     text = "\n".join(rec.getMessage() for rec in caplog.records)
-    assert "session created" in text and "session destroyed" in text
+    assert "session created" in text and "session regenerated" in text and "session destroyed" in text
     seen.discard("")
     assert len(seen) == 4
     for session_id in seen:

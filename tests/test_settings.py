@@ -108,6 +108,15 @@ def test_prod_refuses_every_unsafe_setting_at_once():
     assert len(caught.value.problems) >= 7
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "example.com"])
+def test_prod_listens_on_loopback_only(host):
+    with pytest.raises(SettingsError) as caught:
+        load_settings("prod", environ={"SESSION_SECRETS": LONG, "USERS_FILE": "/u.json", "HOST": host})
+    assert "not a loopback address" in str(caught.value)
+    for loopback in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        load_settings("prod", environ={"SESSION_SECRETS": LONG, "USERS_FILE": "/u.json", "HOST": loopback})
+
+
 def test_prod_refuses_a_missing_secret():
     with pytest.raises(SettingsError) as caught:
         load_settings("prod", environ={"USERS_FILE": "/u.json"})
@@ -125,6 +134,11 @@ def test_prod_refuses_a_missing_secret():
         ({"MEMCACHED_SERVERS": "nohost"}, "not host:port"),
         ({"SESSION_SECRETS": "same,same"}, "listed twice"),
         ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read"),
+        ({"LOG_FORMAT": "xml"}, "not text or json"),
+        ({"DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT: expected a whole number"),
+        ({"SESSION_STORE": "redis"}, "'redis' is not one of memory, memcached"),
+        ({"MEMCACHED_TLS_CERT": "/etc/hostname"}, "set both or neither"),
+        ({"MEMCACHED_TLS_CA": "/does/not/exist"}, "not a readable file"),
     ],
 )
 def test_bad_values_are_named(environ, message):
