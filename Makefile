@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ENV ?= dev
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := memcached nginx openssl wrk
+SYSTEM_PACKAGES := memcached nginx openssl wrk chromium
 
 .PHONY: run test lint types system-packages venv
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tornado.routing import _RuleList
@@ -14,11 +15,13 @@ from handlers.account import BalanceHandler
 from handlers.auth import LoginHandler, LogoutHandler
 from handlers.base import SecurityHeaders
 from handlers.health import LivenessHandler, NotFoundHandler, ReadinessHandler
-from handlers.pages import PageCounterHandler
+from handlers.pages import DemoClientHandler, PageCounterHandler
 from handlers.session import SessionManager
 from settings import Settings
 from stores.base import SessionStore
 from stores.users import UserDirectory
+
+ROOT = Path(__file__).resolve().parent.parent
 
 API_ROUTES: _RuleList = [
     (r"/api", PageCounterHandler),
@@ -52,8 +55,14 @@ class SessionApplication(Application):
         self.clock = clock
         self.sessions = SessionManager(config, store, clock)
         self.in_flight = 0
+        routes: list[Any] = [*(extra_routes or []), *API_ROUTES]
+        if config.static_path:
+            # The client's own files at the top level (index.html, app.js, ...), as nginx serves
+            # them in prod; anything else stays a JSON 404.
+            static = {"path": str(ROOT / config.static_path), "default_filename": "index.html"}
+            routes.append((r"/((?:[\w-]+\.(?:html|js|css|svg|png|ico))?)", DemoClientHandler, static))
         super().__init__(
-            [*(extra_routes or []), *API_ROUTES],
+            routes,
             default_handler_class=NotFoundHandler,
             transforms=[SecurityHeaders],
             log_function=log_request,

@@ -1,6 +1,11 @@
-"""The page counter: the reference app's ``GET /api``."""
+"""Pages: the reference app's page counter (``GET /api``) and, in dev, the demo client's files."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
+
+from tornado.web import StaticFileHandler
 
 from handlers.base import SessionHandler
 
@@ -21,3 +26,15 @@ class PageCounterHandler(SessionHandler):
             self.write("Welcome to this page for the first time!")
         else:
             self.write(f"You visited this page {views} times")
+
+
+class DemoClientHandler(StaticFileHandler):
+    """Serves ``static/`` at ``/`` in dev (nginx does it in prod); errors in the API's JSON shape."""
+
+    def set_extra_headers(self, path: str) -> None:
+        # A laptop edits these files: always revalidate.
+        self.set_header("Cache-Control", "no-cache")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"errorMessage": "Not found." if status_code == 404 else self._reason}))

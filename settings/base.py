@@ -78,6 +78,10 @@ class Settings:
     xsrf_cookie_name: str = "XSRF-TOKEN"
     xsrf_header_name: str = "X-XSRF-TOKEN"
 
+    # Folder (relative to the project) served at / for the demo client; None: not served
+    # (in prod nginx serves it).
+    static_path: str | None = None
+
     # None: the two demo users shipped in settings/demo_users.json (refused in prod).
     users_file: str | None = None
     max_body_size: int = 64 * 1024

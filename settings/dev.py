@@ -6,4 +6,5 @@ SETTINGS = DEFAULTS.replace(
     env="dev",
     cors_origins=("http://localhost:4736",),
     store="memory",
+    static_path="static",
 )

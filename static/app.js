@@ -1,0 +1,119 @@
+// The demo client: what the reference Angular client does, in plain JavaScript.
+// Every call carries credentials; same-origin calls echo the XSRF-TOKEN cookie in X-XSRF-TOKEN
+// (Angular's convention). Cross-origin calls rely on the server's CORS allowlist instead.
+"use strict";
+
+(function () {
+  const query = new URLSearchParams(window.location.search);
+  const apiBase = (query.get("api") || window.SESSION_DEMO_API || "").replace(/\/+$/, "");
+  const apiOrigin = apiBase ? new URL(apiBase).origin : window.location.origin;
+  const sameOrigin = apiOrigin === window.location.origin;
+
+  const $ = (id) => document.getElementById(id);
+  const views = { out: $("logged-out"), in: $("logged-in") };
+
+  function readCookie(name) {
+    const prefix = name + "=";
+    for (const part of document.cookie.split("; ")) {
+      if (part.startsWith(prefix)) return decodeURIComponent(part.slice(prefix.length));
+    }
+    return null;
+  }
+
+  class ApiError extends Error {}
+
+  async function call(method, path, body) {
+    const headers = { Accept: "application/json, text/plain" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (sameOrigin && method !== "GET") {
+      const token = readCookie("XSRF-TOKEN");
+      if (token) headers["X-XSRF-TOKEN"] = token;
+    }
+    let response;
+    try {
+      response = await fetch(apiBase + path, {
+        method,
+        headers,
+        credentials: "include",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (networkError) {
+      // A network failure and a CORS refusal look the same to a page.
+      throw new ApiError(`Cannot reach the server at ${apiOrigin} (offline, or this page's origin is not allowed).`);
+    }
+    const type = response.headers.get("Content-Type") || "";
+    const payload = type.includes("application/json") ? await response.json() : await response.text();
+    if (!response.ok) {
+      const message = payload && payload.errorMessage ? payload.errorMessage : `Request failed (${response.status}).`;
+      throw new ApiError(message);
+    }
+    return payload;
+  }
+
+  function showError(message) {
+    $("error").textContent = message;
+    $("error").hidden = !message;
+  }
+
+  function showLoggedIn(user) {
+    views.out.hidden = true;
+    views.in.hidden = false;
+    $("welcome").textContent = user ? `Welcome, ${user.name}!` : "Welcome back!";
+  }
+
+  function showLoggedOut() {
+    views.in.hidden = true;
+    views.out.hidden = false;
+  }
+
+  async function guarded(action) {
+    showError("");
+    try {
+      await action();
+    } catch (error) {
+      showError(error instanceof ApiError ? error.message : "Something went wrong.");
+    }
+  }
+
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(async () => {
+      const result = await call("POST", "/api/login", { email: $("email").value, password: $("password").value });
+      $("balance").textContent = "";
+      showLoggedIn(result.user);
+    });
+  });
+
+  $("logout-button").addEventListener("click", () =>
+    guarded(async () => {
+      await call("POST", "/api/logout", {});
+      $("balance").textContent = "";
+      showLoggedOut();
+    })
+  );
+
+  $("balance-button").addEventListener("click", () =>
+    guarded(async () => {
+      $("balance").textContent = "";
+      try {
+        const result = await call("GET", "/api/balance");
+        $("balance").textContent = `Balance: ${result.balance.toLocaleString("en-US")}`;
+      } catch (error) {
+        $("balance").textContent = error.message;
+        throw error;
+      }
+    })
+  );
+
+  $("api-base").textContent = apiOrigin;
+  document.body.dataset.ready = "false";
+  guarded(async () => {
+    const status = await call("GET", "/api/login");
+    if (status.loggedIn) showLoggedIn(null);
+    else showLoggedOut();
+    $("counter").textContent = await call("GET", "/api");
+  }).finally(() => {
+    if (views.in.hidden && views.out.hidden) showLoggedOut();
+    document.body.dataset.ready = "true";
+  });
+})();
