@@ -1,0 +1,167 @@
+"""Turns a benchmark report (bench/results/latest.json) into docs/BENCHMARKS.md and a chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SERVERS = ["ours-memory", "ours-memcached", "express-memory", "express-memcached"]
+LABELS = {
+    "ours-memory": "this server, memory store",
+    "ours-memcached": "this server, memcached",
+    "express-memory": "express-session, MemoryStore",
+    "express-memcached": "express-session, connect-memcached",
+    "ours-delayed": "this server, memcached + 20 ms",
+}
+SCENARIO_LABELS = {
+    "ceiling": "ceiling (sessionless /livez)",
+    "counter": "page counter (GET /api)",
+    "balance": "logged in, read-only (GET /api/balance)",
+}
+COLOURS = {
+    "ours-memory": "#2456d6",
+    "ours-memcached": "#7aa2f7",
+    "express-memory": "#c2410c",
+    "express-memcached": "#f4a261",
+}
+
+
+def _find(report: dict[str, Any], server: str, scenario: str, concurrency: int) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in report["results"]
+            if (r["server"], r["scenario"], r["concurrency"]) == (server, scenario, concurrency)
+        ),
+        None,
+    )
+
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    """Requests per second at the highest concurrency, per scenario and server, with the spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max(report["settings"]["concurrency"])
+    servers = [s for s in SERVERS if any(r["server"] == s for r in report["results"])]
+    scenarios = list(SCENARIO_LABELS)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(servers)
+    for i, server in enumerate(servers):
+        xs, heights, low, high = [], [], [], []
+        for j, scenario in enumerate(scenarios):
+            r = _find(report, server, scenario, top)
+            if r is None:
+                continue
+            xs.append(j + (i - (len(servers) - 1) / 2) * width)
+            heights.append(r["rps"])
+            low.append(r["rps"] - r["rps_min"])
+            high.append(r["rps_max"] - r["rps"])
+        left.bar(xs, heights, width, yerr=[low, high], capsize=3, label=LABELS[server], color=COLOURS[server])
+    left.set_xticks(range(len(scenarios)), [SCENARIO_LABELS[s].split(" (")[0] for s in scenarios])
+    left.set_ylabel("requests per second (median, bars: min-max)")
+    left.set_title(f"Throughput at {top} connections")
+    left.legend(fontsize=8, loc="upper right")
+    left.grid(axis="y", alpha=0.3)
+
+    for server in servers:
+        concurrencies = sorted({r["concurrency"] for r in report["results"] if r["server"] == server})
+        values = [_find(report, server, "counter", c) for c in concurrencies]
+        right.plot(
+            concurrencies,
+            [v["p99_ms"] if v else None for v in values],
+            marker="o",
+            label=LABELS[server],
+            color=COLOURS[server],
+        )
+    right.set_xlabel("connections")
+    right.set_ylabel("p99 latency, ms")
+    right.set_title("Page counter: p99 latency")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
+    s = report["settings"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `bench/run.py` (see the README, Benchmarks). Every figure is the median of "
+        f"{s['runs']} runs of {s['duration_s']:g} s each; the spread is the lowest and highest run. wrk with "
+        f"{s['wrk_threads']} thread rotates through {s['browsers_per_kind']} real browsers' cookies per "
+        "server (anonymous ones for the counter and the ceiling, logged-in ones for the balance). Server, "
+        "memcached and wrk share one machine of "
+        f"{report['machine']['cpus']} cores (Python {report['machine']['python']}); run on {report['when']}, "
+        f"{report['seconds']:.0f} s in all.",
+        "",
+        f"![Throughput and latency]({chart_name})",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | |",
+        "|---|---|---|---|",
+    ]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {t['value']} | {t['goal']} | {'met' if t['met'] else '**missed**'} |")
+    lines += ["", "## All figures", ""]
+    for concurrency in s["concurrency"]:
+        lines += [
+            f"### {concurrency} connection{'s' if concurrency > 1 else ''}",
+            "",
+            "| server | scenario | req/s | spread | p50 ms | p99 ms | of this server's ceiling |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in report["results"]:
+            if r["concurrency"] != concurrency:
+                continue
+            ceiling = _find(report, r["server"], "ceiling", concurrency)
+            share = f"{r['rps'] / ceiling['rps']:.2f}" if ceiling and r["scenario"] != "ceiling" else ""
+            lines.append(
+                f"| {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | {r['rps']:.0f} | "
+                f"{r['rps_min']:.0f}-{r['rps_max']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {share} |"
+            )
+        lines.append("")
+    memory = report.get("memory_store")
+    if memory:
+        lines += [
+            "## The memory store at scale",
+            "",
+            f"{memory['sessions']:,} sessions of the reference app's shape (page counter and logged-in user): "
+            f"{memory['rss_bytes_per_session']:.0f} bytes of resident memory per session "
+            f"({memory['rss_mib_total']} MiB). Expiring {memory['expired']:,} of them took "
+            f"{memory['sweep_seconds'] * 1000:.0f} ms in {memory['loop_turns_during_sweep']} slices; the longest "
+            f"the event loop waited meanwhile was {memory['longest_stall_ms']} ms.",
+            "",
+        ]
+    profiles = report.get("profile")
+    if profiles:
+        lines += [
+            "## Where the time goes",
+            "",
+            "The page counter at the highest concurrency against a server under cProfile (the IOLoop thread; "
+            "profiling slows it, so read shares, not absolute times). Share of busy time by area:",
+            "",
+        ]
+        areas = sorted({a for p in profiles.values() for a in p["areas"]})
+        lines += ["| area | " + " | ".join(f"{k} store" for k in profiles) + " |", "|---|" + "---|" * len(profiles)]
+        for a in sorted(areas, key=lambda a: -max(p["areas"].get(a, 0) for p in profiles.values())):
+            lines.append(f"| {a} | " + " | ".join(f"{p['areas'].get(a, 0):.1f} %" for p in profiles.values()) + " |")
+        for name, p in profiles.items():
+            lines += [
+                "",
+                f"Most expensive functions, {name} store ({p['busy_us_per_request']} µs busy per request "
+                "under the profiler):",
+                "",
+                "| function | calls | share |",
+                "|---|---|---|",
+            ]
+            lines += [f"| `{f['function']}` | {f['calls']} | {f['percent']} % |" for f in p["top_functions"][:10]]
+        lines.append("")
+    notes = report.get("notes")
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    path.write_text("\n".join(lines))

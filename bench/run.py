@@ -1,0 +1,443 @@
+"""The load benchmark: our server on both stores against its own ceiling and the reference app.
+
+    .venv/bin/python bench/run.py            # full run, a few minutes; updates docs/BENCHMARKS.md
+    .venv/bin/python bench/run.py --smoke    # seconds: checks the machinery only
+
+Starts memcached, the server (memory store, memcached store, memcached behind a 20 ms delaying
+proxy) and, when Node.js is present, the reference Express app (memory store and
+connect-memcached). Prepares 1,000 real browsers' cookies per server (anonymous ones for the page
+counter, logged-in ones for the balance), then drives each scenario with wrk and a Lua script
+that rotates through them. Every figure is the median of several runs, with the spread kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+from stores.users import hash_password  # noqa: E402
+
+SCENARIOS = {
+    "ceiling": ("/livez", "anonymous"),  # sessionless route on the same server
+    "counter": ("/api", "anonymous"),  # a read and a write per request
+    "balance": ("/api/balance", "logged_in"),  # logged-in, read-only
+}
+LOGIN = {"email": "max@gmail.com", "password": "1234"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer") from None
+            time.sleep(0.1)
+
+
+@dataclass
+class Server:
+    """One server under test: a name, how to start it, and the browsers prepared for it."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    port: int
+    cookies: dict[str, Path] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_dir: Path) -> None:
+        log = open(log_dir / f"{self.name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            self.command, cwd=self.cwd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_for(self.base_url + "/livez")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def browser_cookie(server: Server, logged_in: bool) -> str:
+    """One new browser's cookies after its first visit (GET /api) or a login, as a Cookie header."""
+    if logged_in:
+        request = urllib.request.Request(
+            server.base_url + "/api/login",
+            data=json.dumps(LOGIN).encode(),
+            headers={"Content-Type": "application/json", "Origin": server.base_url},
+            method="POST",
+        )
+    else:
+        request = urllib.request.Request(server.base_url + "/api")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        cookies = [c.split(";")[0] for c in response.headers.get_all("Set-Cookie") or []]
+    if not cookies:
+        raise RuntimeError(f"{server.name}: no cookie from {request.full_url}")
+    return "; ".join(cookies)
+
+
+def prepare_browsers(server: Server, count: int, directory: Path) -> None:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for kind, logged_in in (("anonymous", False), ("logged_in", True)):
+            lines = list(pool.map(browser_cookie, [server] * count, [logged_in] * count))
+            path = directory / f"{server.name}-{kind}.cookies"
+            path.write_text("\n".join(lines) + "\n")
+            server.cookies[kind] = path
+
+
+def wrk(url: str, path: str, cookies: Path, concurrency: int, duration: int) -> dict[str, float]:
+    """One wrk run; returns requests per second and latency percentiles in milliseconds."""
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "5s", "-s", str(BENCH / "rotate.lua"), url],
+        env={**os.environ, "COOKIES": str(cookies), "BENCH_PATH": path},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("BENCH "))
+    raw = json.loads(line[6:])
+    return {
+        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "errors": raw["non_2xx"] + raw["socket_errors"],
+    }
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
+    rps = [r["rps"] for r in runs]
+    return {
+        "rps": round(statistics.median(rps), 1),
+        "rps_min": round(min(rps), 1),
+        "rps_max": round(max(rps), 1),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
+        "errors": int(sum(r["errors"] for r in runs)),
+        "runs": [{k: round(v, 2) for k, v in r.items()} for r in runs],
+    }
+
+
+@contextlib.contextmanager
+def process(command: list[str], log: Path, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing on port {port}")
+        time.sleep(0.05)
+
+
+def our_server(name: str, env: dict[str, str]) -> Server:
+    port = free_port()
+    return Server(name, [sys.executable, "server.py", "--env=dev", f"--port={port}"], env, ROOT, port)
+
+
+def express_server(name: str, env: dict[str, str]) -> Server:
+    port = free_port()
+    return Server(name, ["node", "app.js"], {**env, "PORT": str(port)}, BENCH / "express", port)
+
+
+def measure_server(server: Server, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    # A warm-up, so the first measured run does not pay for imports, caches and JIT.
+    wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
+    for scenario, (path, kind) in SCENARIOS.items():
+        for concurrency in args.concurrency:
+            runs = [
+                wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration) for _ in range(args.runs)
+            ]
+            entry = {"server": server.name, "scenario": scenario, "concurrency": concurrency, **summarise(runs)}
+            results.append(entry)
+            print(
+                f"  {server.name:18} {scenario:8} c={concurrency:<3} {entry['rps']:8.0f} rps "
+                f"(spread {entry['rps_min']:.0f}-{entry['rps_max']:.0f})  p50 {entry['p50_ms']:6.2f} ms  "
+                f"p99 {entry['p99_ms']:6.2f} ms  errors {entry['errors']}",
+                flush=True,
+            )
+
+
+def find(results: list[dict[str, Any]], server: str, scenario: str, concurrency: int) -> dict[str, Any] | None:
+    return next(
+        (r for r in results if (r["server"], r["scenario"], r["concurrency"]) == (server, scenario, concurrency)), None
+    )
+
+
+def evaluate(results: list[dict[str, Any]], memory: dict[str, Any] | None, top: int) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured figure and whether it is met."""
+
+    def rps(server: str, scenario: str, c: int = top) -> float | None:
+        r = find(results, server, scenario, c)
+        return r["rps"] if r else None
+
+    targets: list[dict[str, Any]] = []
+
+    def ratio(name: str, a: float | None, b: float | None, minimum: float) -> None:
+        if a is not None and b:
+            targets.append({"target": name, "value": round(a / b, 3), "goal": f">= {minimum}", "met": a / b >= minimum})
+
+    ratio("memory counter / ceiling", rps("ours-memory", "counter"), rps("ours-memory", "ceiling"), 0.90)
+    ratio("memcached counter / memory counter", rps("ours-memcached", "counter"), rps("ours-memory", "counter"), 0.80)
+    ratio("memory balance / ceiling", rps("ours-memory", "balance"), rps("ours-memory", "ceiling"), 0.90)
+    ratio("memcached balance / ceiling", rps("ours-memcached", "balance"), rps("ours-memcached", "ceiling"), 0.90)
+    for store in ("memory", "memcached"):
+        for scenario in ("counter", "balance"):
+            ratio(
+                f"{store} {scenario} / express-session",
+                rps(f"ours-{store}", scenario),
+                rps(f"express-{store}", scenario),
+                1.0,
+            )
+    for r in results:
+        if r["concurrency"] == top and r["server"].startswith("ours-") and r["server"] != "ours-delayed":
+            value = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else 0.0
+            targets.append(
+                {
+                    "target": f"p99 / p50, {r['server']} {r['scenario']}",
+                    "value": round(value, 2),
+                    "goal": "<= 3",
+                    "met": value <= 3,
+                }
+            )
+    ratio(
+        "20 ms memcached: counter c=50 / c=1",
+        rps("ours-delayed", "counter", top),
+        rps("ours-delayed", "counter", 1),
+        10.0,
+    )
+    if memory:
+        per = memory["rss_bytes_per_session"]
+        targets.append(
+            {"target": "memory store bytes per session", "value": per, "goal": "<= 1024", "met": per <= 1024}
+        )
+        stall = memory["longest_stall_ms"]
+        targets.append(
+            {"target": "longest stall expiring 100,000 (ms)", "value": stall, "goal": "<= 10", "met": stall <= 10}
+        )
+    return targets
+
+
+def profile(server_env: dict[str, str], cookies_for: Server, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Run the counter at the top concurrency against a profiled server; summarise where time goes."""
+    port = free_port()
+    stats_path = log_dir / f"profile-{cookies_for.name}.json"
+    server = Server(
+        f"profile-{cookies_for.name}",
+        [sys.executable, str(BENCH / "profiled_server.py"), str(stats_path), "--env=dev", f"--port={port}"],
+        server_env,
+        ROOT,
+        port,
+    )
+    server.start(log_dir)
+    try:
+        prepare_browsers(server, min(200, args.sessions), log_dir)
+        wrk(server.base_url, "/api", server.cookies["anonymous"], max(args.concurrency), max(2, args.duration))
+    finally:
+        server.stop()
+    result: dict[str, Any] = json.loads(stats_path.read_text())
+    return result
+
+
+def write_docs(report: dict[str, Any], docs: Path) -> None:
+    from bench.report import write_chart, write_markdown
+
+    docs.mkdir(exist_ok=True)
+    write_chart(report, docs / "benchmarks.png")
+    write_markdown(report, docs / "BENCHMARKS.md", "benchmarks.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Load benchmark of the session server.")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is kept)")
+    parser.add_argument("--duration", type=int, default=3, help="whole seconds per wrk run")
+    parser.add_argument("--concurrency", default="1,10,50", help="comma-separated connection counts")
+    parser.add_argument("--sessions", type=int, default=1000, help="browsers prepared per server and kind")
+    parser.add_argument("--no-express", action="store_true", help="skip the reference Express app")
+    parser.add_argument("--no-memory", action="store_true", help="skip the 1,000,000-session memory test")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
+    parser.add_argument("--out", default=str(BENCH / "results"), help="folder for the JSON results")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="folder for BENCHMARKS.md and the chart")
+    parser.add_argument("--no-docs", action="store_true", help="do not update the docs")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: check the machinery only")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs, args.duration, args.concurrency, args.sessions = 1, 1, "1,4", 20
+        args.no_express = args.no_memory = args.no_profile = args.no_docs = True
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
+    top = max(args.concurrency)
+
+    for binary in ("wrk", "memcached"):
+        if not shutil.which(binary) and not Path(f"/usr/bin/{binary}").exists():
+            print(f"bench: {binary} is not installed (make bench installs it as root)", file=sys.stderr)
+            return 2
+    express = not args.no_express and shutil.which("node") and (BENCH / "express" / "node_modules").is_dir()
+    if not args.no_express and not express:
+        print("bench: Node.js or bench/express/node_modules missing: the reference app is skipped", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    users = work / "users.json"
+    # A cheap hash: the benchmark logs in thousands of browsers; login cost is not what it measures.
+    users.write_text(
+        json.dumps(
+            [
+                {
+                    "email": LOGIN["email"],
+                    "name": "Max Miller",
+                    "balance": 53762,
+                    "password_hash": hash_password(LOGIN["password"], cost=(10, 8, 1)),
+                }
+            ]
+        )
+    )
+    secret = os.urandom(32).hex()
+    memcached_port, proxy_port = free_port(), free_port()
+    memcached_bin = shutil.which("memcached") or "/usr/bin/memcached"
+    memcached_cmd = [memcached_bin, "-l", "127.0.0.1", "-p", str(memcached_port), "-U", "0", "-m", "512", "-t", "1"]
+    if os.geteuid() == 0:
+        memcached_cmd += ["-u", "root"]
+    base_env = {"SESSION_SECRETS": secret, "USERS_FILE": str(users), "LOG_FORMAT": "text"}
+    memcached_env = {**base_env, "SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached_port}"}
+    servers = [our_server("ours-memory", base_env), our_server("ours-memcached", memcached_env)]
+    if express:
+        servers += [
+            express_server("express-memory", {"STORE": "memory", "SECRET": secret}),
+            express_server(
+                "express-memcached",
+                {"STORE": "memcached", "MEMCACHED": f"127.0.0.1:{memcached_port}", "SECRET": secret},
+            ),
+        ]
+    delayed = our_server("ours-delayed", {**memcached_env, "MEMCACHED_SERVERS": f"127.0.0.1:{proxy_port}"})
+
+    results: list[dict[str, Any]] = []
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {
+            "runs": args.runs,
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "browsers_per_kind": args.sessions,
+            "wrk_threads": 1,
+        },
+    }
+    started = time.monotonic()
+    with (
+        process(memcached_cmd, work / "memcached.log"),
+        process(
+            [sys.executable, str(BENCH / "delay_proxy.py"), str(proxy_port), str(memcached_port), "20"],
+            work / "proxy.log",
+        ),
+    ):
+        wait_for_port(memcached_port)
+        wait_for_port(proxy_port)
+        for server in [*servers, delayed]:
+            server.start(work)
+        try:
+            for server in servers:
+                print(
+                    f"{server.name}: preparing {args.sessions} anonymous and {args.sessions} logged-in browsers",
+                    flush=True,
+                )
+                prepare_browsers(server, args.sessions, work)
+                measure_server(server, args, results)
+            print("ours-delayed: memcached behind a 20 ms delaying proxy", flush=True)
+            prepare_browsers(delayed, min(args.sessions, 200), work)
+            for concurrency in sorted({1, top}):
+                runs = [
+                    wrk(delayed.base_url, "/api", delayed.cookies["anonymous"], concurrency, max(args.duration, 2))
+                    for _ in range(args.runs)
+                ]
+                entry = {"server": "ours-delayed", "scenario": "counter", "concurrency": concurrency, **summarise(runs)}
+                results.append(entry)
+                print(
+                    f"  ours-delayed       counter  c={concurrency:<3} {entry['rps']:8.0f} rps  "
+                    f"p50 {entry['p50_ms']:6.2f} ms",
+                    flush=True,
+                )
+        finally:
+            for server in [*servers, delayed]:
+                server.stop()
+        if not args.no_profile:
+            print("profiling the page counter on both stores", flush=True)
+            report["profile"] = {
+                "memory": profile(base_env, servers[0], args, work),
+                "memcached": profile(memcached_env, servers[1], args, work),
+            }
+    memory = None
+    if not args.no_memory:
+        print("memory store: 1,000,000 sessions", flush=True)
+        memory = json.loads(
+            subprocess.run(
+                [sys.executable, str(BENCH / "memory_sessions.py")], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        report["memory_store"] = memory
+        print(f"  {memory}", flush=True)
+    report["results"] = results
+    report["targets"] = evaluate(results, memory, top)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("\ntargets:")
+    for t in report["targets"]:
+        print(f"  {'met ' if t['met'] else 'MISS'}  {t['target']}: {t['value']} (goal {t['goal']})")
+    if not args.no_docs:
+        write_docs(report, Path(args.docs))
+        print(f"\nwrote {args.docs}/BENCHMARKS.md and benchmarks.png")
+    print(f"results: {out / 'latest.json'} ({report['seconds']} s)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
