@@ -280,7 +280,13 @@ def profile(server_env: dict[str, str], cookies_for: Server, args: argparse.Name
     server.start(log_dir)
     try:
         prepare_browsers(server, min(200, args.sessions), log_dir)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGUSR1)
         wrk(server.base_url, "/api", server.cookies["anonymous"], max(args.concurrency), max(2, args.duration))
+        server.process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not stats_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         server.stop()
     result: dict[str, Any] = json.loads(stats_path.read_text())

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, parse_cookie
 from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
 
 from handlers.session import Session
@@ -41,6 +41,7 @@ STATUS_MESSAGES = {
     503: "Service temporarily unavailable.",
 }
 STORE_RETRY_AFTER = "2"
+JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
@@ -104,6 +105,7 @@ class JsonHandler(RequestHandler):
     def initialize(self) -> None:
         self._body_chunks: list[bytes] = []
         self._body_size = 0
+        self._request_cookies: dict[str, str] | None = None
         # Counted so a shutdown can wait for requests in flight.
         self._counted = True
         self.app.in_flight += 1
@@ -138,6 +140,16 @@ class JsonHandler(RequestHandler):
         """The HTTP methods this handler implements (for Allow and preflight answers)."""
         return [m for m in _METHODS if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
+    def request_cookie(self, name: str) -> str | None:
+        """The request cookie ``name``, like ``get_cookie`` but parsed once and without Morsels."""
+        if self._request_cookies is None:
+            header = self.request.headers.get("Cookie")
+            try:
+                self._request_cookies = parse_cookie(header) if header else {}
+            except Exception:  # a header the parser cannot read is no cookies at all
+                self._request_cookies = {}
+        return self._request_cookies.get(name)
+
     def own_origin(self) -> str:
         """This server's origin as the browser sees it (the forwarded scheme behind a proxy)."""
         return normalise_origin(f"{self.request.protocol}://{self.request.host}")
@@ -170,8 +182,8 @@ class JsonHandler(RequestHandler):
             raise ApiError(403, "Cross-origin request refused.")
         config = self.app.config
         header = self.request.headers.get(config.xsrf_header_name)
-        cookie = self.get_cookie(config.xsrf_cookie_name)
-        session_id, _ = self.app.sessions.verify(self.get_cookie(config.cookie_name))
+        cookie = self.request_cookie(config.xsrf_cookie_name)
+        session_id, _ = self.app.sessions.verify(self.request_cookie(config.cookie_name))
         if (
             not header
             or not cookie
@@ -220,7 +232,7 @@ class JsonHandler(RequestHandler):
         """Send ``value`` as the JSON response body."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.write(json.dumps(value, separators=(",", ":")))
+        self.write(JSON.encode(value))
 
     def options(self, *args: str) -> None:
         """Answer a CORS preflight (no session is touched) or plain OPTIONS with Allow."""
@@ -247,7 +259,7 @@ class JsonHandler(RequestHandler):
         if status_code == 405:
             self.set_header("Allow", ", ".join([*self.allowed_methods(), "OPTIONS"]))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"errorMessage": message}, separators=(",", ":")))
+        self.finish(JSON.encode({"errorMessage": message}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Errors we answered on purpose are not worth a traceback.
@@ -311,7 +323,7 @@ class SessionHandler(JsonHandler):
         """This request's session, loaded from the store on first call (503 if unavailable)."""
         if self._session is None:
             try:
-                self._session = await self.app.sessions.load(self.get_cookie(self.app.config.cookie_name))
+                self._session = await self.app.sessions.load(self.request_cookie(self.app.config.cookie_name))
             except StoreUnavailable:
                 raise store_unavailable() from None
         return self._session
@@ -360,8 +372,8 @@ class SessionHandler(JsonHandler):
         if self._session is not None:
             session_id = self._session.stored_id
         else:
-            session_id, _ = self.app.sessions.verify(self.get_cookie(config.cookie_name))
-        if self.app.sessions.xsrf_valid(self.get_cookie(config.xsrf_cookie_name), session_id):
+            session_id, _ = self.app.sessions.verify(self.request_cookie(config.cookie_name))
+        if self.app.sessions.xsrf_valid(self.request_cookie(config.xsrf_cookie_name), session_id):
             return
         self.set_cookie(
             config.xsrf_cookie_name,

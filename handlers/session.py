@@ -9,8 +9,8 @@ whichever store it was given.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
+import itertools
 import logging
 import re
 import secrets
@@ -27,6 +27,28 @@ log = logging.getLogger("sessions")
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 _ID_BYTES = 32  # 256 bits
+# How many verified cookie values and XSRF tokens are remembered (a few MiB at most).
+VERIFIED_CACHE_SIZE = 20_000
+
+
+class _Remembered(dict[str, Any]):
+    """A dict that forgets its oldest entries beyond ``limit`` (insertion order)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def remember(self, key: str, value: Any) -> None:
+        if len(self) >= self.limit:
+            # Drop the oldest tenth at once, so eviction is rare and cheap.
+            for old in list(itertools.islice(iter(self), self.limit // 10 or 1)):
+                del self[old]
+        self[key] = value
+
+
+def _signed_at(cookie: str) -> float:
+    """The signing time inside a Tornado v2 signed value (already verified by the caller)."""
+    return float(cookie.split("|", 3)[2].split(":", 1)[1])
 
 
 def new_session_id() -> str:
@@ -180,11 +202,15 @@ class SessionManager:
         self.cookie_name = settings.cookie_name
         self._secrets = {key_version(s): s for s in settings.session_secrets}
         self._signing_version = key_version(settings.session_secrets[0])
-        self._xsrf_keys = [
-            hmac.new(s.encode("utf-8"), b"xsrf-token", hashlib.sha256).digest() for s in settings.session_secrets
-        ]
-        self._log_key = hmac.new(settings.session_secrets[-1].encode("utf-8"), b"log-id", hashlib.sha256).digest()
+        self._xsrf_keys = [hmac.digest(s.encode("utf-8"), b"xsrf-token", "sha256") for s in settings.session_secrets]
+        self._log_key = hmac.digest(settings.session_secrets[-1].encode("utf-8"), b"log-id", "sha256")
         self._max_age_days = settings.absolute_timeout / 86400
+        # Verifying a signature is the costliest step of a request that reads its session, and a
+        # browser sends the same value many times: successful verifications are remembered (the
+        # value's age is still checked on every use). Failures are not, so junk cannot fill it.
+        self._verified: _Remembered = _Remembered(VERIFIED_CACHE_SIZE)
+        self._xsrf_verified: _Remembered = _Remembered(VERIFIED_CACHE_SIZE)
+        self._log_ids: _Remembered = _Remembered(VERIFIED_CACHE_SIZE)
 
     # Cookie values ---------------------------------------------------------------------------
 
@@ -192,7 +218,11 @@ class SessionManager:
         """A short keyed hash of a session id for log lines; the id itself is never logged."""
         if not session_id:
             return "-"
-        return hmac.new(self._log_key, session_id.encode("ascii"), hashlib.sha256).hexdigest()[:12]
+        hashed: str | None = self._log_ids.get(session_id)
+        if hashed is None:
+            hashed = hmac.digest(self._log_key, session_id.encode("ascii"), "sha256").hex()[:12]
+            self._log_ids.remember(session_id, hashed)
+        return hashed
 
     def sign(self, session_id: str) -> str:
         """The cookie value for ``session_id``, signed (Tornado v2) with the newest secret."""
@@ -209,6 +239,12 @@ class SessionManager:
         """
         if not cookie or len(cookie) > self.settings.cookie_max_length or not cookie.isascii():
             return None, False
+        known = self._verified.get(cookie)
+        if known is not None:
+            session_id, resign, signed_at = known
+            if self.clock() - signed_at <= self.settings.absolute_timeout:
+                return session_id, resign
+            del self._verified[cookie]
         try:
             raw = decode_signed_value(
                 self._secrets,
@@ -229,12 +265,14 @@ class SessionManager:
             return None, False
         if not SESSION_ID_PATTERN.fullmatch(session_id):
             return None, False
-        return session_id, version != self._signing_version
+        resign = version != self._signing_version
+        self._verified.remember(cookie, (session_id, resign, _signed_at(cookie)))
+        return session_id, resign
 
     # XSRF tokens -----------------------------------------------------------------------------
 
     def _xsrf_mac(self, key: bytes, nonce: str, session_id: str | None) -> str:
-        mac = hmac.new(key, f"{nonce}|{session_id or ''}".encode("ascii"), hashlib.sha256).digest()
+        mac = hmac.digest(key, f"{nonce}|{session_id or ''}".encode("ascii"), "sha256")
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
     def xsrf_token(self, session_id: str | None) -> str:
@@ -246,10 +284,15 @@ class SessionManager:
         """Whether ``token`` was issued by us for ``session_id``."""
         if not token or len(token) > 128 or not token.isascii():
             return False
+        if self._xsrf_verified.get(token, False) == (session_id or ""):
+            return True
         nonce, _, mac = token.partition(".")
         if not nonce or not mac:
             return False
-        return any(hmac.compare_digest(mac, self._xsrf_mac(key, nonce, session_id)) for key in self._xsrf_keys)
+        if any(hmac.compare_digest(mac, self._xsrf_mac(key, nonce, session_id)) for key in self._xsrf_keys):
+            self._xsrf_verified.remember(token, session_id or "")
+            return True
+        return False
 
     # Loading and saving ------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ Validation collects every problem before refusing, so an operator fixes a config
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import importlib
 import ipaddress
@@ -116,7 +115,7 @@ def key_version(secret: str) -> int:
     HMAC of a constant under the secret, and an attacker holding a signed cookie could already
     test guesses against its signature.
     """
-    digest = hmac.new(secret.encode("utf-8"), b"key-version", hashlib.sha256).digest()
+    digest = hmac.digest(secret.encode("utf-8"), b"key-version", "sha256")
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

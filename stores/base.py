@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 Record: TypeAlias = dict[str, Any]
+# One encoder for every record: json.dumps with options builds a new encoder on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class StoreUnavailable(Exception):
@@ -63,7 +65,7 @@ def apply_operations(record: Record, operations: Sequence[Operation], now: float
 
 
 def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def parse_record(raw: str | bytes) -> Record | None:
@@ -89,7 +91,7 @@ def parse_record(raw: str | bytes) -> Record | None:
 def dump_record(record: Record, max_size: int | None = None) -> str:
     """Encode a record as compact JSON; raise `StoreValueError` if it is not JSON or too large."""
     try:
-        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(record)
     except (TypeError, ValueError) as e:
         raise StoreValueError(f"session data is not JSON-serialisable: {e}") from None
     if max_size is not None and len(text.encode("utf-8")) > max_size:
