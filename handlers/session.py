@@ -81,6 +81,8 @@ class Session:
         self.stored_id = session_id if record is not None else None
         self.created_at: float | None = record["created_at"] if record else None
         self._data: dict[str, Any] = dict(record["data"]) if record else {}
+        # The record as loaded (with the store's version token, if any), for a cheaper update.
+        self.loaded = record
         self.operations: list[Operation] = []
         self.retired_ids: list[str] = []
         self.resign = resign
@@ -366,7 +368,7 @@ class SessionManager:
         elif session.stored_id is not None and session.operations:
             assert session.created_at is not None
             merged = await self.store.update(
-                session.stored_id, session.operations, now, self.ttl(session.created_at, now)
+                session.stored_id, session.operations, now, self.ttl(session.created_at, now), session.loaded
             )
             if merged is None:
                 # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
@@ -398,6 +400,7 @@ class SessionManager:
 
     @staticmethod
     def _adopt(session: Session, session_id: str, record: Record) -> None:
+        session.loaded = None  # its version token is spent
         session.stored_id = session_id
         session.created_at = record["created_at"]
         session._data = dict(record["data"])

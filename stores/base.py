@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 Record: TypeAlias = dict[str, Any]
+# A store that can compare-and-swap puts its version token for the loaded record under this key
+# (never stored, never shown to handlers); handing the record back to update() saves a read.
+VERSION = "_version"
 # One encoder for every record: json.dumps with options builds a new encoder on each call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -85,7 +88,7 @@ def parse_record(raw: str | bytes) -> Record | None:
         or not _is_time(record.get("last_seen"))
     ):
         return None
-    return record
+    return {"data": record["data"], "created_at": record["created_at"], "last_seen": record["last_seen"]}
 
 
 def dump_record(record: Record, max_size: int | None = None) -> str:
@@ -121,8 +124,19 @@ class SessionStore(abc.ABC):
         """Store a record under a new id. Confirmed: returns only once it is stored."""
 
     @abc.abstractmethod
-    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
-        """Apply ``operations`` to the newest stored record and return it; None if it is gone."""
+    async def update(
+        self,
+        session_id: str,
+        operations: Sequence[Operation],
+        now: float,
+        ttl: float,
+        loaded: Record | None = None,
+    ) -> Record | None:
+        """Apply ``operations`` to the newest stored record and return it; None if it is gone.
+
+        ``loaded`` is the record as ``load`` returned it, if the caller has it: a store with
+        version tokens tries it first and reads again only if the record changed meanwhile.
+        """
 
     @abc.abstractmethod
     async def touch(self, session_id: str, now: float, ttl: float) -> bool:

@@ -33,6 +33,7 @@ from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError
 
 from stores.base import (
+    VERSION,
     Operation,
     Record,
     SessionStore,
@@ -46,6 +47,8 @@ log = logging.getLogger("stores.memcached")
 
 THIRTY_DAYS = 30 * 24 * 3600
 T = TypeVar("T")
+# What a load fetched: the record's bytes and version token, and the last_seen key's bytes.
+_Fetched = tuple[bytes | None, Any, bytes | None]
 
 
 class CasContention(Exception):
@@ -122,7 +125,8 @@ class MemcachedStore(SessionStore):
             )
             self._nodes[server] = _Node(server, client)
         self._ring = RendezvousHash(nodes=list(self._nodes))
-        self._pending: dict[_Node, dict[str, list[asyncio.Future[tuple[bytes | None, bytes | None]]]]] = {}
+        self._pending: dict[_Node, dict[str, list[asyncio.Future[_Fetched]]]] = {}
+        self._only_node = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
         self._flush_scheduled = False
         self._fetches: set[asyncio.Future[None]] = set()
         self._prober: asyncio.Task[None] | None = None
@@ -143,6 +147,9 @@ class MemcachedStore(SessionStore):
         return name
 
     def _node_for(self, key: str) -> _Node:
+        if self._only_node is not None:
+            # One node: nothing to place, and pymemcache's hashing is pure Python.
+            return self._only_node
         name = self._ring.get_node(key)
         if name is None:
             raise StoreUnavailable("no memcached node is up")
@@ -223,7 +230,7 @@ class MemcachedStore(SessionStore):
 
     # Values --------------------------------------------------------------------------------
 
-    def _decode(self, raw: bytes | None, seen: bytes | None) -> Record | None:
+    def _decode(self, raw: bytes | None, seen: bytes | None, token: Any = None) -> Record | None:
         if raw is None or len(raw) > self.max_record_size:
             return None
         record = parse_record(raw)
@@ -235,6 +242,8 @@ class MemcachedStore(SessionStore):
             last_seen = None
         if last_seen is not None and math.isfinite(last_seen) and last_seen > record["last_seen"]:
             record["last_seen"] = last_seen
+        if token is not None:
+            record[VERSION] = token
         return record
 
     def _encode(self, record: Record) -> bytes:
@@ -245,13 +254,13 @@ class MemcachedStore(SessionStore):
     async def load(self, session_id: str) -> Record | None:
         key = self.key(session_id)
         node = self._node_for(key)
-        future: asyncio.Future[tuple[bytes | None, bytes | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(node, {}).setdefault(key, []).append(future)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_loads)
-        raw, seen = await future
-        return self._decode(raw, seen)
+        raw, token, seen = await future
+        return self._decode(raw, seen, token)
 
     def _flush_loads(self) -> None:
         self._flush_scheduled = False
@@ -262,12 +271,10 @@ class MemcachedStore(SessionStore):
             self._fetches.add(task)
             task.add_done_callback(self._fetches.discard)
 
-    async def _fetch(
-        self, node: _Node, waiters: dict[str, list[asyncio.Future[tuple[bytes | None, bytes | None]]]]
-    ) -> None:
+    async def _fetch(self, node: _Node, waiters: dict[str, list[asyncio.Future[_Fetched]]]) -> None:
         keys = [k for key in waiters for k in (key, self._seen_key(key))]
         try:
-            found: dict[str, bytes] = await self._call(node, node.client.get_many, keys)
+            found: dict[str, tuple[bytes, Any]] = await self._call(node, node.client.gets_many, keys)
         except StoreUnavailable as e:
             for futures in waiters.values():
                 for future in futures:
@@ -275,7 +282,9 @@ class MemcachedStore(SessionStore):
                         future.set_exception(StoreUnavailable(str(e)))
             return
         for key, futures in waiters.items():
-            value = (found.get(key), found.get(self._seen_key(key)))
+            raw, token = found.get(key, (None, None))
+            seen, _ = found.get(self._seen_key(key), (None, None))
+            value = (raw, token, seen)
             for future in futures:
                 if not future.done():
                     future.set_result(value)
@@ -291,18 +300,34 @@ class MemcachedStore(SessionStore):
             # A 256-bit id never collides; an existing key means something is badly wrong.
             raise StoreUnavailable("memcached refused to add a new session")
 
-    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
+    async def update(
+        self,
+        session_id: str,
+        operations: Sequence[Operation],
+        now: float,
+        ttl: float,
+        loaded: Record | None = None,
+    ) -> Record | None:
         key = self.key(session_id)
         node = self._node_for(key)
-        return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl)
+        return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl, loaded)
 
     def _update_blocking(
-        self, client: PooledClient, key: str, operations: Sequence[Operation], now: float, ttl: float
+        self,
+        client: PooledClient,
+        key: str,
+        operations: Sequence[Operation],
+        now: float,
+        ttl: float,
+        loaded: Record | None,
     ) -> Record | None:
-        """gets, apply, cas; on a conflict re-read and re-apply (runs on a worker thread)."""
+        """cas against the loaded version; on a conflict gets, re-apply, cas (on a worker thread)."""
         for attempt in range(self.cas_retries):
-            raw, token = client.gets(key)
-            current = self._decode(raw, None)
+            current: Record | None = loaded
+            token = loaded.get(VERSION) if attempt == 0 and loaded is not None else None
+            if token is None:
+                raw, token = client.gets(key)
+                current = self._decode(raw, None)
             if current is None or token is None:
                 return None
             merged = apply_operations(current, operations, now)

@@ -112,7 +112,15 @@ class MemoryStore(SessionStore):
     async def create(self, session_id: str, record: Record, ttl: float) -> None:
         self._put(session_id, record, ttl)
 
-    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
+    async def update(
+        self,
+        session_id: str,
+        operations: Sequence[Operation],
+        now: float,
+        ttl: float,
+        loaded: Record | None = None,
+    ) -> Record | None:
+        # Reading the newest version costs nothing here, so ``loaded`` is not needed.
         return self._apply(session_id, operations, now, ttl)
 
     def _apply(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:

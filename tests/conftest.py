@@ -53,9 +53,11 @@ class CountingStore(MemoryStore):
         self.calls.append("create")
         await super().create(session_id, record, ttl)
 
-    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
+    async def update(
+        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Record | None = None
+    ) -> Record | None:
         self.calls.append("update")
-        return await super().update(session_id, operations, now, ttl)
+        return await super().update(session_id, operations, now, ttl, loaded)
 
     async def touch(self, session_id: str, now: float, ttl: float) -> bool:
         self.calls.append("touch")

@@ -19,7 +19,7 @@ from tornado.web import create_signed_value
 from handlers.app import SessionApplication
 from settings import Settings, key_version, load_settings
 from stores import build_store
-from stores.base import StoreUnavailable, new_record
+from stores.base import Operation, StoreUnavailable, new_record
 from stores.memcached import THIRTY_DAYS, MemcachedStore, memcached_exptime, tls_context
 from stores.users import hash_password
 from tests.conftest import MAX, Browser, FakeClock, body_json, serve, test_secret
@@ -444,3 +444,20 @@ def test_prod_starts_on_memcached_with_the_hardened_cookie(memcached: Memcached,
     assert "domain" not in attributes
     assert "samesite=lax" in cookie.lower() and "path=/" in cookie.lower()
     assert [k for k in memcached.stored_keys() if k.startswith("session:")]
+
+
+@pytest.mark.gen_test
+async def test_an_update_from_a_stale_load_rereads_and_keeps_both_changes(store: MemcachedStore, memcached):
+    now = 1_800_000_000.0
+    await store.create("S" * 43, {"data": {"n": 1}, "created_at": now, "last_seen": now}, 60)
+    loaded = await store.load("S" * 43)
+    assert loaded is not None and loaded.get("_version") is not None
+    # Another process writes in between: the loaded version is stale.
+    other = await store.load("S" * 43)
+    await store.update("S" * 43, [Operation("set", "other", True)], now, 60, other)
+    merged = await store.update("S" * 43, [Operation("incr", "n", 1)], now, 60, loaded)
+    assert merged is not None and merged["data"] == {"n": 2, "other": True}
+    assert json.loads(raw_client(memcached).get(store.key("S" * 43)))["data"] == {"n": 2, "other": True}
+    # A fresh load's version goes through in one compare-and-swap.
+    fresh = await store.load("S" * 43)
+    assert (await store.update("S" * 43, [Operation("delete", "other")], now, 60, fresh))["data"] == {"n": 2}

@@ -332,9 +332,9 @@ async def test_response_waits_for_the_save(http_client, gated_app, browser: Brow
 class VanishingStore(MemoryStore):
     """Deletes the record between the load and the update, as a concurrent logout would."""
 
-    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float):
+    async def update(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded=None):
         await self.delete(session_id)
-        return await super().update(session_id, operations, now, ttl)
+        return await super().update(session_id, operations, now, ttl, loaded)
 
 
 @pytest.mark.gen_test
