@@ -188,22 +188,36 @@ def express_server(name: str, env: dict[str, str]) -> Server:
     return Server(name, ["node", "app.js"], {**env, "PORT": str(port)}, BENCH / "express", port)
 
 
-def measure_server(server: Server, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    # A warm-up, so the first measured run does not pay for imports, caches and JIT.
-    wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
-    for scenario, (path, kind) in SCENARIOS.items():
-        for concurrency in args.concurrency:
-            runs = [
-                wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration) for _ in range(args.runs)
-            ]
-            entry = {"server": server.name, "scenario": scenario, "concurrency": concurrency, **summarise(runs)}
-            results.append(entry)
-            print(
-                f"  {server.name:18} {scenario:8} c={concurrency:<3} {entry['rps']:8.0f} rps "
-                f"(spread {entry['rps_min']:.0f}-{entry['rps_max']:.0f})  p50 {entry['p50_ms']:6.2f} ms  "
-                f"p99 {entry['p99_ms']:6.2f} ms  errors {entry['errors']}",
-                flush=True,
-            )
+def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every scenario on every server, in rounds: each round runs each combination once, so a
+    slow drift of the machine shows in every figure alike instead of biasing the last ones."""
+    for server in servers:
+        # A warm-up, so the first measured run does not pay for imports, caches and JIT.
+        wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
+    combos = [
+        (server, scenario, concurrency)
+        for server in servers
+        for scenario in SCENARIOS
+        for concurrency in args.concurrency
+    ]
+    runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    for round_number in range(args.runs):
+        print(f"round {round_number + 1} of {args.runs}", flush=True)
+        for server, scenario, concurrency in combos:
+            path, kind = SCENARIOS[scenario]
+            result = wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration)
+            runs.setdefault((server.name, scenario, concurrency), []).append(result)
+    results = []
+    for (name, scenario, concurrency), measured in runs.items():
+        entry = {"server": name, "scenario": scenario, "concurrency": concurrency, **summarise(measured)}
+        results.append(entry)
+        print(
+            f"  {name:18} {scenario:8} c={concurrency:<3} {entry['rps']:8.0f} rps "
+            f"(spread {entry['rps_min']:.0f}-{entry['rps_max']:.0f})  p50 {entry['p50_ms']:6.2f} ms  "
+            f"p99 {entry['p99_ms']:6.2f} ms  errors {entry['errors']}",
+            flush=True,
+        )
+    return results
 
 
 def find(results: list[dict[str, Any]], server: str, scenario: str, concurrency: int) -> dict[str, Any] | None:
@@ -396,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 prepare_browsers(server, args.sessions, work)
-                measure_server(server, args, results)
+            results.extend(measure(servers, args))
             print("ours-delayed: memcached behind a 20 ms delaying proxy", flush=True)
             prepare_browsers(delayed, min(args.sessions, 200), work)
             for concurrency in sorted({1, top}):

@@ -60,8 +60,9 @@ class Settings:
     memcached_prefix: str = "session:"
     memcached_connect_timeout: float = 0.5
     memcached_timeout: float = 0.5
-    # Worker threads (and pooled connections per node) for the blocking pymemcache client.
-    memcached_threads: int = 8
+    # Worker threads (and pooled connections per node) for the blocking pymemcache client: the
+    # most round trips in flight at once, which is what hides a slow network's latency.
+    memcached_threads: int = 16
     # A node failing for this long leaves the hash ring: its sessions are lost, not 503 forever.
     memcached_dead_after: float = 3.0
     # How often failed nodes are probed so they rejoin on their own.

@@ -43,6 +43,7 @@ ENV_VARIABLES: dict[str, str] = {
     "SESSION_STORE": "store",
     "LOG_FORMAT": "log_format",
     "DRAIN_TIMEOUT": "drain_timeout",
+    "MEMCACHED_THREADS": "memcached_threads",
 }
 
 
@@ -99,7 +100,7 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
     ):
         if environ.get(name):
             changes[ENV_VARIABLES[name]] = environ[name]
-    for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT", "DRAIN_TIMEOUT"):
+    for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT", "DRAIN_TIMEOUT", "MEMCACHED_THREADS"):
         if environ.get(name):
             number = _int_variable(name, environ[name], problems)
             if number is not None:

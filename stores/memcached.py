@@ -25,7 +25,6 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pymemcache.client.base import PooledClient
@@ -42,6 +41,7 @@ from stores.base import (
     dump_record,
     parse_record,
 )
+from stores.workers import Workers
 
 log = logging.getLogger("stores.memcached")
 
@@ -110,7 +110,7 @@ class MemcachedStore(SessionStore):
         self.dead_after = dead_after
         self.probe_interval = probe_interval
         self.cas_retries = cas_retries
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="memcached")
+        self._workers = Workers(threads, name="memcached")
         self._nodes: dict[str, _Node] = {}
         for server in servers:
             host, _, port = server.rpartition(":")
@@ -180,9 +180,8 @@ class MemcachedStore(SessionStore):
 
     async def _call(self, node: _Node, function: Callable[..., T], *args: Any) -> T:
         """Run one blocking client call on the thread pool; map failures to StoreUnavailable."""
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, function, *args)
+            result = await self._workers.run(function, *args)
         except (OSError, MemcacheError) as e:
             self._failed(node, e)
             raise StoreUnavailable(f"memcached {node.name}: {e.__class__.__name__}") from e
@@ -204,7 +203,7 @@ class MemcachedStore(SessionStore):
 
     def shutdown(self) -> None:
         """Release threads and connections (synchronous, for callers outside the IOLoop)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._workers.shutdown()
         for node in self._nodes.values():
             node.client.close()
 
