@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from tornado.httpserver import HTTPServer
 
@@ -105,6 +106,16 @@ async def drain(server: HTTPServer, app: SessionApplication, timeout: float) -> 
         log.warning("some connections did not close in time")
 
 
+def run(main_coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop's event loop when it is installed (measurably faster), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coroutine)
+        return
+    uvloop.run(main_coroutine)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
@@ -119,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format)
     try:
-        asyncio.run(serve(settings, users))
+        run(serve(settings, users))
     except OSError as e:
         print(f"server.py: cannot listen on {settings.host}:{settings.port}: {e.strerror}", file=sys.stderr)
         return 1

@@ -41,9 +41,12 @@ async def test_calls_run_off_the_event_loop_thread_and_in_parallel():
     loop_thread = threading.get_ident()
     try:
         started = time.monotonic()
-        threads = await asyncio.gather(
-            *(workers.run(lambda: (time.sleep(0.2), threading.get_ident())[1]) for _ in range(4))
-        )
+
+        def nap_and_tell() -> int:
+            time.sleep(0.2)
+            return threading.get_ident()
+
+        threads = await asyncio.gather(*(workers.run(nap_and_tell) for _ in range(4)))
         assert loop_thread not in threads
         assert len(set(threads)) == 4
         assert time.monotonic() - started < 0.6  # four 0.2 s calls at once, not one after another
