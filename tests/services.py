@@ -166,6 +166,15 @@ class AppProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_output(self, *needles: str, timeout: float = 5.0) -> str:
+        """The log once it holds every one of ``needles`` (lines are flushed every 0.25 s)."""
+        deadline = time.monotonic() + timeout
+        while not all(n in (text := self.output) for n in needles):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"log of port {self.port} lacks {needles}:\n{text[-2000:]}")
+            time.sleep(0.05)
+        return text
+
     def start(self) -> AppProcess:
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(

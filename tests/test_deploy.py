@@ -228,7 +228,14 @@ async def test_spoofed_forwarding_headers_change_nothing(client, deployment):
         headers={**spoof, "Content-Type": "application/json", "Origin": deployment.https},
     )
     assert r.code == 200
-    lines = [json.loads(line) for app in deployment.apps for line in app.output.splitlines() if marker in line]
+    outputs = []
+    for app in deployment.apps:
+        # The line is on one of the two processes; wait for the buffered log of each.
+        try:
+            outputs.append(app.wait_for_output(marker, timeout=1.5))
+        except AssertionError:
+            outputs.append(app.output)
+    lines = [json.loads(line) for text in outputs for line in text.splitlines() if marker in line]
     assert len(lines) == 1
     assert lines[0]["client"] == "127.0.0.1"
     assert lines[0]["scheme"] == "https"
@@ -277,6 +284,7 @@ async def test_logs_hold_no_session_id_but_its_hash(client, deployment):
         },
     )
     raw_id = base64.b64decode(session_value.strip('"').split("|")[4].split(":", 1)[1]).decode()
+    time.sleep(0.6)  # two flushes of the buffered logs
     logs = "".join(app.output for app in deployment.apps) + (deployment.nginx.dir / "logs" / "access.log").read_text()
     assert raw_id not in logs
     assert session_value not in logs
