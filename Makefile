@@ -1,4 +1,5 @@
 # Quick start:  make run   (serve, dev settings)   |   make test   (lint, types, the whole suite)
+# Also:         make bench (the load benchmark; a few minutes; updates docs/BENCHMARKS.md)
 # Each target installs what it needs: a virtual environment from the requirements files and,
 # when running as root, the system packages the tests start (memcached, nginx, chromium).
 
@@ -8,7 +9,7 @@ ENV ?= dev
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := memcached nginx openssl wrk chromium
 
-.PHONY: run test lint types system-packages venv
+.PHONY: run test lint types system-packages venv bench
 
 venv: $(VENV)/.installed
 
@@ -40,3 +41,14 @@ types: venv
 
 test: venv system-packages lint types
 	$(PY) -m pytest
+
+$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+bench/express/node_modules: bench/express/package-lock.json
+	@if command -v npm >/dev/null; then cd bench/express && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the reference Express app is left out"; fi
+
+bench: $(VENV)/.bench-installed system-packages bench/express/node_modules
+	$(PY) bench/run.py
