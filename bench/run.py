@@ -359,8 +359,9 @@ def write_docs(report: dict[str, Any], docs: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Load benchmark of the session server.")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is kept)")
-    parser.add_argument("--duration", type=int, default=3, help="whole seconds per wrk run")
+    # Many short runs rather than few long ones: on a shared machine the median of five is steadier.
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (the median is kept)")
+    parser.add_argument("--duration", type=int, default=2, help="whole seconds per wrk run")
     parser.add_argument("--concurrency", default="1,10,50", help="comma-separated connection counts")
     parser.add_argument("--sessions", type=int, default=1000, help="browsers prepared per server and kind")
     parser.add_argument("--no-express", action="store_true", help="skip the reference Express app")
