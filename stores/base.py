@@ -12,7 +12,9 @@ Nothing here knows about HTTP; a store does not know how the session id reached 
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,11 +111,31 @@ class SessionStore(abc.ABC):
     ``ttl`` is in seconds: the store may forget a record that long after the call.
     """
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        """Begin background work (sweeping, health checks). Called once the IOLoop runs."""
+    # Seconds between runs of maintain(); None: the store needs no background work.
+    maintenance_interval: float | None = None
+    _maintainer: asyncio.Task[None] | None = None
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
+        """Begin background work (``maintain`` every ``maintenance_interval`` s), once the IOLoop runs."""
+        if self.maintenance_interval is not None and self._maintainer is None:
+            self._maintainer = asyncio.create_task(self._maintain_forever(self.maintenance_interval))
+
+    async def close(self) -> None:
         """Stop background work and release connections."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            self._maintainer = None
+
+    async def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Background work: freeing expired records, probing failed servers."""
+
+    async def _maintain_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.maintain()
+            except Exception:  # a failed round must not end the next ones
+                logging.getLogger("stores").exception("%s maintenance failed", type(self).__name__)
 
     @abc.abstractmethod
     async def load(self, session_id: str) -> Record | None:

@@ -108,7 +108,7 @@ class MemcachedStore(SessionStore):
         self.prefix = prefix
         self.max_record_size = max_record_size
         self.dead_after = dead_after
-        self.probe_interval = probe_interval
+        self.maintenance_interval = probe_interval
         self.cas_retries = cas_retries
         self._workers = Workers(threads, name="memcached")
         self._nodes: dict[str, _Node] = {}
@@ -129,7 +129,6 @@ class MemcachedStore(SessionStore):
         self._only_node = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
         self._flush_scheduled = False
         self._fetches: set[asyncio.Future[None]] = set()
-        self._prober: asyncio.Task[None] | None = None
 
     # Keys and placement --------------------------------------------------------------------
 
@@ -191,14 +190,8 @@ class MemcachedStore(SessionStore):
         self._succeeded(node)
         return result
 
-    async def start(self) -> None:
-        if self._prober is None:
-            self._prober = asyncio.create_task(self._probe_forever())
-
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            self._prober = None
+        await super().close()
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -207,13 +200,12 @@ class MemcachedStore(SessionStore):
         for node in self._nodes.values():
             node.client.close()
 
-    async def _probe_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.probe_interval)
-            for node in list(self._nodes.values()):
-                if node.failing_since is not None or not node.in_ring:
-                    with contextlib.suppress(StoreUnavailable):
-                        await self._call(node, node.client.version)
+    async def maintain(self) -> None:
+        """Probe failed nodes, so they are retired after ``dead_after`` and rejoin once they answer."""
+        for node in list(self._nodes.values()):
+            if node.failing_since is not None or not node.in_ring:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._call(node, node.client.version)
 
     async def ready(self) -> bool:
         """True if at least one node in the ring answers."""

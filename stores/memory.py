@@ -44,32 +44,17 @@ class MemoryStore(SessionStore):
     ) -> None:
         self.max_sessions = max_sessions
         self.clock = clock
-        self.sweep_interval = sweep_interval
+        self.maintenance_interval = sweep_interval
         self.sweep_batch = sweep_batch
         self.max_record_size = max_record_size
         # session id -> (record as JSON text, expiry time). Order: least recently used first.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._sweeper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
 
-    async def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_forever())
-
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("memory store sweep failed")
+    async def maintain(self) -> None:
+        await self.sweep()
 
     async def sweep(self) -> int:
         """Free expired records from the least recently used end; return how many were freed."""

@@ -93,17 +93,20 @@ class Memcached:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def command(self, line: bytes) -> bytes:
-        """Send one raw protocol command and return its one-line reply (mg without v, set, delete)."""
+    def _exchange(self, request: bytes, reply_end: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(line + b"\r\n")
+            sock.sendall(request)
             data = b""
-            while not data.endswith(b"\r\n"):
-                chunk = sock.recv(4096)
+            while not data.endswith(reply_end):
+                chunk = sock.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-            return data.strip()
+            return data
+
+    def command(self, line: bytes) -> bytes:
+        """Send one raw protocol command and return its one-line reply (mg without v, set, delete)."""
+        return self._exchange(line + b"\r\n", b"\r\n").strip()
 
     def ttl(self, key: str) -> int | None:
         """Seconds left before ``key`` expires (-1: never), or None if it is not there."""
@@ -118,14 +121,7 @@ class Memcached:
 
     def stored_keys(self) -> list[str]:
         """Every key stored now (via lru_crawler metadump)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(b"lru_crawler metadump all\r\n")
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        data = self._exchange(b"lru_crawler metadump all\r\n", b"END\r\n")
         keys = []
         for line in data.decode().splitlines():
             if line.startswith("key="):

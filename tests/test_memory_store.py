@@ -168,3 +168,23 @@ def test_increment_of_a_non_number_starts_from_zero():
     record = {"data": {"n": "five", "b": True}, "created_at": 0, "last_seen": 0}
     merged = apply_operations(record, [Operation("incr", "n", 1), Operation("incr", "b", 1)], 1)
     assert merged["data"] == {"n": 1, "b": 1}
+
+
+@pytest.mark.gen_test
+async def test_started_store_sweeps_in_the_background_until_closed():
+    clock = FakeClock()
+    store = make(clock=clock, sweep_interval=0.02)
+    await store.create("a", new_record(clock()), ttl=10)
+    await store.start()
+    try:
+        clock.advance(11)
+        deadline = time.monotonic() + 2
+        while len(store):  # nobody reads it: only the background sweep can free it
+            assert time.monotonic() < deadline, "the background sweep did not run"
+            await asyncio.sleep(0.02)
+    finally:
+        await store.close()
+    await store.create("b", new_record(clock()), ttl=10)
+    clock.advance(11)
+    await asyncio.sleep(0.1)
+    assert len(store) == 1  # closed: no more sweeping
