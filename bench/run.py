@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -189,8 +190,8 @@ def express_server(name: str, env: dict[str, str]) -> Server:
 
 
 def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every scenario on every server, in rounds: each round runs each combination once, so a
-    slow drift of the machine shows in every figure alike instead of biasing the last ones."""
+    """Every scenario on every server, in rounds: each round runs each combination once, in a
+    shuffled order, so drift and carry-over show in every figure alike instead of biasing some."""
     for server in servers:
         # A warm-up, so the first measured run does not pay for imports, caches and JIT.
         wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
@@ -203,6 +204,9 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
     runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     for round_number in range(args.runs):
         print(f"round {round_number + 1} of {args.runs}", flush=True)
+        # A new order each round (seeded: reproducible): whatever one run leaves behind for the
+        # next then lands on every scenario alike rather than always on the same one.
+        random.Random(round_number).shuffle(combos)
         for server, scenario, concurrency in combos:
             path, kind = SCENARIOS[scenario]
             result = wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration)
