@@ -195,12 +195,13 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
     for server in servers:
         # A warm-up, so the first measured run does not pay for imports, caches and JIT.
         wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
-    combos = [
+    order = [
         (server, scenario, concurrency)
         for server in servers
         for scenario in SCENARIOS
         for concurrency in args.concurrency
     ]
+    combos = list(order)
     runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     for round_number in range(args.runs):
         print(f"round {round_number + 1} of {args.runs}", flush=True)
@@ -212,7 +213,8 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
             result = wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration)
             runs.setdefault((server.name, scenario, concurrency), []).append(result)
     results = []
-    for (name, scenario, concurrency), measured in runs.items():
+    for server, scenario, concurrency in order:  # reported in a fixed order, whatever the run order
+        name, measured = server.name, runs[(server.name, scenario, concurrency)]
         entry = {"server": name, "scenario": scenario, "concurrency": concurrency, **summarise(measured)}
         results.append(entry)
         print(
