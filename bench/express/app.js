@@ -25,7 +25,8 @@ if (process.env.STORE === "memcached") {
 }
 app.use(
   session({
-    secret: process.env.SECRET || "reference-app-secret",
+    // The benchmark passes SECRET; without it, a random one for this process.
+    secret: process.env.SECRET || require("crypto").randomBytes(32).toString("hex"),
     resave: false,
     saveUninitialized: true,
     store,
