@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import http.cookies
 import json
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -251,11 +253,12 @@ def test_app_processes_listen_on_loopback_only(deployment):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_sigterm_lets_a_slow_request_finish_and_keeps_its_session(client, deployment):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_sigterm_lets_a_slow_request_finish_and_keeps_its_session(client, deployment, stop_signal):
     with AppProcess(deployment.env, args=("--env=prod",)) as draining:
         pending = asyncio.ensure_future(login(client, deployment, SLOW_USER, base=draining.base_url))
         await asyncio.sleep(0.15)  # the scrypt check is now running
-        draining.send_signal(signal.SIGTERM)
+        draining.send_signal(stop_signal)
         r = await pending
         assert r.code == 200, r.body
         cookie = {"Cookie": f"__Host-sid={session_cookie(r).value}"}
@@ -291,3 +294,29 @@ async def test_logs_hold_no_session_id_but_its_hash(client, deployment):
     kinds = {e.get("event") for e in events}
     assert {"access", "session.regenerated", "session.destroyed"} <= kinds
     assert all(len(e["session"]) in (1, 12) for e in events if "session" in e)
+
+
+def test_a_draining_process_closes_kept_alive_connections_after_answering(deployment):
+    with AppProcess(deployment.env, args=("--env=prod",)) as draining:
+        kept = http.client.HTTPConnection("127.0.0.1", draining.port, timeout=10)
+        kept.request("GET", "/livez")
+        first = kept.getresponse()
+        first.read()
+        assert first.status == 200 and first.getheader("Connection") != "close"
+        # A slow login keeps the process draining while the kept-alive connection is used again.
+        slow = http.client.HTTPConnection("127.0.0.1", draining.port, timeout=10)
+        body = json.dumps(SLOW_USER)
+        headers = {"Content-Type": "application/json", "Origin": draining.base_url}
+        worker = threading.Thread(target=lambda: slow.request("POST", "/api/login", body, headers))
+        worker.start()
+        time.sleep(0.15)
+        draining.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        kept.request("GET", "/livez")
+        second = kept.getresponse()
+        second.read()
+        assert second.status == 200
+        assert second.getheader("Connection") == "close"
+        worker.join(10)
+        assert slow.getresponse().status == 200
+        assert draining.wait() == 0
