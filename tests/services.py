@@ -234,6 +234,10 @@ def app_processes(env: dict[str, str], count: int) -> Iterator[list[AppProcess]]
             app.__exit__()
 
 
+# A new P-256 key, unencrypted: what every certificate here is made with.
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
 class TestPKI:
     """A throwaway CA with server and client certificates, made with the openssl CLI at run time."""
 
@@ -246,11 +250,7 @@ class TestPKI:
         self._run(
             "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            *EC_KEY,
             "-keyout",
             self.ca_key,
             "-out",
@@ -273,20 +273,7 @@ class TestPKI:
         """Sign a certificate for ``name`` with ``extension``; return (cert path, key path)."""
         cert, key, csr, ext = (self._path(f"{name}.{s}") for s in ("crt", "key", "csr", "ext"))
         Path(ext).write_text(extension + "\n")
-        self._run(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            key,
-            "-out",
-            csr,
-            "-subj",
-            f"/CN={name}",
-        )
+        self._run("req", *EC_KEY, "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
         self._run(
             "x509",
             "-req",

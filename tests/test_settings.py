@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from settings import SettingsError, load_settings
 from stores.users import UserDirectory, UsersFileError, hash_password, verify_password
 from tests.conftest import test_secret
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = "p" * 40
@@ -33,12 +33,6 @@ def run_server(*args: str, env: dict[str, str] | None = None, stdin: str | None 
         text=True,
         timeout=timeout,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_dev_defaults():
