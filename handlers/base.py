@@ -14,7 +14,7 @@ import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, parse_cookie
 from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
@@ -266,9 +266,6 @@ class JsonHandler(RequestHandler):
         if isinstance(value, ApiError):
             return
         super().log_exception(typ, value, tb)
-
-
-H = TypeVar("H", bound="SessionHandler")
 
 
 def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]:

@@ -14,7 +14,7 @@ import itertools
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,16 +109,6 @@ class Session:
 
     def __len__(self) -> int:
         return len(self._data)
-
-    @property
-    def data(self) -> Mapping[str, Any]:
-        """A read-only view of the session's data as this request sees it."""
-        return dict(self._data)
-
-    @property
-    def is_new(self) -> bool:
-        """True while nothing of this session is in the store."""
-        return self.stored_id is None
 
     @property
     def modified(self) -> bool:
