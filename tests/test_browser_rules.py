@@ -321,3 +321,30 @@ async def test_session_responses_are_not_cached(browser: Browser):
     ):
         assert r.headers["Cache-Control"] == "no-store"
         assert "Etag" not in r.headers
+
+
+@pytest.mark.parametrize(
+    ("origin", "normalised"),
+    [
+        ("HTTP://Example.COM:80", "http://example.com"),
+        ("https://example.com:443", "https://example.com"),
+        ("http://example.com:8080", "http://example.com:8080"),
+        ("https://example.com:80", "https://example.com:80"),
+        ("http://[::1]:80", "http://[::1]"),
+    ],
+)
+def test_origins_compare_without_their_default_port(origin, normalised):
+    from handlers.base import normalise_origin
+
+    assert normalise_origin(origin) == normalised
+
+
+@pytest.mark.gen_test
+async def test_a_host_header_with_the_default_port_is_still_our_own_origin(browser: Browser):
+    # Behind a proxy on port 80 the Host header may carry ":80" while the browser's Origin omits it.
+    browser.origin = "http://localhost"
+    r = await browser.post("/api/login", MAX, headers={"Host": "localhost:80"})
+    assert r.code == 200
+    browser.origin = "http://localhost:81"
+    r = await browser.post("/api/login", MAX, headers={"Host": "localhost:80"})
+    assert r.code == 403

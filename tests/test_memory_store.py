@@ -164,6 +164,12 @@ def test_hostile_stored_values_read_as_no_session():
         assert parse_record(raw) is None, raw
 
 
+def test_a_stored_record_reads_back_with_its_known_fields_only():
+    # Nothing stored can pose as a store's version token or carry extra fields into a session.
+    raw = b'{"data": {"k": 1}, "created_at": 1, "last_seen": 2, "_version": 7, "extra": true}'
+    assert parse_record(raw) == {"data": {"k": 1}, "created_at": 1, "last_seen": 2}
+
+
 def test_increment_of_a_non_number_starts_from_zero():
     record = {"data": {"n": "five", "b": True}, "created_at": 0, "last_seen": 0}
     merged = apply_operations(record, [Operation("incr", "n", 1), Operation("incr", "b", 1)], 1)

@@ -376,3 +376,38 @@ def test_key_versions_are_stable_and_distinct():
     assert 0 <= key_version(a) < 2**31
     expected = int.from_bytes(hmac.new(a.encode(), b"key-version", hashlib.sha256).digest()[:4], "big") & 0x7FFFFFFF
     assert key_version(a) == expected
+
+
+# The bounded caches behind verification (speed only: they must never widen what is accepted).
+
+
+def test_a_remembered_cookie_still_expires_with_its_age(app: SessionApplication, clock: FakeClock):
+    cookie = forge(app, "D" * 43)
+    assert app.sessions.verify(cookie) == ("D" * 43, False)
+    assert app.sessions.verify(cookie) == ("D" * 43, False)  # now answered from the cache
+    clock.advance(app.config.absolute_timeout + 1)
+    assert app.sessions.verify(cookie) == (None, False)
+
+
+def test_failed_verifications_are_not_remembered(app: SessionApplication):
+    for i in range(50):
+        assert app.sessions.verify(tamper(forge(app, f"{i:043d}"))) == (None, False)
+    assert len(app.sessions._verified) == 0
+
+
+def test_a_remembered_xsrf_token_is_valid_for_its_own_session_only(app: SessionApplication):
+    token = app.sessions.xsrf_token("A" * 43)
+    assert app.sessions.xsrf_valid(token, "A" * 43)
+    assert app.sessions.xsrf_valid(token, "A" * 43)  # cached
+    assert not app.sessions.xsrf_valid(token, "B" * 43)
+    assert not app.sessions.xsrf_valid(token, None)
+
+
+def test_remembered_maps_stay_bounded_and_keep_the_newest():
+    from handlers.session import _Remembered
+
+    remembered = _Remembered(10)
+    for i in range(100):
+        remembered.remember(str(i), i)
+    assert len(remembered) <= 10
+    assert remembered["99"] == 99 and "0" not in remembered
