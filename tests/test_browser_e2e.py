@@ -113,12 +113,8 @@ def log_in(page: Page, password: str = "1234") -> None:
     page.click("#login-button")
 
 
-def test_same_origin_flow(context, api: AppProcess):
-    page = context.new_page()
-    open_client(page, api_url(api) + "/")
-    expect(page.locator("#logged-out")).to_be_visible()
-    expect(page.locator("#email")).to_have_value("max@gmail.com")
-    log_in(page)
+def see_balance_and_stay_logged_in_after_reload(page: Page) -> None:
+    """After a login: the welcome, the balance on the button, and still logged in after a reload."""
     expect(page.locator("#welcome")).to_have_text("Welcome, Max Miller!")
     page.click("#balance-button")
     expect(page.locator("#balance")).to_have_text("Balance: 53,762")
@@ -126,6 +122,15 @@ def test_same_origin_flow(context, api: AppProcess):
     page.wait_for_selector("body[data-ready=true]")
     expect(page.locator("#logged-in")).to_be_visible()
     expect(page.locator("#logged-out")).to_be_hidden()
+
+
+def test_same_origin_flow(context, api: AppProcess):
+    page = context.new_page()
+    open_client(page, api_url(api) + "/")
+    expect(page.locator("#logged-out")).to_be_visible()
+    expect(page.locator("#email")).to_have_value("max@gmail.com")
+    log_in(page)
+    see_balance_and_stay_logged_in_after_reload(page)
     page.click("#logout-button")
     expect(page.locator("#logged-out")).to_be_visible()
     page.click("#balance-button")
@@ -188,12 +193,7 @@ def test_cross_origin_from_the_dev_client_origin(context, api: AppProcess, dev_c
     expect(page.locator("#counter")).to_have_text("Welcome to this page for the first time!")
     with page.expect_request(lambda r: r.url.endswith("/api/login") and r.method == "POST") as login:
         log_in(page)
-    expect(page.locator("#welcome")).to_have_text("Welcome, Max Miller!")
-    page.click("#balance-button")
-    expect(page.locator("#balance")).to_have_text("Balance: 53,762")
-    page.reload()
-    page.wait_for_selector("body[data-ready=true]")
-    expect(page.locator("#logged-in")).to_be_visible()
+    see_balance_and_stay_logged_in_after_reload(page)
     with page.expect_request(lambda r: r.url.endswith("/api/logout") and r.method == "POST") as logout:
         page.click("#logout-button")
     expect(page.locator("#logged-out")).to_be_visible()
