@@ -1,8 +1,11 @@
 """The production store: memcached through pymemcache, off the IOLoop, over one or many nodes.
 
 pymemcache is a blocking client, so every round trip runs on a small thread pool with one pooled
-connection per thread and node; the IOLoop only hands work over and takes results back. Loads
-that arrive in the same loop iteration are fetched with one multi-get per node.
+connection per thread and node; the IOLoop only hands work over and takes results back. What the
+requests of one loop iteration ask of a node travels as one batch, in one worker call: their
+compare-and-swap writes pipelined in one send (``cas_many``), then their loads in one multi-get.
+A thread hand-off and a round trip cost more than the work itself on loopback, so batching them
+is what keeps the store close to the in-memory one.
 
 Placement: rendezvous hashing over the nodes in the ring, so losing a node loses only its share.
 Node health is kept on the IOLoop thread: a node that fails answers 503 for its sessions (the
@@ -25,11 +28,11 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
-from pymemcache.client.base import PooledClient
+from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
-from pymemcache.exceptions import MemcacheError
+from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from stores.base import (
     VERSION,
@@ -49,6 +52,16 @@ THIRTY_DAYS = 30 * 24 * 3600
 T = TypeVar("T")
 # What a load fetched: the record's bytes and version token, and the last_seen key's bytes.
 _Fetched = tuple[bytes | None, Any, bytes | None]
+# One compare-and-swap write: key, value, version token, exptime.
+CasWrite = tuple[str, bytes, Any, int]
+
+
+class WriteRefused(Exception):
+    """memcached answered one write of a batch with an error (out of memory, say)."""
+
+
+# What a cas answered: True stored, False lost to another writer, None gone; or the server's error.
+CasResult: TypeAlias = bool | WriteRefused | None
 
 
 class CasContention(Exception):
@@ -76,14 +89,84 @@ def tls_context(ca_file: str, cert_file: str | None = None, key_file: str | None
     return context
 
 
+class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hints
+    """pymemcache's client, plus many compare-and-swap writes in one send.
+
+    pymemcache's own ``cas`` takes one key per round trip, and its multi-key store shares one cas
+    token among all keys, so the pipelined form is written here, on the client's own connection
+    (TLS and timeouts included).
+    """
+
+    def cas_many(self, writes: Sequence[CasWrite]) -> list[CasResult]:
+        """Send every ``cas`` at once, then read one answer line per write, in order."""
+        if not writes:
+            return []
+        commands = [
+            b"cas %s 0 %d %d %s\r\n%s\r\n"
+            % (self.check_key(key, self.key_prefix), exptime, len(value), self._check_cas(token), value)
+            for key, value, token, exptime in writes
+        ]
+        if self.sock is None:
+            self._connect()
+        assert self.sock is not None
+        try:
+            self.sock.sendall(b"".join(commands))
+            buffer = b""
+            while buffer.count(b"\r\n") < len(writes):
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise MemcacheUnexpectedCloseError()
+                buffer += chunk
+            lines = buffer.split(b"\r\n")
+            if len(lines) != len(writes) + 1 or lines[-1]:
+                raise MemcacheUnexpectedCloseError()  # more answers than questions: out of step
+        except Exception:
+            self.close()
+            raise
+        return [_cas_result(line) for line in lines[:-1]]
+
+
+def _cas_result(line: bytes) -> CasResult:
+    if line == b"STORED":
+        return True
+    if line == b"EXISTS":
+        return False
+    if line == b"NOT_FOUND":
+        return None
+    return WriteRefused(line.decode("ascii", "replace")[:200])
+
+
+class BatchPooledClient(PooledClient):  # type: ignore[misc]
+    """A PooledClient whose connections are BatchClients."""
+
+    client_class = BatchClient
+
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> tuple[list[CasResult], dict[str, Any]]:
+        """One batch on one pooled connection: the writes pipelined, then the loads in one gets."""
+        with self.client_pool.get_and_release(destroy_on_fail=True) as client:
+            written: list[CasResult] = client.cas_many(writes)
+            found: dict[str, Any] = client.gets_many(keys) if keys else {}
+            return written, found
+
+
 class _Node:
     """One memcached server: its pooled client and what the IOLoop knows of its health."""
 
-    def __init__(self, name: str, client: PooledClient) -> None:
+    def __init__(self, name: str, client: BatchPooledClient) -> None:
         self.name = name
         self.client = client
         self.failing_since: float | None = None
         self.in_ring = True
+
+
+class _Batch:
+    """What the requests of one loop iteration ask of one node."""
+
+    __slots__ = ("loads", "writes")
+
+    def __init__(self) -> None:
+        self.loads: dict[str, list[asyncio.Future[_Fetched]]] = {}
+        self.writes: list[tuple[CasWrite, asyncio.Future[CasResult]]] = []
 
 
 class MemcachedStore(SessionStore):
@@ -114,7 +197,7 @@ class MemcachedStore(SessionStore):
         self._nodes: dict[str, _Node] = {}
         for server in servers:
             host, _, port = server.rpartition(":")
-            client = PooledClient(
+            client = BatchPooledClient(
                 (host.strip("[]"), int(port)),
                 connect_timeout=connect_timeout,
                 timeout=timeout,
@@ -125,7 +208,7 @@ class MemcachedStore(SessionStore):
             )
             self._nodes[server] = _Node(server, client)
         self._ring = RendezvousHash(nodes=list(self._nodes))
-        self._pending: dict[_Node, dict[str, list[asyncio.Future[_Fetched]]]] = {}
+        self._pending: dict[_Node, _Batch] = {}
         self._only_node = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
         self._flush_scheduled = False
         self._fetches: set[asyncio.Future[None]] = set()
@@ -240,45 +323,61 @@ class MemcachedStore(SessionStore):
     def _encode(self, record: Record) -> bytes:
         return dump_record(record, self.max_record_size).encode("utf-8")
 
-    # Loads, batched ------------------------------------------------------------------------
+    # Batches: the loads and writes of one loop iteration, per node ------------------------
+
+    def _batch(self, node: _Node) -> _Batch:
+        batch = self._pending.get(node)
+        if batch is None:
+            batch = self._pending[node] = _Batch()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return batch
 
     async def load(self, session_id: str) -> Record | None:
         key = self.key(session_id)
-        node = self._node_for(key)
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(node, {}).setdefault(key, []).append(future)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_loads)
+        self._batch(self._node_for(key)).loads.setdefault(key, []).append(future)
         raw, token, seen = await future
         return self._decode(raw, seen, token)
 
-    def _flush_loads(self) -> None:
+    def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
-        for node, waiters in pending.items():
-            task = asyncio.ensure_future(self._fetch(node, waiters))
+        for node, batch in pending.items():
+            task = asyncio.ensure_future(self._exchange(node, batch))
             # Held until done: the loop keeps only weak references to tasks.
             self._fetches.add(task)
             task.add_done_callback(self._fetches.discard)
 
-    async def _fetch(self, node: _Node, waiters: dict[str, list[asyncio.Future[_Fetched]]]) -> None:
-        keys = [k for key in waiters for k in (key, self._seen_key(key))]
+    async def _exchange(self, node: _Node, batch: _Batch) -> None:
+        keys = [k for key in batch.loads for k in (key, self._seen_key(key))]
+        writes = [write for write, _ in batch.writes]
         try:
-            found: dict[str, tuple[bytes, Any]] = await self._call(node, node.client.gets_many, keys)
-        except StoreUnavailable as e:
-            for futures in waiters.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(StoreUnavailable(str(e)))
+            written, found = await self._call(node, node.client.exchange, writes, keys)
+        except Exception as e:
+            # Every waiter hears of it; a bug here must not leave requests hanging.
+            for future in self._waiters(batch):
+                if not future.done():
+                    future.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
             return
-        for key, futures in waiters.items():
+        for (_, future), result in zip(batch.writes, written, strict=True):
+            if not future.done():
+                future.set_result(result)
+        for key, futures in batch.loads.items():
             raw, token = found.get(key, (None, None))
             seen, _ = found.get(self._seen_key(key), (None, None))
             value = (raw, token, seen)
             for future in futures:
                 if not future.done():
                     future.set_result(value)
+
+    @staticmethod
+    def _waiters(batch: _Batch) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = [future for _, future in batch.writes]
+        for waiting in batch.loads.values():
+            futures.extend(waiting)
+        return futures
 
     # Writes --------------------------------------------------------------------------------
 
@@ -301,7 +400,22 @@ class MemcachedStore(SessionStore):
     ) -> Record | None:
         key = self.key(session_id)
         node = self._node_for(key)
-        return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl, loaded)
+        token = loaded.get(VERSION) if loaded is not None else None
+        if loaded is not None and token is not None:
+            # The common case: one cas against the version the load fetched, in this iteration's batch.
+            merged = apply_operations(loaded, operations, now)
+            write: CasWrite = (key, self._encode(merged), token, memcached_exptime(ttl))
+            future: asyncio.Future[CasResult] = asyncio.get_running_loop().create_future()
+            self._batch(node).writes.append((write, future))
+            result = await future
+            if isinstance(result, WriteRefused):
+                raise StoreUnavailable(f"memcached {node.name} refused a write: {result}")
+            if result is True:
+                return merged
+            if result is None:  # NOT_FOUND: deleted meanwhile
+                return None
+            # Another writer came first: read the current version and try again, off the batch.
+        return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl)
 
     def _update_blocking(
         self,
@@ -310,15 +424,11 @@ class MemcachedStore(SessionStore):
         operations: Sequence[Operation],
         now: float,
         ttl: float,
-        loaded: Record | None,
     ) -> Record | None:
-        """cas against the loaded version; on a conflict gets, re-apply, cas (on a worker thread)."""
+        """gets, re-apply, cas until one wins (on a worker thread, after a lost compare-and-swap)."""
         for attempt in range(self.cas_retries):
-            current: Record | None = loaded
-            token = loaded.get(VERSION) if attempt == 0 and loaded is not None else None
-            if token is None:
-                raw, token = client.gets(key)
-                current = self._decode(raw, None)
+            raw, token = client.gets(key)
+            current = self._decode(raw, None)
             if current is None or token is None:
                 return None
             merged = apply_operations(current, operations, now)

@@ -462,3 +462,30 @@ async def test_an_update_from_a_stale_load_rereads_and_keeps_both_changes(store:
     fresh = await store.load("S" * 43)
     final = await store.update("S" * 43, [Operation("delete", "other")], now, 60, fresh)
     assert final is not None and final["data"] == {"n": 2}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_writes_of_one_iteration_share_a_send_and_a_refused_one_fails_alone():
+    # Items over 1 KiB are refused with SERVER_ERROR (the slab chunk may not exceed the item size).
+    with Memcached("-I", "1k", "-o", "slab_chunk_max=1024") as server:
+        store = make_store(server)
+        try:
+            now = 1_800_000_000.0
+            ids = [letter * 43 for letter in "ABCD"]
+            for session_id in ids:
+                await store.create(session_id, {"data": {"n": 1}, "created_at": now, "last_seen": now}, 60)
+            loaded = await asyncio.gather(*(store.load(session_id) for session_id in ids))
+            operations = [[Operation("incr", "n", 1)]] * 4
+            operations[1] = [Operation("set", "blob", "x" * 4000)]
+            # Started in one loop iteration, the four writes travel in one pipelined batch.
+            results = await asyncio.gather(
+                *(store.update(s, ops, now, 60, record) for s, ops, record in zip(ids, operations, loaded, strict=True)),
+                return_exceptions=True,
+            )
+            assert isinstance(results[1], StoreUnavailable)
+            assert [r["data"]["n"] for r in (results[0], results[2], results[3])] == [2, 2, 2]
+            # The connection stayed in step: every answer went to its own write.
+            after = await asyncio.gather(*(store.load(session_id) for session_id in ids))
+            assert [record["data"] for record in after] == [{"n": 2}, {"n": 1}, {"n": 2}, {"n": 2}]
+        finally:
+            store.shutdown()
