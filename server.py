@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 
 from handlers.access import configure_logging
 from handlers.app import SessionApplication
@@ -30,6 +31,24 @@ log = logging.getLogger("server")
 # Tornado's own cap, far above ours: the handlers answer 413 with a JSON error themselves
 # (from Content-Length, before reading), and this only bounds what a chunked body may stream.
 TORNADO_MAX_BODY = 16 * 1024 * 1024
+
+
+class SessionHTTPServer(HTTPServer):
+    """Tornado's HTTPServer, with Nagle's algorithm off for the whole life of a connection.
+
+    Tornado turns it off before each response and on again after it: two setsockopt calls per
+    request, about 4% of a bare request's time here. A JSON API writes each response whole, so
+    the connection keeps TCP_NODELAY from the start, as nginx and Node.js do by default.
+    """
+
+    def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
+        stream.set_nodelay(True)
+        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
+        super().handle_stream(stream, address)
+
+
+def _keep_nodelay(value: bool) -> None:
+    """Stands in for IOStream.set_nodelay once the connection has TCP_NODELAY for good."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +90,7 @@ def load_users(settings: Settings) -> UserDirectory:
 async def serve(settings: Settings, users: UserDirectory) -> None:
     store = build_store(settings)
     app = SessionApplication(settings, store, users)
-    server = HTTPServer(app, xheaders=settings.xheaders, max_body_size=TORNADO_MAX_BODY)
+    server = SessionHTTPServer(app, xheaders=settings.xheaders, max_body_size=TORNADO_MAX_BODY)
     server.listen(settings.port, settings.host)
     await store.start()
     stop = asyncio.Event()
