@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from stores.base import (
+    VERSION,
     Operation,
     Record,
     SessionStore,
@@ -92,7 +93,13 @@ class MemoryStore(SessionStore):
 
     async def load(self, session_id: str) -> Record | None:
         text = self._live(session_id)
-        return None if text is None else parse_record(text)
+        if text is None:
+            return None
+        record = parse_record(text)
+        if record is not None:
+            # The version token is the stored text itself: unchanged while it is the same object.
+            record[VERSION] = text
+        return record
 
     async def create(self, session_id: str, record: Record, ttl: float) -> None:
         self._put(session_id, record, ttl)
@@ -105,7 +112,12 @@ class MemoryStore(SessionStore):
         ttl: float,
         loaded: Record | None = None,
     ) -> Record | None:
-        # Reading the newest version costs nothing here, so ``loaded`` is not needed.
+        entry = self._records.get(session_id)
+        if loaded is not None and entry is not None and loaded.get(VERSION) is entry[0] and entry[1] > self.clock():
+            # Nothing was written since that load: apply to it rather than parse the text again.
+            merged = apply_operations(loaded, operations, now)
+            self._put(session_id, merged, ttl)
+            return merged
         return self._apply(session_id, operations, now, ttl)
 
     def _apply(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:

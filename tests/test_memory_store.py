@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stores.base import Operation, StoreValueError, apply_operations, new_record, parse_record
+from stores.base import VERSION, Operation, StoreValueError, apply_operations, new_record, parse_record
 from stores.memory import MemoryStore
 from tests.conftest import Browser, FakeClock
 
@@ -22,6 +22,7 @@ async def test_create_load_update_delete():
     store = make(clock=clock)
     await store.create("a", new_record(clock()), ttl=60)
     record = await store.load("a")
+    assert record is not None and record.pop(VERSION)
     assert record == {"data": {}, "created_at": clock(), "last_seen": clock()}
     clock.advance(5)
     merged = await store.update("a", [Operation("set", "x", 1), Operation("incr", "n", 2)], clock(), 60)
@@ -90,6 +91,28 @@ async def test_values_must_be_json_and_bounded():
     with pytest.raises(StoreValueError):
         await store.create("a", {"data": {"x": "y" * 500}, "created_at": 0, "last_seen": 0}, ttl=60)
     assert len(store) == 0
+
+
+@pytest.mark.gen_test
+async def test_an_update_from_a_stale_or_expired_load_uses_the_stored_record():
+    clock = FakeClock()
+    store = make(clock=clock)
+    await store.create("a", {"data": {"n": 1}, "created_at": clock(), "last_seen": clock()}, ttl=60)
+    loaded, other = await store.load("a"), await store.load("a")
+    await store.update("a", [Operation("set", "other", True)], clock(), 60, other)
+    # ``loaded`` predates that write: its changes go onto the newer record, which keeps both.
+    merged = await store.update("a", [Operation("incr", "n", 1)], clock(), 60, loaded)
+    assert merged is not None and merged["data"] == {"n": 2, "other": True}
+    fresh = await store.load("a")
+    assert await store.update("a", [Operation("incr", "n", 1)], clock(), 60, fresh) == {
+        "data": {"n": 3, "other": True},
+        "created_at": clock(),
+        "last_seen": clock(),
+    }
+    fresh = await store.load("a")
+    clock.advance(61)
+    assert await store.update("a", [Operation("incr", "n", 1)], clock(), 60, fresh) is None
+    assert await store.load("a") is None
 
 
 @pytest.mark.gen_test
