@@ -13,10 +13,12 @@ import hmac
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from http.client import responses
 from typing import TYPE_CHECKING, Any, cast
 
-from tornado.httputil import HTTPHeaders, HTTPServerRequest, parse_cookie
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, format_timestamp, parse_cookie
 from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
 
 from handlers.session import Session
@@ -65,6 +67,18 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
         name, _, param = item.partition("=")
         params[name.strip().lower()] = param.strip().strip('"')
     return media_type.strip().lower(), params
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header's value for now, formatted once per second."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_timestamp(second))
+    return _date[1]
 
 
 class ApiError(HTTPError):
@@ -127,6 +141,16 @@ class JsonHandler(RequestHandler):
         return cast("SessionApplication", self.application)
 
     # Headers ---------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        # Tornado's clear(), less two costs on every response: the Date header formatted anew
+        # (3% of a page-counter request; here once per second) and a Server header that
+        # SecurityHeaders would only delete again.
+        self._headers = HTTPHeaders({"Content-Type": "text/html; charset=UTF-8", "Date": http_date()})
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = responses[200]
 
     def set_default_headers(self) -> None:
         # Runs again on every clear(), so error responses carry the same CORS answer.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 
 import pytest
 
@@ -309,6 +311,9 @@ async def test_security_headers_on_every_response(browser: Browser, path):
     r = await browser.get(path)
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "Server" not in r.headers or "/" not in r.headers["Server"]
+    # Date is there and current (RFC 9110 asks an origin server with a clock to send it).
+    sent = email.utils.parsedate_to_datetime(r.headers["Date"]).timestamp()
+    assert abs(sent - time.time()) < 5 and r.headers["Date"].endswith(" GMT")
 
 
 @pytest.mark.gen_test
