@@ -137,6 +137,19 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
             f"the event loop waited meanwhile was {memory['longest_stall_ms']} ms.",
             "",
         ]
+    alone = report.get("session_layer_us")
+    if alone:
+        lines += [
+            "## The session layer alone",
+            "",
+            "`bench/session_layer.py`: each step of a page-counter hit on the memory store in a tight loop, "
+            "without HTTP (warm caches, no contention: a floor for what it costs inside a loaded server).",
+            "",
+            "| step | µs per call |",
+            "|---|---|",
+            *[f"| {step.replace('_', ' ')} | {us} |" for step, us in alone.items()],
+            "",
+        ]
     profiles = report.get("profile")
     if profiles:
         lines += [

@@ -33,3 +33,13 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     names = {t["target"] for t in report["targets"]}
     assert {"memory counter / ceiling", "20 ms memcached: counter c=4 / c=1"} <= names
     assert "targets:" in result.stdout
+    alone = report["session_layer_us"]
+    assert set(alone) >= {"load_increment_save", "decode_record_json", "encode_record_json"}
+    assert all(us > 0 for us in alone.values())
+    # The report renders from these results: markdown with the targets and every figure.
+    from bench.report import write_markdown
+
+    report["seconds"] = 1.0
+    write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png")
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| memory counter / ceiling |" in text and "## The session layer alone" in text
