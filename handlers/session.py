@@ -21,7 +21,7 @@ from typing import Any
 from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
 
 from settings import Settings, key_version
-from stores.base import Operation, Record, SessionStore, apply_operations, new_record
+from stores.base import Operation, Record, SessionStore, apply_operations, json_value, new_record
 
 log = logging.getLogger("sessions")
 
@@ -124,7 +124,9 @@ class Session:
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError("session keys are strings")
-        self._record(Operation("set", key, value))
+        # A copy as plain JSON: later changes to the caller's object do not leak in, and data
+        # JSON cannot hold is refused here (413 from a handler), not altered on the way out.
+        self._record(Operation("set", key, json_value(value)))
 
     def __delitem__(self, key: str) -> None:
         if key not in self._data:
@@ -137,6 +139,8 @@ class Session:
         Concurrent increments on one session all count; the stored total can be higher than the
         value returned here until the session is saved.
         """
+        if type(amount) is not int:
+            raise TypeError("session increments are integers")
         self._record(Operation("incr", key, amount))
         value: int = self._data[key]
         return value

@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
+import orjson
+
 Record: TypeAlias = dict[str, Any]
 # A store that can compare-and-swap puts its version token for the loaded record under this key
 # (never stored, never shown to handlers); handing the record back to update() saves a read.
 VERSION = "_version"
-# One encoder for every record: json.dumps with options builds a new encoder on each call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The strict encoder a value passes on its way into a session (see `json_value`); records
+# themselves are encoded and decoded with orjson, several times faster on the hot path.
+_STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class StoreUnavailable(Exception):
@@ -43,6 +46,21 @@ class Operation:
     kind: Literal["set", "delete", "incr"]
     key: str
     value: Any = None
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as plain JSON data (a fresh copy), or `StoreValueError` if JSON cannot hold it.
+
+    The standard library's rules, strictly: NaN and infinities, sets, bytes, dates and other
+    objects are refused; tuples become lists and non-string keys strings, as a JSON round trip
+    would make them. Every value enters a session through here, so a record holds plain JSON
+    types only and its fast encoder (orjson, which would write NaN as null and dates as strings)
+    never sees anything else.
+    """
+    try:
+        return json.loads(_STRICT.encode(value))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise StoreValueError(f"session data is not JSON-serialisable: {e}") from None
 
 
 def new_record(now: float) -> Record:
@@ -80,8 +98,8 @@ def parse_record(raw: str | bytes) -> Record | None:
     as "no session" instead of reaching a handler.
     """
     try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        record = orjson.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # orjson.JSONDecodeError is a ValueError
         return None
     if (
         not isinstance(record, dict)
@@ -93,15 +111,15 @@ def parse_record(raw: str | bytes) -> Record | None:
     return {"data": record["data"], "created_at": record["created_at"], "last_seen": record["last_seen"]}
 
 
-def dump_record(record: Record, max_size: int | None = None) -> str:
-    """Encode a record as compact JSON; raise `StoreValueError` if it is not JSON or too large."""
+def dump_record(record: Record, max_size: int | None = None) -> bytes:
+    """Encode a record as compact UTF-8 JSON; `StoreValueError` if it is not JSON or too large."""
     try:
-        text = _ENCODER.encode(record)
-    except (TypeError, ValueError) as e:
+        encoded = orjson.dumps(record)
+    except TypeError as e:  # orjson.JSONEncodeError: another type, a non-string key, a 65-bit integer
         raise StoreValueError(f"session data is not JSON-serialisable: {e}") from None
-    if max_size is not None and len(text.encode("utf-8")) > max_size:
+    if max_size is not None and len(encoded) > max_size:
         raise StoreValueError(f"session record is larger than {max_size} bytes")
-    return text
+    return encoded
 
 
 class SessionStore(abc.ABC):

@@ -321,7 +321,7 @@ class MemcachedStore(SessionStore):
         return record
 
     def _encode(self, record: Record) -> bytes:
-        return dump_record(record, self.max_record_size).encode("utf-8")
+        return dump_record(record, self.max_record_size)
 
     # Batches: the loads and writes of one loop iteration, per node ------------------------
 

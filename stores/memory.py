@@ -1,6 +1,6 @@
 """The in-process memory store, for development and tests: bounded, LRU-evicting, self-cleaning.
 
-Records are kept as compact JSON text, the same form the memcached store keeps, so a handler that
+Records are kept as compact JSON, the same the memcached store keeps, so a handler that
 stores something unserialisable fails the same way on a laptop as in production, and nothing a
 handler holds aliases what is stored.
 """
@@ -48,7 +48,7 @@ class MemoryStore(SessionStore):
         self.maintenance_interval = sweep_interval
         self.sweep_batch = sweep_batch
         self.max_record_size = max_record_size
-        # session id -> (record as JSON text, expiry time). Order: least recently used first.
+        # session id -> (record as JSON, expiry time). Order: least recently used first.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -85,7 +85,9 @@ class MemoryStore(SessionStore):
         return text
 
     def _put(self, session_id: str, record: Record, ttl: float) -> None:
-        text = dump_record(record, self.max_record_size)
+        # As text: orjson's bytes keep the 4 KiB buffer they were written into; decoding copies
+        # the JSON into an object of its own size (about 150 bytes for the reference app's record).
+        text = dump_record(record, self.max_record_size).decode("utf-8")
         self._records[session_id] = (text, self.clock() + ttl)
         self._records.move_to_end(session_id)
         while len(self._records) > self.max_sessions:
@@ -97,7 +99,7 @@ class MemoryStore(SessionStore):
             return None
         record = parse_record(text)
         if record is not None:
-            # The version token is the stored text itself: unchanged while it is the same object.
+            # The version token is the stored value itself: unchanged while it is the same object.
             record[VERSION] = text
         return record
 
@@ -114,7 +116,7 @@ class MemoryStore(SessionStore):
     ) -> Record | None:
         entry = self._records.get(session_id)
         if loaded is not None and entry is not None and loaded.get(VERSION) is entry[0] and entry[1] > self.clock():
-            # Nothing was written since that load: apply to it rather than parse the text again.
+            # Nothing was written since that load: apply to it rather than parse the value again.
             merged = apply_operations(loaded, operations, now)
             self._put(session_id, merged, ttl)
             return merged

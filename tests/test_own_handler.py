@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import math
+
 import pytest
 
 from handlers.app import SessionApplication
@@ -24,9 +27,37 @@ class CartHandler(AuthenticatedHandler):
         session["cart"] = [*session.get("cart", []), item]
 
 
+ODD_VALUES = {
+    "nan": math.nan,
+    "infinity": math.inf,
+    "date": datetime.date(2026, 1, 1),
+    "set": {1, 2},
+    "bytes": b"raw",
+    "huge": 2**70,
+    "tuple": (1, "a"),
+    "int-keys": {1: "one"},
+}
+
+
+class OddValueHandler(AuthenticatedHandler):
+    """Stores whatever Python value the query names, then changes its own copy afterwards."""
+
+    async def get(self) -> None:
+        session = await self.get_session()
+        self.write_json(session.get("odd", "unset"))
+
+    async def post(self) -> None:
+        session = await self.get_session()
+        value = ODD_VALUES[self.get_query_argument("kind")]
+        session["odd"] = value
+        if isinstance(value, dict):
+            value["later"] = "changed"  # after the assignment: must not reach the store
+
+
 @pytest.fixture
 def app(config, store, users, clock) -> SessionApplication:
-    return SessionApplication(config, store, users, clock=clock, extra_routes=[(r"/api/cart", CartHandler)])
+    routes = [(r"/api/cart", CartHandler), (r"/api/odd", OddValueHandler)]
+    return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
 
 
 @pytest.mark.gen_test
@@ -47,3 +78,19 @@ async def test_a_handler_of_your_own_gets_sessions_auth_csrf_and_errors(browser:
     browser.origin = browser.base_url
     assert body_json(await browser.get("/api/cart")) == {"items": ["apple", "pear"]}
     assert body_json(await make_browser().get("/api/cart")) == {"items": []}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("kind", ["nan", "infinity", "date", "set", "bytes", "huge"])
+async def test_values_json_cannot_hold_are_refused_with_413_and_lose_nothing(browser: Browser, kind):
+    assert (await browser.post("/api/odd?kind=tuple", {})).code == 200
+    r = await browser.post(f"/api/odd?kind={kind}", {})
+    assert r.code == 413 and body_json(r)["errorMessage"].startswith("Session data refused")
+    # Never stored altered (NaN as null, a date as a string): the earlier value is still there.
+    assert body_json(await browser.get("/api/odd")) == [1, "a"]
+
+
+@pytest.mark.gen_test
+async def test_stored_values_are_plain_json_copies(browser: Browser):
+    assert (await browser.post("/api/odd?kind=int-keys", {})).code == 200
+    assert body_json(await browser.get("/api/odd")) == {"1": "one"}
