@@ -312,22 +312,30 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
     if missed & {"memory counter / ceiling", "memory balance / ceiling", "memcached balance / ceiling"}:
         alone = report.get("session_layer_us", {})
         json_us = alone.get("decode_record_json", 0) + alone.get("encode_record_json", 0)
+        ceiling_us = 1e6 / rps("ours-memory", "ceiling")
         notes.append(
             f"- **Session routes against the ceiling.** In this run the session layer adds "
             f"{extra_us('ours-memory', 'counter'):.0f} µs to the memory-store counter and "
-            f"{extra_us('ours-memory', 'balance'):.0f} µs to the balance, against "
-            f"{1e6 / rps('ours-memory', 'ceiling'):.0f} µs for a whole sessionless request; a 0.90 ratio "
-            f"allows {1e6 / rps('ours-memory', 'ceiling') / 9:.0f} µs. Alone, in a tight loop (table "
-            f"below), loading, incrementing and saving a session costs "
-            f"{alone.get('load_increment_save', float('nan')):.0f} µs, {json_us:.0f} µs of it decoding and "
-            "encoding the JSON record; the rest is the cookie check, the timeout checks and the record "
-            "bookkeeping, and inside a loaded server the same work takes about twice as long. The ratio "
-            "also falls as the bare request gets cheaper: cutting Tornado's per-request costs (access "
-            "lines, the Date header, TCP_NODELAY) sped the ceiling up more than the session routes. What "
-            "would reach 0.90: a C JSON codec for records (orjson 3.13, measured once here: 0.9 µs to "
-            "decode this record and 0.5 µs to encode it) wrapped with the strict checks it lacks (it "
-            "writes NaN as null and refuses integers past 64 bits), and fewer Python layers between a "
-            "request and its record."
+            f"{extra_us('ours-memory', 'balance'):.0f} µs to the balance, against {ceiling_us:.0f} µs for a "
+            f"whole sessionless request; a 0.90 ratio allows {ceiling_us / 9:.0f} µs. Alone, in a tight loop "
+            f"(table below), loading, incrementing and saving a session costs "
+            f"{alone.get('load_increment_save', float('nan')):.0f} µs, {json_us:.0f} µs of it the record's "
+            "JSON (orjson); the rest is Python: the cookie and timeout checks, the Session object and its "
+            "operations, the store's bookkeeping. Inside a loaded server the same work takes about twice "
+            "as long, and the handler adds its own share (one more coroutine, the session's headers, the "
+            "XSRF cookie check). The ratio also falls as the bare request gets cheaper: cutting Tornado's "
+            "per-request costs (access lines, the Date header, TCP_NODELAY) sped the ceiling up more than "
+            "the session routes. What would reach 0.90 is fewer interpreted instructions per request: "
+            "compiling the session layer (handlers/session.py, stores/, already type-checked strictly) "
+            "with mypyc, or a session fast path below Tornado's RequestHandler."
+        )
+    if "memcached balance / ceiling" in missed:
+        notes.append(
+            "- **memcached reads.** A logged-in read waits for its batch's round trip: under load the "
+            "requests in flight share one batch, so the event loop sits idle while the worker thread "
+            "fetches, and the worker's parsing competes with the loop for the GIL. What would close it: "
+            "memcached's protocol spoken on the event loop itself (no thread, no GIL hand-off), which "
+            "pymemcache, a blocking client, cannot do."
         )
     if any(t.endswith("/ express-session") for t in missed):
         ours, theirs = rps("ours-memory", "ceiling"), rps("express-memory", "ceiling")
