@@ -84,8 +84,12 @@ class AccessLines:
             line = f"{self._text_time(now)} {logging.getLevelName(level)} access: {message}"
         self._pending.append(line + "\n")
         if not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop running: nothing to wait for
+                self.flush()
+                return
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False

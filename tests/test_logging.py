@@ -101,3 +101,11 @@ async def test_access_lines_wait_for_the_loop_iteration_but_never_for_a_later_li
     await asyncio.sleep(0)
     later = stream.getvalue().splitlines()[3:]
     assert len(later) == 1 and later[0].endswith(" INFO access: GET /livez 200 1.00ms client=127.0.0.1 session=-")
+
+
+def test_access_lines_outside_an_event_loop_are_written_at_once():
+    stream = io.StringIO()
+    lines = AccessLines(stream, "json")
+    lines.add(logging.ERROR, "GET /x 500 1.00ms client=127.0.0.1 session=-", {"event": "access", "status": 500})
+    record = json.loads(stream.getvalue())
+    assert (record["level"], record["logger"], record["status"]) == ("error", "access", 500)
