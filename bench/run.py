@@ -351,9 +351,13 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "as long, and the handler adds its own share (one more coroutine, the session's headers, the "
             "XSRF cookie check). The ratio also falls as the bare request gets cheaper: cutting Tornado's "
             "per-request costs (access lines, the Date header, TCP_NODELAY) sped the ceiling up more than "
-            "the session routes. What would reach 0.90 is fewer interpreted instructions per request: "
-            "compiling the session layer (handlers/session.py, stores/, already type-checked strictly) "
-            "with mypyc, or a session fast path below Tornado's RequestHandler."
+            "the session routes. Counted in instructions (`bench/instructions.py`, callgrind, one "
+            "connection) the counter already takes only about 1.1 times the ceiling's, a ratio of about "
+            "0.91, so under load part of the gap is not instructions but the memory traffic of 1,000 "
+            "rotating sessions. Compiling the session core with mypyc (tried, not kept) halved the "
+            "tight loop but moved a whole request by about 2%: no single function stands out any more, "
+            "and what would reach 0.90 is a leaner handler path (fewer Tornado and coroutine layers per "
+            "request), not a faster session core."
         )
     if "memcached balance / ceiling" in missed:
         notes.append(

@@ -1,0 +1,116 @@
+"""Instructions per request, counted by valgrind's callgrind: an A/B measure that noise cannot move.
+
+    .venv/bin/python bench/instructions.py                       # this checkout, memory store
+    .venv/bin/python bench/instructions.py --store memcached --root ../other-checkout
+
+Requests per second on a shared machine wander by tens of percent between runs; instructions
+executed do not (repeat runs agree to about 1%). This starts ``server.py`` under callgrind (slow:
+a minute or two), sends each route ``--requests`` times over one kept-alive connection after a
+warm-up, and prints the instructions the whole process (every thread) executed per request. One
+connection at a time, so memcached batches hold one request each: compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from bench.run import LOGIN, free_port, wait_for  # noqa: E402
+from stores.users import hash_password  # noqa: E402
+
+ROUTES = {"ceiling": ("/livez", False), "counter": ("/api", False), "balance": ("/api/balance", True)}
+
+
+def instructions(pid: int) -> int:
+    """Instructions the callgrind-run process has executed so far, all threads together."""
+    shown = subprocess.run(["callgrind_control", "-e", "Ir", str(pid)], capture_output=True, text=True).stdout
+    return sum(int(count.replace(",", "")) for count in re.findall(r"Th\s+\d+\s+([\d,]+)", shown))
+
+
+def measure(root: Path, store: str, requests: int, work: Path) -> dict[str, float]:
+    users = work / "users.json"
+    users.write_text(
+        json.dumps(
+            [{"email": LOGIN["email"], "name": "M", "balance": 1, "password_hash": hash_password(LOGIN["password"])}]
+        )
+    )
+    env = {**os.environ, "SESSION_SECRETS": os.urandom(32).hex(), "USERS_FILE": str(users), "LOG_FORMAT": "text"}
+    memcached = None
+    if store == "memcached":
+        memcached_port = free_port()
+        command = ["memcached", "-l", "127.0.0.1", "-p", str(memcached_port), "-U", "0", "-m", "64", "-t", "1"]
+        memcached = subprocess.Popen([*command, *(["-u", "root"] if os.geteuid() == 0 else [])])
+        env |= {"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached_port}"}
+    port = free_port()
+    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.%p"]
+    server = subprocess.Popen(
+        [*callgrind, sys.executable, "server.py", "--env=dev", f"--port={port}"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    figures: dict[str, float] = {}
+    try:
+        wait_for(f"http://127.0.0.1:{port}/livez", timeout=300)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+        def send(method: str, path: str, body: str | None = None, headers: dict[str, str] | None = None) -> list[str]:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            response.read()
+            return [c.split(";")[0] for c in response.headers.get_all("Set-Cookie") or []]
+
+        login = {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"}
+        cookies = {
+            False: "; ".join(send("GET", "/api")),
+            True: "; ".join(send("POST", "/api/login", json.dumps(LOGIN), login)),
+        }
+        for name, (path, logged_in) in ROUTES.items():
+            headers = {"Cookie": cookies[logged_in]}
+            for _ in range(200):
+                send("GET", path, headers=headers)
+            before = instructions(server.pid)
+            for _ in range(requests):
+                send("GET", path, headers=headers)
+            figures[name] = round((instructions(server.pid) - before) / requests / 1000, 1)
+    finally:
+        server.terminate()
+        server.wait(120)
+        if memcached is not None:
+            memcached.kill()
+            memcached.wait()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=str(BENCH.parent), help="the checkout whose server.py to measure")
+    parser.add_argument("--store", choices=("memory", "memcached"), default="memory")
+    parser.add_argument("--requests", type=int, default=300, help="measured requests per route")
+    args = parser.parse_args()
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        print("instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="instructions-") as work:
+        figures = measure(Path(args.root), args.store, args.requests, Path(work))
+    ceiling = figures["ceiling"]
+    for name, thousands in figures.items():
+        share = f"  ceiling/route {ceiling / thousands:.3f}" if name != "ceiling" else ""
+        print(f"{args.store:9} {name:8} {thousands:8.1f} k instructions per request{share}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
