@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ENV ?= dev
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := memcached nginx openssl wrk chromium
+SYSTEM_PACKAGES := memcached nginx openssl wrk chromium valgrind
 
 .PHONY: run test lint types system-packages venv bench
 

@@ -1,6 +1,6 @@
 """The in-process memory store, for development and tests: bounded, LRU-evicting, self-cleaning.
 
-Records are kept as compact JSON, the same the memcached store keeps, so a handler that
+Records are kept as compact JSON, the form the memcached store keeps too, so a handler that
 stores something unserialisable fails the same way on a laptop as in production, and nothing a
 handler holds aliases what is stored.
 """

@@ -62,3 +62,18 @@ def test_ratio_targets_pair_the_runs_of_each_round():
     ]
     target = next(t for t in evaluate(results, None, 50) if t["target"] == "memory counter / ceiling")
     assert (target["value"], target["spread"], target["met"]) == (0.9, [0.9, 1.5], True)
+
+
+def test_instruction_counter_measures_every_route():
+    require_binary("valgrind")
+    result = subprocess.run(
+        [sys.executable, "bench/instructions.py", "--requests", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = {line.split()[1]: float(line.split()[2]) for line in result.stdout.splitlines()}
+    assert set(figures) == {"ceiling", "counter", "balance"}
+    assert all(thousands > 0 for thousands in figures.values())

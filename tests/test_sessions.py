@@ -14,6 +14,7 @@ import pytest
 from tornado.web import create_signed_value
 
 from handlers.app import SessionApplication
+from handlers.session import Session
 from settings import Settings, key_version
 from stores.base import Operation, Record
 from stores.memory import MemoryStore
@@ -411,3 +412,11 @@ def test_remembered_maps_stay_bounded_and_keep_the_newest():
         remembered.remember(str(i), i)
     assert len(remembered) <= 10
     assert remembered["99"] == 99 and "0" not in remembered
+
+
+@pytest.mark.parametrize("amount", [1.5, True, "1", None])
+def test_increments_are_integers_only(amount):
+    session = Session(None, None)
+    with pytest.raises(TypeError):
+        session.increment("n", amount)
+    assert session.increment("n", 2) == 2 and len(session.operations) == 1
