@@ -2,10 +2,10 @@
 
 pymemcache is a blocking client, so every round trip runs on a small thread pool with one pooled
 connection per thread and node; the IOLoop only hands work over and takes results back. What the
-requests of one loop iteration ask of a node travels as one batch, in one worker call: their
-compare-and-swap writes pipelined in one send (``cas_many``), then their loads in one multi-get.
-A thread hand-off and a round trip cost more than the work itself on loopback, so batching them
-is what keeps the store close to the in-memory one.
+requests of one loop iteration ask of a node travels as one batch, in one worker call and one
+round trip: their compare-and-swap writes and one multi-get for their loads, in a single send
+(``BatchClient.exchange``). A thread hand-off and a round trip cost more than the work itself
+on loopback, so batching them is what keeps the store close to the in-memory one.
 
 Placement: rendezvous hashing over the nodes in the ring, so losing a node loses only its share.
 Node health is kept on the IOLoop thread: a node that fails answers 503 for its sessions (the
@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import random
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
-from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError, MemcacheUnknownError
 
 from stores.base import (
     VERSION,
@@ -53,7 +54,12 @@ T = TypeVar("T")
 # What a load fetched: the record's bytes and version token, and the last_seen key's bytes.
 _Fetched = tuple[bytes | None, Any, bytes | None]
 # One compare-and-swap write: key, value, version token, exptime.
-CasWrite = tuple[str, bytes, Any, int]
+CasWrite = tuple[str, bytes, bytes, int]
+# What a gets found: key -> (value, cas token); a missing key is absent.
+Found: TypeAlias = dict[str, tuple[bytes, bytes]]
+RECEIVE_SIZE = 65536
+# A key is this prefix, 64 hex digits and maybe ":seen": printable, no spaces, within 250 bytes.
+KEY_PREFIX = re.compile(r"[!-~]{0,100}")
 
 
 class WriteRefused(Exception):
@@ -90,40 +96,93 @@ def tls_context(ca_file: str, cert_file: str | None = None, key_file: str | None
 
 
 class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hints
-    """pymemcache's client, plus many compare-and-swap writes in one send.
+    """pymemcache's client, plus one batch of writes and loads in a single send.
 
-    pymemcache's own ``cas`` takes one key per round trip, and its multi-key store shares one cas
-    token among all keys, so the pipelined form is written here, on the client's own connection
-    (TLS and timeouts included).
+    pymemcache's own ``cas`` takes one key per round trip, its multi-key store shares one cas
+    token among all keys, and its ``gets_many`` parses the answer a line at a time (re-slicing
+    the buffer for each). A batch here is one send of every ``cas`` and one ``gets``, and one
+    pass over the answers, on the client's own connection (TLS and timeouts included).
     """
 
-    def cas_many(self, writes: Sequence[CasWrite]) -> list[CasResult]:
-        """Send every ``cas`` at once, then read one answer line per write, in order."""
-        if not writes:
-            return []
-        commands = [
-            b"cas %s 0 %d %d %s\r\n%s\r\n"
-            % (self.check_key(key, self.key_prefix), exptime, len(value), self._check_cas(token), value)
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> tuple[list[CasResult], Found]:
+        """Send the writes, then a gets of ``keys``; read one answer line per write, then the values.
+
+        The gets comes after the writes, so a load sees the writes of its own batch. Keys are
+        sent as given: the store makes them (a checked prefix and a hex digest), so pymemcache's
+        per-key check, a third of the cost of a batch, is not repeated here.
+        """
+        request = [
+            b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), exptime, len(value), token, value)
             for key, value, token, exptime in writes
         ]
+        if keys:
+            request.append(b"gets %s\r\n" % " ".join(keys).encode("ascii"))
+        if not request:
+            return [], {}
         if self.sock is None:
             self._connect()
         assert self.sock is not None
         try:
-            self.sock.sendall(b"".join(commands))
-            buffer = b""
-            while buffer.count(b"\r\n") < len(writes):
-                chunk = self.sock.recv(4096)
-                if not chunk:
-                    raise MemcacheUnexpectedCloseError()
-                buffer += chunk
-            lines = buffer.split(b"\r\n")
-            if len(lines) != len(writes) + 1 or lines[-1]:
+            self.sock.sendall(b"".join(request))
+            answers = _Answers(self.sock)
+            written = [_cas_result(answers.line()) for _ in writes]
+            found: Found = {}
+            if keys:
+                while (line := answers.line()) != b"END":
+                    if not line.startswith(b"VALUE "):
+                        raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
+                    _, key, _, size, token = line.split()
+                    found[key.decode("ascii")] = (answers.value(int(size)), token)
+            if answers.unread():
                 raise MemcacheUnexpectedCloseError()  # more answers than questions: out of step
-        except Exception:
+        except (OSError, MemcacheError):
             self.close()
             raise
-        return [_cas_result(line) for line in lines[:-1]]
+        except (ValueError, UnicodeDecodeError) as e:  # a VALUE line not as the protocol has it
+            self.close()
+            raise MemcacheUnknownError("unreadable answer from memcached") from e
+        return written, found
+
+
+class _Answers:
+    """What memcached sent back, read from the socket only as far as the next answer needs."""
+
+    __slots__ = ("buffer", "position", "receive_size", "sock")
+
+    def __init__(self, sock: Any, receive_size: int = RECEIVE_SIZE) -> None:
+        self.sock = sock
+        self.receive_size = receive_size
+        self.buffer = b""
+        self.position = 0
+
+    def _receive(self) -> None:
+        chunk = self.sock.recv(self.receive_size)
+        if not chunk:
+            raise MemcacheUnexpectedCloseError()
+        self.buffer = self.buffer[self.position :] + chunk
+        self.position = 0
+
+    def line(self) -> bytes:
+        """The next line, without its CRLF."""
+        while (end := self.buffer.find(b"\r\n", self.position)) < 0:
+            self._receive()
+        line = self.buffer[self.position : end]
+        self.position = end + 2
+        return line
+
+    def value(self, size: int) -> bytes:
+        """The next ``size`` bytes, which memcached ends with CRLF."""
+        while len(self.buffer) - self.position < size + 2:
+            self._receive()
+        end = self.position + size
+        if self.buffer[end : end + 2] != b"\r\n":
+            raise MemcacheUnexpectedCloseError()
+        value = self.buffer[self.position : end]
+        self.position = end + 2
+        return value
+
+    def unread(self) -> bool:
+        return self.position < len(self.buffer)
 
 
 def _cas_result(line: bytes) -> CasResult:
@@ -133,7 +192,10 @@ def _cas_result(line: bytes) -> CasResult:
         return False
     if line == b"NOT_FOUND":
         return None
-    return WriteRefused(line.decode("ascii", "replace")[:200])
+    if line.startswith(b"SERVER_ERROR"):
+        return WriteRefused(line.decode("ascii", "replace")[:200])
+    # ERROR or CLIENT_ERROR: the server misread a command, so what follows may be out of step.
+    raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
 
 
 class BatchPooledClient(PooledClient):  # type: ignore[misc]
@@ -141,12 +203,11 @@ class BatchPooledClient(PooledClient):  # type: ignore[misc]
 
     client_class = BatchClient
 
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> tuple[list[CasResult], dict[str, Any]]:
-        """One batch on one pooled connection: the writes pipelined, then the loads in one gets."""
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> tuple[list[CasResult], Found]:
+        """One batch (see `BatchClient.exchange`) on one pooled connection."""
         with self.client_pool.get_and_release(destroy_on_fail=True) as client:
-            written: list[CasResult] = client.cas_many(writes)
-            found: dict[str, Any] = client.gets_many(keys) if keys else {}
-            return written, found
+            result: tuple[list[CasResult], Found] = client.exchange(writes, keys)
+            return result
 
 
 class _Node:
@@ -188,6 +249,9 @@ class MemcachedStore(SessionStore):
     ) -> None:
         if not servers:
             raise ValueError("at least one memcached server is required")
+        if not KEY_PREFIX.fullmatch(prefix):
+            # Batches send keys unchecked (see BatchClient.exchange): this makes every key valid.
+            raise ValueError(f"memcached key prefix {prefix!r}: up to 100 printable ASCII characters, no spaces")
         self.prefix = prefix
         self.max_record_size = max_record_size
         self.dead_after = dead_after

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from handlers.app import SessionApplication
 from settings import Settings, key_version, load_settings
 from stores import build_store
 from stores.base import Operation, StoreUnavailable, new_record
-from stores.memcached import THIRTY_DAYS, MemcachedStore, memcached_exptime, tls_context
+from stores.memcached import THIRTY_DAYS, BatchClient, MemcachedStore, _Answers, memcached_exptime, tls_context
 from stores.users import hash_password
 from tests.conftest import MAX, Browser, FakeClock, body_json, serve, test_secret
 from tests.services import AppProcess, Memcached, TestPKI, app_processes
@@ -490,3 +493,93 @@ async def test_writes_of_one_iteration_share_a_send_and_a_refused_one_fails_alon
             assert [record and record["data"] for record in after] == [{"n": 2}, {"n": 1}, {"n": 2}, {"n": 2}]
         finally:
             store.shutdown()
+
+
+# The batch protocol: one send of writes and a gets, one pass over the answers --------------------
+
+TRICKY_VALUES = [b"", b"END", b"\r\nEND\r\n", b"VALUE k 0 1 1\r\n", bytes(range(256)), b"x" * 70_000]
+
+
+def test_batch_answers_read_the_same_however_the_bytes_arrive():
+    answer = b"STORED\r\nEXISTS\r\nNOT_FOUND\r\nSERVER_ERROR out of memory storing object\r\n"
+    answer += b"".join(b"VALUE k%d 0 %d %d\r\n%s\r\n" % (i, len(v), 100 + i, v) for i, v in enumerate(TRICKY_VALUES))
+    answer += b"END\r\n"
+    for receive_size in (1, 2, 3, 5, 8, 13, 4096):
+        left, right = socket.socketpair()
+        with left, right:
+            sender = threading.Thread(target=right.sendall, args=(answer,))
+            sender.start()
+            answers = _Answers(left, receive_size)
+            assert [answers.line() for _ in range(4)][:3] == [b"STORED", b"EXISTS", b"NOT_FOUND"]
+            for i, value in enumerate(TRICKY_VALUES):
+                assert answers.line() == b"VALUE k%d 0 %d %d" % (i, len(value), 100 + i)
+                assert answers.value(len(value)) == value
+            assert answers.line() == b"END" and not answers.unread()
+            sender.join()
+
+
+def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
+    keys = [f"session:{i}" for i in range(len(TRICKY_VALUES))]
+    client = raw_client(memcached)
+    for key, value in zip(keys, TRICKY_VALUES, strict=True):
+        client.set(key, value, 60)
+    batch = BatchClient(("127.0.0.1", memcached.port), default_noreply=False)
+    written, found = batch.exchange([], [*keys, "session:missing"])
+    assert written == [] and found == client.gets_many([*keys, "session:missing"])
+    # Writes go first in the same send, so the gets sees them; a stale token loses.
+    token = found[keys[0]][1]
+    writes = [(keys[0], b"new", token, 60), (keys[1], b"lost", b"1", 60), ("session:missing", b"x", b"1", 60)]
+    written, found = batch.exchange(writes, keys[:2])
+    assert written == [True, False, None]
+    assert found[keys[0]][0] == b"new" and found[keys[1]][0] == TRICKY_VALUES[1]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_garbled_answer_is_a_503_and_the_next_batch_starts_clean(http_server, browser, users, clock, config):
+    # A server that speaks the protocol wrongly (a VALUE line without its size) for one answer.
+    with Memcached() as real, socket.create_server(("127.0.0.1", 0)) as listener:
+        garble = threading.Event()
+
+        def relay() -> None:
+            # Pass bytes both ways to the real memcached, but garble answers while `garble` is set.
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    return
+                upstream = socket.create_connection(("127.0.0.1", real.port))
+                threading.Thread(target=_pipe, args=(client, upstream, None), daemon=True).start()
+                threading.Thread(target=_pipe, args=(upstream, client, garble), daemon=True).start()
+
+        threading.Thread(target=relay, daemon=True).start()
+        store = MemcachedStore([f"127.0.0.1:{listener.getsockname()[1]}"], timeout=2, threads=1)
+        try:
+            serve(http_server, app_with(config, store, users, clock))
+            assert (await browser.get("/api")).code == 200
+            garble.set()
+            r = await browser.get("/api")
+            assert r.code == 503 and body_json(r)["errorMessage"]
+            garble.clear()
+            r = await browser.get("/api")
+            assert (r.code, r.body.decode()) == (200, "You visited this page 2 times")
+        finally:
+            store.shutdown()
+
+
+def _pipe(source: socket.socket, target: socket.socket, garble: threading.Event | None) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            if garble is not None and garble.is_set() and data.startswith(b"VALUE "):
+                # A bad line, then (read separately) the real answer: out of step unless closed.
+                target.sendall(b"VALUE garbled\r\n")
+                time.sleep(0.1)
+            target.sendall(data)
+    for end in (source, target):
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_key_prefix_memcached_cannot_take_is_refused():
+    for prefix in ("two words:", "tab\t", "naïve:", "x" * 101):
+        with pytest.raises(ValueError, match="key prefix"):
+            MemcachedStore(["127.0.0.1:11211"], prefix=prefix)
