@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -275,7 +276,6 @@ class MemcachedStore(SessionStore):
         self._pending: dict[_Node, _Batch] = {}
         self._only_node = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
         self._flush_scheduled = False
-        self._fetches: set[asyncio.Future[None]] = set()
 
     # Keys and placement --------------------------------------------------------------------
 
@@ -324,16 +324,25 @@ class MemcachedStore(SessionStore):
             node.in_ring = True
             self._ring.add_node(node.name)
 
+    def _store_error(self, node: _Node, error: BaseException) -> BaseException:
+        """What a failed client call means to a request; outages are noted against the node."""
+        if isinstance(error, OSError | MemcacheError):
+            self._failed(node, error)
+            return StoreUnavailable(f"memcached {node.name}: {error.__class__.__name__}")
+        if isinstance(error, CasContention):
+            self._succeeded(node)
+            return StoreUnavailable("session updated too often at once")
+        return error
+
     async def _call(self, node: _Node, function: Callable[..., T], *args: Any) -> T:
         """Run one blocking client call on the thread pool; map failures to StoreUnavailable."""
         try:
             result = await self._workers.run(function, *args)
-        except (OSError, MemcacheError) as e:
-            self._failed(node, e)
-            raise StoreUnavailable(f"memcached {node.name}: {e.__class__.__name__}") from e
-        except CasContention:
-            self._succeeded(node)
-            raise StoreUnavailable("session updated too often at once") from None
+        except Exception as e:
+            failure = self._store_error(node, e)
+            if failure is e:
+                raise
+            raise failure from e
         self._succeeded(node)
         return result
 
@@ -409,32 +418,33 @@ class MemcachedStore(SessionStore):
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         for node, batch in pending.items():
-            task = asyncio.ensure_future(self._exchange(node, batch))
-            # Held until done: the loop keeps only weak references to tasks.
-            self._fetches.add(task)
-            task.add_done_callback(self._fetches.discard)
+            keys = [k for key in batch.loads for k in (key, self._seen_key(key))]
+            writes = [write for write, _ in batch.writes]
+            # Handed to a worker at once: the round trip overlaps the loop's next iteration.
+            self._workers.submit(node.client.exchange, (writes, keys), functools.partial(self._landed, node, batch))
 
-    async def _exchange(self, node: _Node, batch: _Batch) -> None:
-        keys = [k for key in batch.loads for k in (key, self._seen_key(key))]
-        writes = [write for write, _ in batch.writes]
+    def _landed(self, node: _Node, batch: _Batch, answer: Any, error: BaseException | None) -> None:
+        """A batch's answers (or its failure) reach each waiting request."""
         try:
-            written, found = await self._call(node, node.client.exchange, writes, keys)
+            if error is not None:
+                raise self._store_error(node, error)
+            self._succeeded(node)
+            written, found = answer
+            for (_, wrote), result in zip(batch.writes, written, strict=True):
+                if not wrote.done():
+                    wrote.set_result(result)
+            for key, futures in batch.loads.items():
+                raw, token = found.get(key, (None, None))
+                seen, _ = found.get(self._seen_key(key), (None, None))
+                value = (raw, token, seen)
+                for fetched in futures:
+                    if not fetched.done():
+                        fetched.set_result(value)
         except Exception as e:
             # Every waiter hears of it; a bug here must not leave requests hanging.
             for future in self._waiters(batch):
                 if not future.done():
                     future.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
-            return
-        for (_, future), result in zip(batch.writes, written, strict=True):
-            if not future.done():
-                future.set_result(result)
-        for key, futures in batch.loads.items():
-            raw, token = found.get(key, (None, None))
-            seen, _ = found.get(self._seen_key(key), (None, None))
-            value = (raw, token, seen)
-            for future in futures:
-                if not future.done():
-                    future.set_result(value)
 
     @staticmethod
     def _waiters(batch: _Batch) -> list[asyncio.Future[Any]]:

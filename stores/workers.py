@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+log = logging.getLogger("stores.workers")
 T = TypeVar("T")
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+# What a finished call reports to, on the IOLoop thread: (result, None) or (None, error).
+Done = Callable[[Any, BaseException | None], None]
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Done]
 
 
 class Workers:
@@ -31,7 +36,7 @@ class Workers:
         self.chunk = chunk
         self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._outbox: list[_Job] = []
-        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = collections.deque()
+        self._done: collections.deque[tuple[Done, Any, BaseException | None]] = collections.deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -46,8 +51,17 @@ class Workers:
         future: asyncio.Future[T] = loop.create_future()
         if not self._outbox:
             loop.call_soon(self._dispatch)
-        self._outbox.append((function, args, future))
+        self._outbox.append((function, args, functools.partial(_settle, future)))
         return future
+
+    def submit(self, function: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
+        """Start ``function(*args)`` on a worker thread now; ``done`` gets its outcome on the IOLoop.
+
+        For a caller that already gathers its own batch: no future, no wait for the next loop
+        iteration, so the call is on its way while the loop goes on with other requests.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._jobs.put([(function, args, done)])
 
     def _dispatch(self) -> None:
         outbox, self._outbox = self._outbox, []
@@ -56,11 +70,11 @@ class Workers:
 
     def _work(self) -> None:
         while (jobs := self._jobs.get()) is not None:
-            for function, args, future in jobs:
+            for function, args, done in jobs:
                 try:
-                    self._done.append((future, function(*args), None))
-                except BaseException as error:  # handed to the awaiting coroutine
-                    self._done.append((future, None, error))
+                    self._done.append((done, function(*args), None))
+                except BaseException as error:  # handed to the caller, on the IOLoop
+                    self._done.append((done, None, error))
             with self._lock:
                 if self._wake_pending or self._loop is None:
                     continue
@@ -72,15 +86,22 @@ class Workers:
         with self._lock:
             self._wake_pending = False
         while self._done:
-            future, result, error = self._done.popleft()
-            if future.cancelled():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            done, result, error = self._done.popleft()
+            try:
+                done(result, error)
+            except Exception:  # one caller's bug must not strand the results behind it
+                log.exception("a worker result's callback failed")
 
     def shutdown(self) -> None:
         """Stop the threads once the calls already queued are done."""
         for _ in self._threads:
             self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
