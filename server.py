@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -31,6 +32,13 @@ log = logging.getLogger("server")
 # Tornado's own cap, far above ours: the handlers answer 413 with a JSON error themselves
 # (from Content-Length, before reading), and this only bounds what a chunked body may stream.
 TORNADO_MAX_BODY = 16 * 1024 * 1024
+# Net container allocations between young collections of the cyclic garbage collector (Python's
+# default, 700, suits short scripts). Requests waiting on the store hold thousands of young
+# objects (coroutines, futures, handlers, headers); every young collection walked and promoted
+# them all again: 2.7% of the server's CPU under load on memcached, by perf. A collection walks
+# what is alive, not what was freed, so at 20,000 the same work is done about 28 times less
+# often; garbage in reference cycles waits a little longer for it (a few MiB at most).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 class SessionHTTPServer(HTTPServer):
@@ -83,6 +91,14 @@ def hash_password_command() -> int:
     return 0
 
 
+def settle_garbage_collector() -> None:
+    """Freeze what start-up built (never walked again) and collect young objects less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def load_users(settings: Settings) -> UserDirectory:
     return UserDirectory.from_file(settings.users_file or DEMO_USERS_FILE)
 
@@ -97,6 +113,7 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    settle_garbage_collector()
     log.info("serving env=%s on http://%s:%d (store: %s)", settings.env, settings.host, settings.port, settings.store)
     await stop.wait()
     await drain(server, app, settings.drain_timeout)

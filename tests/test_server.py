@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import socket
 
 import pytest
 from tornado.web import Application, RequestHandler
 
-from server import SessionHTTPServer
+from server import GC_YOUNG_THRESHOLD, SessionHTTPServer, settle_garbage_collector
 from tests.services import free_port
 
 
@@ -40,3 +41,15 @@ async def test_connections_keep_tcp_nodelay_for_every_request():
         assert answers == [b"1", b"1", b"1"]
     finally:
         server.stop()
+
+
+def test_the_garbage_collector_is_settled_for_serving_and_still_collects():
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 1000  # the modules and objects start-up made
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
