@@ -28,10 +28,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -45,6 +45,8 @@ SCENARIOS = {
     "balance": ("/api/balance", "logged_in"),  # logged-in, read-only
 }
 LOGIN = {"email": "max@gmail.com", "password": "1234"}
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -200,17 +202,15 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
     runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     for round_number in range(args.runs):
         print(f"round {round_number + 1} of {args.runs}", flush=True)
-        # A new order each round (seeded: reproducible).
+        # A new order each round (seeded: reproducible): one concurrency at a time, each server's
+        # scenarios back to back, so the runs a ratio pairs are seconds apart.
         shuffle = random.Random(round_number).shuffle
-        order = list(servers)
-        shuffle(order)
-        for server in order:
-            mine = list(combos)
-            shuffle(mine)
-            for scenario, concurrency in mine:
-                path, kind = SCENARIOS[scenario]
-                result = wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration)
-                runs.setdefault((server.name, scenario, concurrency), []).append(result)
+        for concurrency in shuffled(args.concurrency, shuffle):
+            for server in shuffled(servers, shuffle):
+                for scenario in shuffled(SCENARIOS, shuffle):
+                    path, kind = SCENARIOS[scenario]
+                    result = wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration)
+                    runs.setdefault((server.name, scenario, concurrency), []).append(result)
     results = []
     for server in servers:  # reported in a fixed order, whatever the run order
         for scenario, concurrency in combos:
@@ -224,6 +224,13 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
                 flush=True,
             )
     return results
+
+
+def shuffled(items: Iterable[T], shuffle: Callable[[list[T]], None]) -> list[T]:
+    """A new list of ``items`` in the order ``shuffle`` gives."""
+    order = list(items)
+    shuffle(order)
+    return order
 
 
 def find(results: list[dict[str, Any]], server: str, scenario: str, concurrency: int) -> dict[str, Any] | None:

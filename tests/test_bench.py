@@ -77,3 +77,34 @@ def test_instruction_counter_measures_every_route():
     figures = {line.split()[1]: float(line.split()[2]) for line in result.stdout.splitlines()}
     assert set(figures) == {"ceiling", "counter", "balance"}
     assert all(thousands > 0 for thousands in figures.values())
+
+
+def test_runs_a_ratio_pairs_are_close_together(monkeypatch, tmp_path):
+    import argparse
+
+    import bench.run as bench_run
+
+    calls: list[tuple[str, str, int]] = []
+
+    def fake_wrk(url: str, path: str, cookies: Any, concurrency: int, duration: int) -> dict[str, float]:
+        calls.append((url, path, concurrency))
+        return {"rps": 1.0, "p50_ms": 1.0, "p99_ms": 1.0, "errors": 0}
+
+    monkeypatch.setattr(bench_run, "wrk", fake_wrk)
+    servers = [bench_run.Server(name, [], {}, tmp_path, port) for name, port in (("a", 1), ("b", 2), ("c", 3))]
+    for server in servers:
+        server.cookies = {"anonymous": tmp_path, "logged_in": tmp_path}
+    bench_run.measure(servers, argparse.Namespace(runs=2, concurrency=[1, 10, 50], duration=1))
+    measured = calls[len(servers) :]  # after one warm-up per server
+    per_round = len(servers) * len(bench_run.SCENARIOS) * 3
+    assert len(measured) == 2 * per_round
+    for start in range(0, len(measured), per_round):
+        round_calls = measured[start : start + per_round]
+        assert len(set(round_calls)) == per_round  # every combination once
+        block = len(servers) * len(bench_run.SCENARIOS)
+        for b in range(0, per_round, block):
+            # One concurrency at a time, and one server's scenarios back to back within it.
+            assert len({c for _, _, c in round_calls[b : b + block]}) == 1
+            urls = [u for u, _, _ in round_calls[b : b + block]]
+            runs_of_each = [urls[i : i + len(bench_run.SCENARIOS)] for i in range(0, block, len(bench_run.SCENARIOS))]
+            assert all(len(set(run)) == 1 for run in runs_of_each)
