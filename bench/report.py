@@ -102,9 +102,9 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
         "",
         "## Targets",
         "",
-        "A ratio is the median of the rounds' own ratios: each round runs one server's scenarios back to "
-        "back, so a slow stretch of this shared machine touches both sides of a ratio; the spread is the "
-        "lowest and highest round.",
+        "A ratio is the median of the rounds' own ratios: each round takes one concurrency at a time and "
+        "runs each server's scenarios back to back, so a slow stretch of this shared machine touches both "
+        "sides of a ratio; the spread is the lowest and highest round.",
         "",
         "| target | measured | rounds' spread | goal | |",
         "|---|---|---|---|---|",
