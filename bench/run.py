@@ -377,9 +377,9 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "memcached read executes no more instructions than a memory-store one (+151k against +200k over "
             "the ceiling), yet takes longer on the CPU. The garbage collector was part of it (it walked the "
             "requests suspended in each batch, 2.7% of CPU; now collected every 20,000 allocations instead of"
-            " 700). The rest is not located; the likeliest cause, not tested, is cache misses: the requests "
-            "of a batch resume together, touching 40 sessions' objects at once, where on the memory store "
-            "each request runs start to end alone."
+            " 700). The rest is not located: it is not the suspension itself (a memory store made to suspend "
+            "every load kept its speed, paired runs), and differences under 10% do not stand out of this "
+            "machine's run-to-run spread."
         )
     if any(t.endswith("/ express-session") for t in missed):
         ours, theirs = rps("ours-memory", "ceiling"), rps("express-memory", "ceiling")
