@@ -110,7 +110,7 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
 
         The gets comes after the writes, so a load sees the writes of its own batch. Keys are
         sent as given: the store makes them (a checked prefix and a hex digest), so pymemcache's
-        per-key check, a third of the cost of a batch, is not repeated here.
+        per-key check, over a quarter of the cost of a batch, is not repeated here.
         """
         request = [
             b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), exptime, len(value), token, value)
