@@ -85,6 +85,16 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _pinning(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    if not machine.get("server_cpus"):
+        return ""
+    return (
+        f", each server under test pinned to CPU {', '.join(map(str, machine['server_cpus']))} and wrk, "
+        f"memcached and the delaying proxy to CPU {', '.join(map(str, machine['load_cpus']))}"
+    )
+
+
 def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
     s = report["settings"]
     lines = [
@@ -95,8 +105,8 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
         f"{s['wrk_threads']} thread rotates through {s['browsers_per_kind']} real browsers' cookies per "
         "server (anonymous ones for the counter and the ceiling, logged-in ones for the balance). Server, "
         "memcached and wrk share one machine of "
-        f"{report['machine']['cpus']} cores (Python {report['machine']['python']}); run on {report['when']}, "
-        f"{report['seconds']:.0f} s in all.",
+        f"{report['machine']['cpus']} cores (Python {report['machine']['python']}){_pinning(report)}; run on "
+        f"{report['when']}, {report['seconds']:.0f} s in all.",
         "",
         f"![Throughput and latency]({chart_name})",
         "",

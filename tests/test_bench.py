@@ -34,6 +34,10 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     names = {t["target"] for t in report["targets"]}
     assert {"memory counter / ceiling", "20 ms memcached: counter c=4 / c=1"} <= names
     assert "targets:" in result.stdout
+    from bench.run import split_cpus
+
+    split = split_cpus()
+    assert report["machine"]["server_cpus"] == (sorted(split[0]) if split else None)
     alone = report["session_layer_us"]
     assert set(alone) >= {"load_increment_save", "decode_record_json", "encode_record_json"}
     assert all(us > 0 for us in alone.values())
@@ -108,3 +112,35 @@ def test_runs_a_ratio_pairs_are_close_together(monkeypatch, tmp_path):
             urls = [u for u, _, _ in round_calls[b : b + block]]
             runs_of_each = [urls[i : i + len(bench_run.SCENARIOS)] for i in range(0, block, len(bench_run.SCENARIOS))]
             assert all(len(set(run)) == 1 for run in runs_of_each)
+
+
+def test_servers_are_pinned_to_a_core_of_their_own():
+    import os
+    import time
+    from pathlib import Path
+
+    from bench.run import pin, split_cpus
+
+    split = split_cpus()
+    if len(os.sched_getaffinity(0)) < 2:
+        assert split is None
+        return
+    assert split is not None
+    server_cpus, load_cpus = split
+    assert len(server_cpus) == 1 and not server_cpus & load_cpus
+    assert server_cpus | load_cpus == os.sched_getaffinity(0)
+    # A process with a thread already running, like a server once it answers.
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        tasks = Path(f"/proc/{child.pid}/task")
+        deadline = time.monotonic() + 10
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pin(child.pid, server_cpus)
+        assert {int(t.name): os.sched_getaffinity(int(t.name)) for t in tasks.iterdir()} == {
+            int(t.name): server_cpus for t in tasks.iterdir()
+        }
+    finally:
+        child.kill()
+        child.wait()
