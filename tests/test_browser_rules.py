@@ -318,7 +318,10 @@ async def test_security_headers_on_every_response(browser: Browser, path):
 
 @pytest.mark.gen_test
 async def test_session_responses_are_not_cached(browser: Browser):
+    refused = await browser.get("/api/balance")  # an error answer too
+    assert refused.code == 401
     for r in (
+        refused,
         await browser.get("/api"),
         await browser.get("/api/login"),
         await browser.login(),
