@@ -366,7 +366,7 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "a run below the target is within this machine's spread (see the spread columns) or a sign "
             "that batches were small (few connections)."
         )
-    if missed & {"memory counter / ceiling", "memory balance / ceiling", "memcached balance / ceiling"}:
+    if missed & {"memory counter / ceiling", "memory balance / ceiling"}:
         alone = report.get("session_layer_us", {})
         json_us = alone.get("decode_record_json", 0) + alone.get("encode_record_json", 0)
         ceiling_us = 1e6 / rps("ours-memory", "ceiling")
