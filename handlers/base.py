@@ -135,9 +135,9 @@ class JsonHandler(RequestHandler):
         self._uncount()
 
     def __init__(self, application: Any, request: HTTPServerRequest, **kwargs: Any) -> None:
-        # Set before Tornado's __init__, whose clear() already calls set_default_headers().
+        # The application, with its settings, session manager and users; set before Tornado's
+        # __init__, whose clear() already calls set_default_headers().
         self.app: SessionApplication = application
-        """The application, with its settings, session manager and users."""
         super().__init__(application, request, **kwargs)
 
     # Headers ---------------------------------------------------------------------------------

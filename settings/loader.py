@@ -23,6 +23,9 @@ ENVIRONMENTS = ("dev", "prod", "test")
 MIN_PROD_SECRET_BYTES = 32
 SAMESITE_VALUES = ("Lax", "Strict", "None")
 STORES = ("memory", "memcached")
+# A memcached key is this prefix, 64 hex digits and maybe ":seen": printable ASCII, no spaces,
+# within memcached's 250 bytes (the store sends its keys unchecked, so the prefix is checked here).
+MEMCACHED_KEY_PREFIX = re.compile(r"[!-~]{0,100}")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -155,6 +158,8 @@ def _validate(s: Settings, problems: list[str]) -> None:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) <= 65535:
             problems.append(f"memcached_servers (MEMCACHED_SERVERS): {server!r} is not host:port")
+    if not MEMCACHED_KEY_PREFIX.fullmatch(s.memcached_prefix):
+        problems.append("memcached_prefix: up to 100 printable ASCII characters, no spaces")
     if bool(s.memcached_tls_cert) != bool(s.memcached_tls_key):
         problems.append(
             "memcached_tls_cert / memcached_tls_key (MEMCACHED_TLS_CERT, MEMCACHED_TLS_KEY): set both or neither"

@@ -26,7 +26,6 @@ import hashlib
 import logging
 import math
 import random
-import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError, MemcacheUnknownError
 
+from settings.loader import MEMCACHED_KEY_PREFIX
 from stores.base import (
     VERSION,
     Operation,
@@ -59,8 +59,6 @@ CasWrite = tuple[str, bytes, bytes, int]
 # What a gets found: key -> (value, cas token); a missing key is absent.
 Found: TypeAlias = dict[str, tuple[bytes, bytes]]
 RECEIVE_SIZE = 65536
-# A key is this prefix, 64 hex digits and maybe ":seen": printable, no spaces, within 250 bytes.
-KEY_PREFIX = re.compile(r"[!-~]{0,100}")
 
 
 class WriteRefused(Exception):
@@ -250,7 +248,7 @@ class MemcachedStore(SessionStore):
     ) -> None:
         if not servers:
             raise ValueError("at least one memcached server is required")
-        if not KEY_PREFIX.fullmatch(prefix):
+        if not MEMCACHED_KEY_PREFIX.fullmatch(prefix):
             # Batches send keys unchecked (see BatchClient.exchange): this makes every key valid.
             raise ValueError(f"memcached key prefix {prefix!r}: up to 100 printable ASCII characters, no spaces")
         self.prefix = prefix

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from pymemcache.client.base import Client
-from pymemcache.exceptions import MemcacheServerError
+from pymemcache.exceptions import MemcacheError, MemcacheServerError
 from tornado.httpclient import AsyncHTTPClient
 from tornado.web import create_signed_value
 
@@ -526,12 +526,19 @@ def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
     batch = BatchClient(("127.0.0.1", memcached.port), default_noreply=False)
     written, found = batch.exchange([], [*keys, "session:missing"])
     assert written == [] and found == client.gets_many([*keys, "session:missing"])
+    found_before = found
     # Writes go first in the same send, so the gets sees them; a stale token loses.
     token = found[keys[0]][1]
     writes = [(keys[0], b"new", token, 60), (keys[1], b"lost", b"1", 60), ("session:missing", b"x", b"1", 60)]
     written, found = batch.exchange(writes, keys[:2])
     assert written == [True, False, None]
     assert found[keys[0]][0] == b"new" and found[keys[1]][0] == TRICKY_VALUES[1]
+    # A write the server misreads (a token that is no number) gets two answers, CLIENT_ERROR and
+    # ERROR: the batch fails rather than pairing answers with the wrong questions, and the next
+    # batch reads its own answers.
+    with pytest.raises(MemcacheError):
+        batch.exchange([(keys[2], b"v", b"not-a-number", 60)], keys[:1])
+    assert batch.exchange([], keys[2:4])[1] == {k: v for k, v in found_before.items() if k in keys[2:4]}
 
 
 @pytest.mark.gen_test(timeout=30)

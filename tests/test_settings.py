@@ -256,3 +256,9 @@ def test_server_serves_a_users_file_and_stops_cleanly(tmp_path):
         output, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, output
     assert "stopped" in output
+
+
+def test_a_memcached_key_prefix_memcached_cannot_take_is_refused_at_start_up():
+    with pytest.raises(SettingsError) as caught:
+        load_settings("dev", environ={}, memcached_prefix="two words:")
+    assert any(problem.startswith("memcached_prefix:") for problem in caught.value.problems)
