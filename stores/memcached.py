@@ -3,8 +3,8 @@
 pymemcache is a blocking client, so every round trip runs on a small thread pool with one pooled
 connection per thread and node; the IOLoop only hands work over and takes results back. What the
 requests of one loop iteration ask of a node travels as one batch, in one worker call and one
-round trip: their compare-and-swap writes and one multi-get for their loads, in a single send
-(``BatchClient.exchange``). A thread hand-off and a round trip cost more than the work itself
+round trip: their compare-and-swap writes, their touches and one multi-get for their loads, in a
+single send (``BatchClient.exchange``). A thread hand-off and a round trip cost more than the work itself
 on loopback, so batching them is what keeps the store close to the in-memory one.
 
 Placement: rendezvous hashing over the nodes in the ring, so losing a node loses only its share.
@@ -29,7 +29,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
@@ -56,6 +56,8 @@ T = TypeVar("T")
 _Fetched = tuple[bytes | None, Any, bytes | None]
 # One compare-and-swap write: key, value, version token, exptime.
 CasWrite = tuple[str, bytes, bytes, int]
+# One touch: the record's key, exptime, and its last_seen key and the value that key is set to.
+Touch = tuple[str, int, str, bytes]
 # What a gets found: key -> (value, cas token); a missing key is absent.
 Found: TypeAlias = dict[str, tuple[bytes, bytes]]
 RECEIVE_SIZE = 65536
@@ -67,6 +69,16 @@ class WriteRefused(Exception):
 
 # What a cas answered: True stored, False lost to another writer, None gone; or the server's error.
 CasResult: TypeAlias = bool | WriteRefused | None
+# What a touch answered: True touched, False no such record; or the server's error.
+TouchResult: TypeAlias = bool | WriteRefused
+
+
+class Exchanged(NamedTuple):
+    """A batch's answers: one per write, one per touch, and what the gets found."""
+
+    written: list[CasResult]
+    touched: list[TouchResult]
+    found: Found
 
 
 class CasContention(Exception):
@@ -99,25 +111,31 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
 
     pymemcache's own ``cas`` takes one key per round trip, its multi-key store shares one cas
     token among all keys, and its ``gets_many`` parses the answer a line at a time (re-slicing
-    the buffer for each). A batch here is one send of every ``cas`` and one ``gets``, and one
-    pass over the answers, on the client's own connection (TLS and timeouts included).
+    the buffer for each). A batch here is one send of every ``cas``, every touch and one
+    ``gets``, and one pass over the answers, on the client's own connection (TLS and timeouts included).
     """
 
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> tuple[list[CasResult], Found]:
-        """Send the writes, then a gets of ``keys``; read one answer line per write, then the values.
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str], touches: Sequence[Touch] = ()) -> Exchanged:
+        """Send the writes, the touches, then a gets of ``keys``; read their answers in that order.
 
-        The gets comes after the writes, so a load sees the writes of its own batch. Keys are
-        sent as given: the store makes them (a checked prefix and a hex digest), so pymemcache's
-        per-key check, over a quarter of the cost of a batch, is not repeated here.
+        The gets comes last, so a load sees the writes of its own batch. A touch is memcached's
+        ``touch`` of the record and a ``set`` of its last_seen key, sent together: when the record
+        is gone the set still lands, leaving a last_seen key of a few bytes that expires with the
+        TTL it was given and that no load reads without its record. Keys are sent as given: the
+        store makes them (a checked prefix and a hex digest), so pymemcache's per-key check, over
+        a quarter of the cost of a batch, is not repeated here.
         """
         request = [
             b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), exptime, len(value), token, value)
             for key, value, token, exptime in writes
         ]
+        for record_key, exptime, seen_key, seen in touches:
+            request.append(b"touch %s %d\r\n" % (record_key.encode("ascii"), exptime))
+            request.append(b"set %s 0 %d %d\r\n%s\r\n" % (seen_key.encode("ascii"), exptime, len(seen), seen))
         if keys:
             request.append(b"gets %s\r\n" % " ".join(keys).encode("ascii"))
         if not request:
-            return [], {}
+            return Exchanged([], [], {})
         if self.sock is None:
             self._connect()
         assert self.sock is not None
@@ -125,6 +143,7 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
             self.sock.sendall(b"".join(request))
             answers = _Answers(self.sock)
             written = [_cas_result(answers.line()) for _ in writes]
+            touched = [_touch_result(answers.line(), answers.line()) for _ in touches]
             found: Found = {}
             if keys:
                 while (line := answers.line()) != b"END":
@@ -140,7 +159,7 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
         except (ValueError, UnicodeDecodeError) as e:  # a VALUE line not as the protocol has it
             self.close()
             raise MemcacheUnknownError("unreadable answer from memcached") from e
-        return written, found
+        return Exchanged(written, touched, found)
 
 
 class _Answers:
@@ -197,15 +216,27 @@ def _cas_result(line: bytes) -> CasResult:
     raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
 
 
+def _touch_result(touched: bytes, seen: bytes) -> TouchResult:
+    """A touch's two answers: the record's ``touch``, then its last_seen key's ``set``."""
+    for line in (touched, seen):
+        if line.startswith(b"SERVER_ERROR"):
+            return WriteRefused(line.decode("ascii", "replace")[:200])
+        if line not in (b"TOUCHED", b"NOT_FOUND", b"STORED"):
+            raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
+    if seen != b"STORED":
+        raise MemcacheUnknownError(seen[:64].decode("ascii", "replace"))
+    return touched == b"TOUCHED"
+
+
 class BatchPooledClient(PooledClient):  # type: ignore[misc]
     """A PooledClient whose connections are BatchClients."""
 
     client_class = BatchClient
 
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> tuple[list[CasResult], Found]:
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str], touches: Sequence[Touch] = ()) -> Exchanged:
         """One batch (see `BatchClient.exchange`) on one pooled connection."""
         with self.client_pool.get_and_release(destroy_on_fail=True) as client:
-            result: tuple[list[CasResult], Found] = client.exchange(writes, keys)
+            result: Exchanged = client.exchange(writes, keys, touches)
             return result
 
 
@@ -222,11 +253,12 @@ class _Node:
 class _Batch:
     """What the requests of one loop iteration ask of one node."""
 
-    __slots__ = ("loads", "writes")
+    __slots__ = ("loads", "touches", "writes")
 
     def __init__(self) -> None:
         self.loads: dict[str, list[asyncio.Future[_Fetched]]] = {}
         self.writes: list[tuple[CasWrite, asyncio.Future[CasResult]]] = []
+        self.touches: list[tuple[Touch, asyncio.Future[TouchResult]]] = []
 
 
 class MemcachedStore(SessionStore):
@@ -418,8 +450,11 @@ class MemcachedStore(SessionStore):
         for node, batch in pending.items():
             keys = [k for key in batch.loads for k in (key, self._seen_key(key))]
             writes = [write for write, _ in batch.writes]
+            touches = [touch for touch, _ in batch.touches]
             # Handed to a worker at once: the round trip overlaps the loop's next iteration.
-            self._workers.submit(node.client.exchange, (writes, keys), functools.partial(self._landed, node, batch))
+            self._workers.submit(
+                node.client.exchange, (writes, keys, touches), functools.partial(self._landed, node, batch)
+            )
 
     def _landed(self, node: _Node, batch: _Batch, answer: Any, error: BaseException | None) -> None:
         """A batch's answers (or its failure) reach each waiting request."""
@@ -427,10 +462,13 @@ class MemcachedStore(SessionStore):
             if error is not None:
                 raise self._store_error(node, error)
             self._succeeded(node)
-            written, found = answer
+            written, touched, found = answer
             for (_, wrote), result in zip(batch.writes, written, strict=True):
                 if not wrote.done():
                     wrote.set_result(result)
+            for (_, touch), outcome in zip(batch.touches, touched, strict=True):
+                if not touch.done():
+                    touch.set_result(outcome)
             for key, futures in batch.loads.items():
                 raw, token = found.get(key, (None, None))
                 seen, _ = found.get(self._seen_key(key), (None, None))
@@ -447,6 +485,7 @@ class MemcachedStore(SessionStore):
     @staticmethod
     def _waiters(batch: _Batch) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = [future for _, future in batch.writes]
+        futures.extend(future for _, future in batch.touches)
         for waiting in batch.loads.values():
             futures.extend(waiting)
         return futures
@@ -516,13 +555,14 @@ class MemcachedStore(SessionStore):
     async def touch(self, session_id: str, now: float, ttl: float) -> bool:
         key = self.key(session_id)
         node = self._node_for(key)
-        return await self._call(node, self._touch_blocking, node.client, key, now, memcached_exptime(ttl))
-
-    def _touch_blocking(self, client: PooledClient, key: str, now: float, exptime: int) -> bool:
-        if not client.touch(key, exptime, noreply=False):
-            return False
-        client.set(self._seen_key(key), repr(now).encode("ascii"), exptime, noreply=False)
-        return True
+        # In this iteration's batch, like the loads and writes: no round trip of its own.
+        future: asyncio.Future[TouchResult] = asyncio.get_running_loop().create_future()
+        touch = (key, memcached_exptime(ttl), self._seen_key(key), repr(now).encode("ascii"))
+        self._batch(node).touches.append((touch, future))
+        result = await future
+        if isinstance(result, WriteRefused):
+            raise StoreUnavailable(f"memcached {node.name} refused a touch: {result}")
+        return result
 
     async def delete(self, session_id: str) -> None:
         key = self.key(session_id)

@@ -524,13 +524,13 @@ def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
     for key, value in zip(keys, TRICKY_VALUES, strict=True):
         client.set(key, value, 60)
     batch = BatchClient(("127.0.0.1", memcached.port), default_noreply=False)
-    written, found = batch.exchange([], [*keys, "session:missing"])
-    assert written == [] and found == client.gets_many([*keys, "session:missing"])
+    written, touched, found = batch.exchange([], [*keys, "session:missing"])
+    assert written == touched == [] and found == client.gets_many([*keys, "session:missing"])
     found_before = found
     # Writes go first in the same send, so the gets sees them; a stale token loses.
     token = found[keys[0]][1]
     writes = [(keys[0], b"new", token, 60), (keys[1], b"lost", b"1", 60), ("session:missing", b"x", b"1", 60)]
-    written, found = batch.exchange(writes, keys[:2])
+    written, _, found = batch.exchange(writes, keys[:2])
     assert written == [True, False, None]
     assert found[keys[0]][0] == b"new" and found[keys[1]][0] == TRICKY_VALUES[1]
     # A write the server misreads (a token that is no number) gets two answers, CLIENT_ERROR and
@@ -538,7 +538,48 @@ def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
     # batch reads its own answers.
     with pytest.raises(MemcacheError):
         batch.exchange([(keys[2], b"v", b"not-a-number", 60)], keys[:1])
-    assert batch.exchange([], keys[2:4])[1] == {k: v for k, v in found_before.items() if k in keys[2:4]}
+    assert batch.exchange([], keys[2:4]).found == {k: v for k, v in found_before.items() if k in keys[2:4]}
+
+
+def test_a_batch_touches_records_and_sets_their_last_seen(memcached: Memcached):
+    client = raw_client(memcached)
+    client.set("session:a", b"data-a", 60)
+    client.set("session:b", b"data-b", 60)
+    token_before = client.gets("session:a")[1]
+    batch = BatchClient(("127.0.0.1", memcached.port), default_noreply=False)
+    exptime = int(time.time()) + 3600
+    touches = [
+        ("session:a", exptime, "session:a:seen", b"1800000000.5"),
+        ("session:gone", exptime, "session:gone:seen", b"1800000000.5"),
+        # Over memcached's 1 MiB item limit: SERVER_ERROR for this set alone, the rest in step.
+        ("session:b", exptime, "session:b:seen", b"x" * (2 << 20)),
+    ]
+    written, touched, found = batch.exchange([], ["session:a", "session:a:seen"], touches)
+    assert written == [] and touched[:2] == [True, False]
+    assert "too large" in str(touched[2])
+    assert found["session:a"] == (b"data-a", token_before)  # a touch leaves data and version alone
+    assert found["session:a:seen"][0] == b"1800000000.5"
+    ttl = memcached.ttl("session:a")
+    assert ttl is not None and 3590 <= ttl <= 3600 and memcached.ttl("session:a:seen") == ttl
+    assert client.get("session:b") == b"data-b" and client.get("session:b:seen") is None
+
+
+@pytest.mark.gen_test
+async def test_touches_of_one_iteration_ride_one_batch(store: MemcachedStore, memcached: Memcached):
+    now = 1_800_000_000.0
+    ids = [letter * 43 for letter in "ABC"]
+    for session_id in ids[:2]:
+        await store.create(session_id, {"data": {}, "created_at": now, "last_seen": now}, 60)
+    # Two sessions that exist and one that does not, with loads in the same iteration.
+    touched = asyncio.gather(*(store.touch(session_id, now + 100, 600) for session_id in ids))
+    found, missing = await asyncio.gather(store.load(ids[0]), store.load(ids[2]))
+    assert await touched == [True, True, False] and missing is None
+    # Same batch, touches before the gets: the load already sees the new last_seen.
+    assert found is not None and found["last_seen"] == now + 100
+    for session_id in ids[:2]:
+        assert 590 <= (memcached.ttl(store.key(session_id)) or 0) <= 600
+        loaded = await store.load(session_id)
+        assert loaded is not None and loaded["last_seen"] == now + 100
 
 
 @pytest.mark.gen_test(timeout=30)
