@@ -114,9 +114,10 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
         "",
         "A ratio is the median of the rounds' own ratios: each round takes one concurrency at a time and "
         "runs each server's scenarios back to back, so a slow stretch of this shared machine touches both "
-        "sides of a ratio; the spread is the lowest and highest round.",
+        "sides of a ratio; the spread is the lowest and highest round. The stall is the median of "
+        "several expiries, its spread their lowest and highest.",
         "",
-        "| target | measured | rounds' spread | goal | |",
+        "| target | measured | spread | goal | |",
         "|---|---|---|---|---|",
     ]
     for t in report["targets"]:
@@ -149,8 +150,14 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
             f"{memory['sessions']:,} sessions of the reference app's shape (page counter and logged-in user): "
             f"{memory['rss_bytes_per_session']:.0f} bytes of resident memory per session "
             f"({memory['rss_mib_total']} MiB). Expiring {memory['expired']:,} of them took "
-            f"{memory['sweep_seconds'] * 1000:.0f} ms in {memory['loop_turns_during_sweep']} slices; the longest "
-            f"the event loop waited meanwhile was {memory['longest_stall_ms']} ms.",
+            f"{memory['sweep_seconds'] * 1000:.0f} ms in {memory['loop_turns_during_sweep']:.0f} slices; the longest "
+            f"the event loop waited meanwhile was {memory['longest_stall_ms']} ms"
+            + (
+                f" (median of {len(memory['waves'])} such expiries, spread "
+                f"{memory['longest_stall_spread_ms'][0]}-{memory['longest_stall_spread_ms'][1]} ms)."
+                if "waves" in memory
+                else "."
+            ),
             "",
         ]
     alone = report.get("session_layer_us")

@@ -144,3 +144,27 @@ def test_servers_are_pinned_to_a_core_of_their_own():
     finally:
         child.kill()
         child.wait()
+
+
+def test_memory_store_measure_sweeps_each_wave_apart():
+    result = memory_sessions("--sessions", "3000", "--expire", "400", "--waves", "3")
+    assert result.returncode == 0, result.stderr
+    memory = json.loads(result.stdout)
+    # Each wave frees its own sessions and stops at the first live one.
+    assert [wave["expired"] for wave in memory["waves"]] == [400, 400, 400]
+    assert memory["remaining"] == 3000 - 3 * 400 and memory["expired"] == 400
+    low, high = memory["longest_stall_spread_ms"]
+    assert low <= memory["longest_stall_ms"] <= high
+    assert sorted(wave["longest_stall_ms"] for wave in memory["waves"])[1] == memory["longest_stall_ms"]
+    assert memory["rss_bytes_per_session"] > 0
+    from bench.run import evaluate
+
+    stall = next(t for t in evaluate([], memory, 50) if t["target"].startswith("longest stall"))
+    assert stall["spread"] == [low, high]
+    refused = memory_sessions("--sessions", "100", "--expire", "50", "--waves", "3")
+    assert refused.returncode == 2 and "waves * expire" in refused.stderr
+
+
+def memory_sessions(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "bench/memory_sessions.py", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
