@@ -10,7 +10,7 @@ import socket
 import pytest
 from tornado.web import Application, RequestHandler
 
-from server import GC_YOUNG_THRESHOLD, SessionHTTPServer, settle_garbage_collector
+from server import GC_YOUNG_THRESHOLD, READ_CHUNK_SIZE, SessionHTTPServer, settle_garbage_collector
 from tests.services import free_port
 
 
@@ -39,6 +39,49 @@ async def test_connections_keep_tcp_nodelay_for_every_request():
         # Nagle stays off throughout, not only while Tornado finishes a response.
         answers = await asyncio.get_running_loop().run_in_executor(None, three_requests_on_one_connection)
         assert answers == [b"1", b"1", b"1"]
+    finally:
+        server.stop()
+
+
+class SizeReport(RequestHandler):
+    def post(self) -> None:
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        sizes = (stream.read_chunk_size, len(self.request.headers["X-Padding"]), len(self.request.body))
+        self.write(" ".join(str(size) for size in sizes))
+
+
+@pytest.mark.gen_test
+async def test_reads_are_small_and_requests_larger_than_a_read_arrive_whole():
+    port = free_port()
+    server = SessionHTTPServer(Application([(r"/", SizeReport)]))
+    server.listen(port, "127.0.0.1")
+    try:
+
+        def two_large_requests_in_one_send() -> list[bytes]:
+            requests = b""
+            for header, body in ((20_000, 100_000), (5, 3)):
+                requests += b"POST / HTTP/1.1\r\nHost: x\r\nX-Padding: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+                    b"h" * header,
+                    body,
+                    b"b" * body,
+                )
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as replies:
+                sock.sendall(requests)
+                answers = []
+                for _ in range(2):
+                    assert replies.readline().startswith(b"HTTP/1.1 200")
+                    length = 0
+                    while (line := replies.readline()) != b"\r\n":
+                        name, _, value = line.partition(b":")
+                        if name.lower() == b"content-length":
+                            length = int(value)
+                    answers.append(replies.read(length))
+            return answers
+
+        # A head and a body many reads long, and a second request behind them in the same bytes.
+        answers = await asyncio.get_running_loop().run_in_executor(None, two_large_requests_in_one_send)
+        assert answers == [b"%d 20000 100000" % READ_CHUNK_SIZE, b"%d 5 3" % READ_CHUNK_SIZE]
+        assert READ_CHUNK_SIZE < 65536  # Tornado's default, allocated and zeroed for every read
     finally:
         server.stop()
 
