@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import http.client
 import socket
+from collections.abc import Iterator
 
 import pytest
 from tornado.web import Application, RequestHandler
 
 from server import GC_YOUNG_THRESHOLD, READ_CHUNK_SIZE, SessionHTTPServer, settle_garbage_collector
 from tests.services import free_port
+
+
+@contextlib.contextmanager
+def serving(handler: type[RequestHandler]) -> Iterator[int]:
+    """A SessionHTTPServer for ``handler`` at ``/`` on a free loopback port, stopped afterwards."""
+    port = free_port()
+    server = SessionHTTPServer(Application([(r"/", handler)]))
+    server.listen(port, "127.0.0.1")
+    try:
+        yield port
+    finally:
+        server.stop()
 
 
 class NoDelayReport(RequestHandler):
@@ -22,10 +36,7 @@ class NoDelayReport(RequestHandler):
 
 @pytest.mark.gen_test
 async def test_connections_keep_tcp_nodelay_for_every_request():
-    port = free_port()
-    server = SessionHTTPServer(Application([(r"/", NoDelayReport)]))
-    server.listen(port, "127.0.0.1")
-    try:
+    with serving(NoDelayReport) as port:
 
         def three_requests_on_one_connection() -> list[bytes]:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -39,8 +50,6 @@ async def test_connections_keep_tcp_nodelay_for_every_request():
         # Nagle stays off throughout, not only while Tornado finishes a response.
         answers = await asyncio.get_running_loop().run_in_executor(None, three_requests_on_one_connection)
         assert answers == [b"1", b"1", b"1"]
-    finally:
-        server.stop()
 
 
 class SizeReport(RequestHandler):
@@ -52,10 +61,7 @@ class SizeReport(RequestHandler):
 
 @pytest.mark.gen_test
 async def test_reads_are_small_and_requests_larger_than_a_read_arrive_whole():
-    port = free_port()
-    server = SessionHTTPServer(Application([(r"/", SizeReport)]))
-    server.listen(port, "127.0.0.1")
-    try:
+    with serving(SizeReport) as port:
 
         def two_large_requests_in_one_send() -> list[bytes]:
             requests = b""
@@ -82,8 +88,6 @@ async def test_reads_are_small_and_requests_larger_than_a_read_arrive_whole():
         answers = await asyncio.get_running_loop().run_in_executor(None, two_large_requests_in_one_send)
         assert answers == [b"%d 20000 100000" % READ_CHUNK_SIZE, b"%d 5 3" % READ_CHUNK_SIZE]
         assert READ_CHUNK_SIZE < 65536  # Tornado's default, allocated and zeroed for every read
-    finally:
-        server.stop()
 
 
 def test_the_garbage_collector_is_settled_for_serving_and_still_collects():
