@@ -385,12 +385,16 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "per-request costs (access lines, the Date header, TCP_NODELAY, 64 KiB zero-filled reads) sped "
             "every route up by the same microseconds, which is a larger share of the ceiling's. Counted in "
             "instructions (`bench/instructions.py`, callgrind, one connection) the counter takes 1.12 times "
-            "the ceiling's and the balance 1.10 (ratios 0.896 and 0.911), so under load part of the gap is "
-            "not instructions; nor is it the rotation over 1,000 sessions (rotating over 10, the balance "
-            "was no faster in paired runs). Compiling the session core with mypyc (tried, not kept) halved the "
-            "tight loop but moved a whole request by about 2%: no single function stands out any more, "
-            "and what would reach 0.90 is a leaner handler path (fewer Tornado and coroutine layers per "
-            "request), not a faster session core."
+            "the ceiling's and the balance 1.10 (ratios 0.896 and 0.911). The rest is cache misses: with "
+            "callgrind's simulated caches (one connection) the balance adds 3.3k level-1 instruction-cache "
+            "and 1.8k data-cache misses per request to the ceiling's 21.7k and 10.9k, about 25 µs at "
+            "level-2 latency, spread over the interpreter and the C functions the session path calls "
+            "(HMAC, JSON, dicts, allocation), none adding a tenth of them. It is not the rotation over "
+            "1,000 sessions (rotating over 10, the balance was no faster in paired runs). Compiling the "
+            "session core with mypyc (tried, not kept) halved the tight loop but moved a whole request by "
+            "about 2%: no single function stands out any more, and what would reach 0.90 is a shorter "
+            "path per request (less Python run and less code touched between the socket and the store: "
+            "fewer Tornado and coroutine layers), not a faster session core."
         )
     if "memcached balance / ceiling" in missed:
         notes.append(
