@@ -4,8 +4,8 @@ pymemcache is a blocking client, so every round trip runs on a small thread pool
 connection per thread and node; the IOLoop only hands work over and takes results back. What the
 requests of one loop iteration ask of a node travels as one batch, in one worker call and one
 round trip: their compare-and-swap writes, their touches and one multi-get for their loads, in a
-single send (``BatchClient.exchange``). A thread hand-off and a round trip cost more than the work itself
-on loopback, so batching them is what keeps the store close to the in-memory one.
+single send (``BatchClient.exchange``). A thread hand-off and a round trip cost more than the
+work itself on loopback, so batching them is what keeps the store close to the in-memory one.
 
 Placement: rendezvous hashing over the nodes in the ring, so losing a node loses only its share.
 Node health is kept on the IOLoop thread: a node that fails answers 503 for its sessions (the
@@ -112,7 +112,8 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
     pymemcache's own ``cas`` takes one key per round trip, its multi-key store shares one cas
     token among all keys, and its ``gets_many`` parses the answer a line at a time (re-slicing
     the buffer for each). A batch here is one send of every ``cas``, every touch and one
-    ``gets``, and one pass over the answers, on the client's own connection (TLS and timeouts included).
+    ``gets``, and one pass over the answers, on the client's own connection (TLS and timeouts
+    included).
     """
 
     def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str], touches: Sequence[Touch] = ()) -> Exchanged:
@@ -221,10 +222,9 @@ def _touch_result(touched: bytes, seen: bytes) -> TouchResult:
     for line in (touched, seen):
         if line.startswith(b"SERVER_ERROR"):
             return WriteRefused(line.decode("ascii", "replace")[:200])
-        if line not in (b"TOUCHED", b"NOT_FOUND", b"STORED"):
+    for line, expected in ((touched, (b"TOUCHED", b"NOT_FOUND")), (seen, (b"STORED",))):
+        if line not in expected:  # ERROR, CLIENT_ERROR or an answer out of step
             raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
-    if seen != b"STORED":
-        raise MemcacheUnknownError(seen[:64].decode("ascii", "replace"))
     return touched == b"TOUCHED"
 
 

@@ -23,7 +23,16 @@ from handlers.app import SessionApplication
 from settings import Settings, key_version, load_settings
 from stores import build_store
 from stores.base import Operation, StoreUnavailable, new_record
-from stores.memcached import THIRTY_DAYS, BatchClient, MemcachedStore, _Answers, memcached_exptime, tls_context
+from stores.memcached import (
+    THIRTY_DAYS,
+    BatchClient,
+    MemcachedStore,
+    WriteRefused,
+    _Answers,
+    _touch_result,
+    memcached_exptime,
+    tls_context,
+)
 from stores.users import hash_password
 from tests.conftest import MAX, Browser, FakeClock, body_json, serve, test_secret
 from tests.services import AppProcess, Memcached, TestPKI, app_processes
@@ -562,6 +571,15 @@ def test_a_batch_touches_records_and_sets_their_last_seen(memcached: Memcached):
     ttl = memcached.ttl("session:a")
     assert ttl is not None and 3590 <= ttl <= 3600 and memcached.ttl("session:a:seen") == ttl
     assert client.get("session:b") == b"data-b" and client.get("session:b:seen") is None
+
+
+def test_a_touch_answer_out_of_step_fails_the_batch():
+    assert _touch_result(b"TOUCHED", b"STORED") is True
+    assert _touch_result(b"NOT_FOUND", b"STORED") is False
+    assert isinstance(_touch_result(b"TOUCHED", b"SERVER_ERROR out of memory"), WriteRefused)
+    for touched, seen in ((b"STORED", b"STORED"), (b"TOUCHED", b"TOUCHED"), (b"ERROR", b"STORED"), (b"TOUCHED", b"")):
+        with pytest.raises(MemcacheError):
+            _touch_result(touched, seen)
 
 
 @pytest.mark.gen_test
