@@ -31,7 +31,7 @@ _ID_BYTES = 32  # 256 bits
 VERIFIED_CACHE_SIZE = 20_000
 
 
-class _Remembered(dict[str, Any]):
+class Remembered(dict[str, Any]):
     """A dict that forgets its oldest entries beyond ``limit`` (insertion order)."""
 
     def __init__(self, limit: int) -> None:
@@ -80,7 +80,8 @@ class Session:
         # The id whose record is in the store, or None for a session not stored yet.
         self.stored_id = session_id if record is not None else None
         self.created_at: float | None = record["created_at"] if record else None
-        self._data: dict[str, Any] = dict(record["data"]) if record else {}
+        # Shared with the loaded record, not copied: writes replace this dict, never change it.
+        self._data: dict[str, Any] = record["data"] if record else {}
         # The record as loaded (with the store's version token, if any), for a cheaper update.
         self.loaded = record
         self.operations: list[Operation] = []
@@ -114,6 +115,11 @@ class Session:
     def modified(self) -> bool:
         """True if saving would write, delete or create anything."""
         return bool(self.operations or self.retired_ids)
+
+    @property
+    def unsaved(self) -> bool:
+        """True if saving has anything to do: a write, a touch, or a cookie to re-sign or clear."""
+        return bool(self.operations or self.retired_ids or self.touch_due or self.resign or self.stale_cookie)
 
     # Writing -------------------------------------------------------------------------------
 
@@ -204,9 +210,9 @@ class SessionManager:
         # Verifying a signature is the costliest step of a request that reads its session, and a
         # browser sends the same value many times: successful verifications are remembered (the
         # value's age is still checked on every use). Failures are not, so junk cannot fill it.
-        self._verified: _Remembered = _Remembered(VERIFIED_CACHE_SIZE)
-        self._xsrf_verified: _Remembered = _Remembered(VERIFIED_CACHE_SIZE)
-        self._log_ids: _Remembered = _Remembered(VERIFIED_CACHE_SIZE)
+        self._verified: Remembered = Remembered(VERIFIED_CACHE_SIZE)
+        self._xsrf_verified: Remembered = Remembered(VERIFIED_CACHE_SIZE)
+        self._log_ids: Remembered = Remembered(VERIFIED_CACHE_SIZE)
 
     # Cookie values ---------------------------------------------------------------------------
 
@@ -397,6 +403,6 @@ class SessionManager:
         session.loaded = None  # its version token is spent
         session.stored_id = session_id
         session.created_at = record["created_at"]
-        session._data = dict(record["data"])
+        session._data = record["data"]
         session.operations = []
         session.touch_due = False

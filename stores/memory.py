@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import orjson
+
 from stores.base import (
     VERSION,
     Operation,
@@ -20,7 +22,6 @@ from stores.base import (
     SessionStore,
     apply_operations,
     dump_record,
-    parse_record,
 )
 
 log = logging.getLogger("stores.memory")
@@ -97,10 +98,11 @@ class MemoryStore(SessionStore):
         text = self._live(session_id)
         if text is None:
             return None
-        record = parse_record(text)
-        if record is not None:
-            # The version token is the stored value itself: unchanged while it is the same object.
-            record[VERSION] = text
+        # Decoded without parse_record's checks, which guard against what another process may
+        # have left in a shared store: only _put writes here, from the session manager's record.
+        record: Record = orjson.loads(text)
+        # The version token is the stored value itself: unchanged while it is the same object.
+        record[VERSION] = text
         return record
 
     async def create(self, session_id: str, record: Record, ttl: float) -> None:
@@ -125,9 +127,9 @@ class MemoryStore(SessionStore):
     def _apply(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:
         # Synchronous from read to write: on one IOLoop, atomic.
         text = self._live(session_id)
-        current = None if text is None else parse_record(text)
-        if current is None:
+        if text is None:
             return None
+        current: Record = orjson.loads(text)
         merged = apply_operations(current, operations, now)
         self._put(session_id, merged, ttl)
         return merged

@@ -405,9 +405,9 @@ def test_a_remembered_xsrf_token_is_valid_for_its_own_session_only(app: SessionA
 
 
 def test_remembered_maps_stay_bounded_and_keep_the_newest():
-    from handlers.session import _Remembered
+    from handlers.session import Remembered
 
-    remembered = _Remembered(10)
+    remembered = Remembered(10)
     for i in range(100):
         remembered.remember(str(i), i)
     assert len(remembered) <= 10
@@ -420,3 +420,45 @@ def test_increments_are_integers_only(amount):
     with pytest.raises(TypeError):
         session.increment("n", amount)
     assert session.increment("n", 2) == 2 and len(session.operations) == 1
+
+
+def test_cookie_headers_are_parsed_once_and_remembered_within_bounds():
+    from handlers import base
+
+    header = 'sid="2|1:0|10:1|3:sid|4:YWJj|ff"; XSRF-TOKEN=abc.def'
+    first = base.parse_cookie_header(header)
+    assert first == {"sid": "2|1:0|10:1|3:sid|4:YWJj|ff", "XSRF-TOKEN": "abc.def"}
+    # The same header again (a new string, as each request brings) is not parsed again.
+    assert base.parse_cookie_header("".join(list(header))) is first
+    long_header = "a=" + "x" * base.REMEMBERED_COOKIE_HEADER_LENGTH
+    assert base.parse_cookie_header(long_header) == {"a": "x" * base.REMEMBERED_COOKIE_HEADER_LENGTH}
+    assert long_header not in base._parsed_cookie_headers
+    for i in range(base.COOKIE_HEADERS_REMEMBERED + 10):
+        base.parse_cookie_header(f"n={i}")
+    assert len(base._parsed_cookie_headers) <= base.COOKIE_HEADERS_REMEMBERED
+
+
+@pytest.mark.gen_test
+async def test_a_remembered_cookie_header_serves_each_request_its_own_session(make_browser):
+    # Two browsers, each sending its own unchanged Cookie header many times: no answer crosses.
+    first, second = make_browser(), make_browser()
+    await first.login()
+    await second.get("/api")
+    for _ in range(3):
+        assert body_json(await first.get("/api/login")) == {"loggedIn": True}
+        assert body_json(await second.get("/api/login")) == {"loggedIn": False}
+    assert (await second.get("/api")).body.decode() == "You visited this page 2 times"
+
+
+@pytest.mark.gen_test
+async def test_writes_leave_the_loaded_record_as_it_was(app: SessionApplication, browser: Browser):
+    await browser.get("/api")
+    cookie = browser.cookies["sid"].strip('"')
+    session = await app.sessions.load(cookie)
+    assert session.loaded is not None
+    loaded_data = dict(session.loaded["data"])
+    session["page_views"] = 10
+    session["other"] = [1]
+    del session["page_views"]
+    assert session.loaded["data"] == loaded_data == {"page_views": 1}
+    assert "other" in session and "page_views" not in session
