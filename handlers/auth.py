@@ -15,15 +15,17 @@ MAX_CREDENTIAL_LENGTH = 1024
 class AuthenticatedHandler(SessionHandler):
     """A session handler that knows which user, if any, the session belongs to."""
 
-    async def current_user(self) -> User | None:
-        """The logged-in user, or None (also when their account has since been removed)."""
-        session = await self.get_session()
+    def _user_of(self, session: Session) -> User | None:
         email = session.get(USER_KEY)
         return self.app.users.get(email) if isinstance(email, str) else None
 
+    async def current_user(self) -> User | None:
+        """The logged-in user, or None (also when their account has since been removed)."""
+        return self._user_of(await self.get_session())
+
     async def require_user(self) -> User:
         """The logged-in user; 401 ``You must be logged in.`` otherwise."""
-        user = await self.current_user()
+        user = self._user_of(await self.get_session())
         if user is None:
             raise ApiError(401, "You must be logged in.")
         return user

@@ -66,6 +66,20 @@ class Session:
     ``regenerate()`` moves the data to a new id; ``destroy()`` ends the session.
     """
 
+    __slots__ = (
+        "_data",
+        "created_at",
+        "id",
+        "loaded",
+        "operations",
+        "regenerated",
+        "resign",
+        "retired_ids",
+        "stale_cookie",
+        "stored_id",
+        "touch_due",
+    )
+
     def __init__(
         self,
         session_id: str | None,
@@ -239,14 +253,16 @@ class SessionManager:
         Strict: only a v2 value signed by one of our secrets, within the absolute lifetime,
         carrying a well-formed id, is accepted.
         """
-        if not cookie or len(cookie) > self.settings.cookie_max_length or not cookie.isascii():
+        if not cookie:
             return None, False
-        known = self._verified.get(cookie)
+        known = self._verified.get(cookie)  # only values that passed every check below
         if known is not None:
             session_id, resign, signed_at = known
             if self.clock() - signed_at <= self.settings.absolute_timeout:
                 return session_id, resign
             del self._verified[cookie]
+        if len(cookie) > self.settings.cookie_max_length or not cookie.isascii():
+            return None, False
         try:
             raw = decode_signed_value(
                 self._secrets,
@@ -284,10 +300,12 @@ class SessionManager:
 
     def xsrf_valid(self, token: str | None, session_id: str | None) -> bool:
         """Whether ``token`` was issued by us for ``session_id``."""
-        if not token or len(token) > 128 or not token.isascii():
+        if not token:
             return False
-        if self._xsrf_verified.get(token, False) == (session_id or ""):
+        if self._xsrf_verified.get(token) == (session_id or ""):  # only tokens that passed below
             return True
+        if len(token) > 128 or not token.isascii():
+            return False
         nonce, _, mac = token.partition(".")
         if not nonce or not mac:
             return False
