@@ -21,7 +21,7 @@ from typing import Any
 from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
 
 from settings import Settings, key_version
-from stores.base import Operation, Record, SessionStore, apply_operations, json_value, new_record
+from stores.base import Operation, Record, SessionStore, applied, apply_operations, json_value, new_record
 
 log = logging.getLogger("sessions")
 
@@ -139,7 +139,7 @@ class Session:
 
     def _record(self, op: Operation) -> None:
         self.operations.append(op)
-        self._data = apply_operations({"data": self._data, "created_at": 0, "last_seen": 0}, [op], 0)["data"]
+        self._data = applied(self._data, (op,))
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):

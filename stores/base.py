@@ -73,7 +73,12 @@ def apply_operations(record: Record, operations: Sequence[Operation], now: float
 
     An increment of a missing or non-numeric value starts from 0.
     """
-    data = dict(record["data"])
+    return {"data": applied(record["data"], operations), "created_at": record["created_at"], "last_seen": now}
+
+
+def applied(data: dict[str, Any], operations: Sequence[Operation]) -> dict[str, Any]:
+    """A copy of a session's ``data`` with ``operations`` applied in order."""
+    data = dict(data)
     for op in operations:
         if op.kind == "set":
             data[op.key] = op.value
@@ -84,7 +89,7 @@ def apply_operations(record: Record, operations: Sequence[Operation], now: float
             if not isinstance(current, int) or isinstance(current, bool):
                 current = 0
             data[op.key] = current + op.value
-    return {"data": data, "created_at": record["created_at"], "last_seen": now}
+    return data
 
 
 def _is_time(value: Any) -> bool:
