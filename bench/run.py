@@ -384,8 +384,10 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "XSRF cookie check). The ratio also falls as the bare request gets cheaper: cutting Tornado's "
             "per-request costs (access lines, the Date header, TCP_NODELAY, 64 KiB zero-filled reads) sped "
             "every route up by the same microseconds, which is a larger share of the ceiling's. Counted in "
-            "instructions (`bench/instructions.py`, callgrind, one connection) the counter takes 1.12 times "
-            "the ceiling's and the balance 1.10 (ratios 0.896 and 0.911). The rest is cache misses: with "
+            "instructions (`bench/instructions.py`, callgrind, one connection) the counter takes 1.08 times "
+            "the ceiling's and the balance 1.07 (ratios 0.926 and 0.934; of the balance's 56k extra, about "
+            "9k are Tornado writing the one header it adds, Cache-Control, and about 10k the handler's own "
+            "coroutine and finish). The rest is cache misses: with "
             "callgrind's simulated caches (one connection) the balance adds 3.3k level-1 instruction-cache "
             "and 1.8k data-cache misses per request to the ceiling's 21.7k and 10.9k, about 25 µs at "
             "level-2 latency, spread over the interpreter and the C functions the session path calls "
@@ -398,14 +400,18 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
         )
     if "memcached balance / ceiling" in missed:
         notes.append(
-            "- **memcached reads.** The loop does not wait on memcached: instrumented, a batch's round trip "
+            f"- **memcached reads.** In this run a memcached read adds {extra_us('memcached', 'balance'):.0f} µs "
+            f"to a request against the ceiling; the memory store's adds {extra_us('memory', 'balance'):.0f} µs. "
+            "The loop does not wait on memcached: instrumented, a batch's round trip "
             "(hand-off, exchange, answers back) is under 1 ms of a cycle of about 20 ms, and running the "
             "batch on the loop thread itself, with no worker and no GIL hand-off (tried in paired runs, not "
             "kept), did no better (0.97 of the threaded version's throughput). The gap is CPU time: the "
-            "server's core is 93-100% busy in both scenarios, and a memcached read takes about 100 µs more "
-            "of it than the ceiling, where what the read adds in a profile (the key's hash, the batch's "
-            "bookkeeping, the worker's exchange at 5-7 µs a request, the record's JSON) comes to about "
-            "20 µs. Instruction counts under callgrind do not settle it: valgrind slows the server a "
+            "server's core is 93-100% busy in both scenarios. Per thread (CPU time per request, c=50, "
+            "the server pinned to one core): the worker threads together take about 10 µs of a read, and "
+            "the loop's thread the rest, though what a read adds to the loop's thread in a profile (about "
+            "30 more Python calls: the key's hash, the future and the batch's bookkeeping, the record's "
+            "checks and JSON) comes to about 10 µs. Instruction counts under callgrind do not settle it: "
+            "valgrind slows the server a "
             "hundredfold, so batches hold a few requests instead of 30 and each carries more of a batch's "
             "fixed cost. The garbage collector was part of it (it walked the requests suspended in each "
             "batch, 2.7% of CPU; now collected every 20,000 allocations instead of 700), and so were touches "
@@ -413,7 +419,9 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "every session's touch due, read 20% slower; they now travel in the batch). The rest is not "
             "located: it is not the suspension itself (a memory store made to suspend every load kept its "
             "speed, paired runs), and differences under 10% do not stand out of this machine's run-to-run "
-            "spread."
+            "spread. Left to try: memcached's protocol spoken on the event loop itself (an asyncio "
+            "transport: no worker threads sharing the core, no hand-offs, batches parsed as answers "
+            "arrive), which means leaving pymemcache's client on the request path."
         )
     if any(t.endswith("/ express-session") for t in missed):
         ours, theirs = rps("ours-memory", "ceiling"), rps("express-memory", "ceiling")
