@@ -433,6 +433,10 @@ def test_cookie_headers_are_parsed_once_and_remembered_within_bounds():
     long_header = "a=" + "x" * base.REMEMBERED_COOKIE_HEADER_LENGTH
     assert base.parse_cookie_header(long_header) == {"a": "x" * base.REMEMBERED_COOKIE_HEADER_LENGTH}
     assert long_header not in base._parsed_cookie_headers
+    # Many tiny cookies in a short header would cost many times the header's size to keep.
+    many = "; ".join(f"c{i}=1" for i in range(base.REMEMBERED_COOKIES_PER_HEADER + 1))
+    assert len(base.parse_cookie_header(many)) == base.REMEMBERED_COOKIES_PER_HEADER + 1
+    assert many not in base._parsed_cookie_headers
     for i in range(base.COOKIE_HEADERS_REMEMBERED + 10):
         base.parse_cookie_header(f"n={i}")
     assert len(base._parsed_cookie_headers) <= base.COOKIE_HEADERS_REMEMBERED
