@@ -173,6 +173,29 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
             *[f"| {step.replace('_', ' ')} | {us} |" for step, us in alone.items()],
             "",
         ]
+    counted = report.get("instructions")
+    if counted:
+        lines += [
+            "## Instructions per request",
+            "",
+            "`bench/instructions.py`: the instructions the whole server process executes per request under "
+            "valgrind's callgrind, one connection, after a warm-up. Unlike requests per second on this "
+            "shared machine, these repeat to about 1% from run to run, so they show the ratios that the "
+            "throughput figures above scatter around; they leave out what cache misses cost. On memcached "
+            "one connection means batches of one request, each carrying a whole hand-off to the worker "
+            "thread: more per request than under load.",
+            "",
+            "| route | " + " | ".join(f"{store} store, thousands | ceiling / route" for store in counted) + " |",
+            "|---|" + "---|---|" * len(counted),
+        ]
+        for route in ("ceiling", "counter", "balance"):
+            cells = []
+            for figures in counted.values():
+                thousands = figures.get(route)
+                share = f"{figures['ceiling'] / thousands:.3f}" if thousands and route != "ceiling" else ""
+                cells += [f"{thousands:,.1f}" if thousands else "", share]
+            lines.append(f"| {route} | " + " | ".join(cells) + " |")
+        lines.append("")
     profiles = report.get("profile")
     if profiles:
         lines += [

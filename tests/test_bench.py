@@ -45,9 +45,11 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     from bench.report import write_markdown
 
     report["seconds"] = 1.0
+    report["instructions"] = {"memory": {"ceiling": 800.0, "counter": 880.0, "balance": 860.0}}
     write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png")
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| memory counter / ceiling |" in text and "## The session layer alone" in text
+    assert "| counter | 880.0 | 0.909 |" in text and "| ceiling | 800.0 |  |" in text
 
 
 def test_ratio_targets_pair_the_runs_of_each_round():
