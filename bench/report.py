@@ -95,13 +95,21 @@ def _pinning(report: dict[str, Any]) -> str:
     )
 
 
+def _target_runs(settings: dict[str, Any]) -> str:
+    runs = settings.get("target_runs", settings["runs"])
+    if runs == settings["runs"]:
+        return ""
+    return f" ({runs} runs at {max(settings['concurrency'])} connections, where the targets are read)"
+
+
 def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
     s = report["settings"]
     lines = [
         "# Benchmarks",
         "",
         "Written by `bench/run.py` (see the README, Benchmarks). Every figure is the median of "
-        f"{s['runs']} runs of {s['duration_s']:g} s each; the spread is the lowest and highest run. wrk with "
+        f"{s['runs']} runs of {s['duration_s']:g} s each{_target_runs(s)}; the spread is the lowest and "
+        "highest run. wrk with "
         f"{s['wrk_threads']} thread rotates through {s['browsers_per_kind']} real browsers' cookies per "
         "server (anonymous ones for the counter and the ceiling, logged-in ones for the balance). Server, "
         "memcached and wrk share one machine of "

@@ -223,12 +223,16 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
         wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
     combos = [(scenario, concurrency) for scenario in SCENARIOS for concurrency in args.concurrency]
     runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
-    for round_number in range(args.runs):
-        print(f"round {round_number + 1} of {args.runs}", flush=True)
+    top = max(args.concurrency)
+    # The targets are read at the highest concurrency: it gets more rounds than the others.
+    target_runs = max(args.runs, getattr(args, "target_runs", args.runs))
+    for round_number in range(target_runs):
+        print(f"round {round_number + 1} of {target_runs}", flush=True)
+        in_round = args.concurrency if round_number < args.runs else [top]
         # A new order each round (seeded: reproducible): one concurrency at a time, each server's
         # scenarios back to back, so the runs a ratio pairs are seconds apart.
         shuffle = random.Random(round_number).shuffle
-        for concurrency in shuffled(args.concurrency, shuffle):
+        for concurrency in shuffled(in_round, shuffle):
             for server in shuffled(servers, shuffle):
                 for scenario in shuffled(SCENARIOS, shuffle):
                     path, kind = SCENARIOS[scenario]
@@ -484,8 +488,14 @@ def write_docs(report: dict[str, Any], docs: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Load benchmark of the session server.")
-    # Many short runs rather than few long ones: on a shared machine the median of five is steadier.
-    parser.add_argument("--runs", type=int, default=5, help="runs per figure (the median is kept)")
+    # Many short runs rather than few long ones: on a shared machine a median of many is steadier.
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is kept)")
+    parser.add_argument(
+        "--target-runs",
+        type=int,
+        default=9,
+        help="runs per figure at the highest concurrency, where the targets are read",
+    )
     parser.add_argument("--duration", type=int, default=2, help="whole seconds per wrk run")
     parser.add_argument("--concurrency", default="1,10,50", help="comma-separated connection counts")
     parser.add_argument("--sessions", type=int, default=1000, help="browsers prepared per server and kind")
@@ -501,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds: check the machinery only")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.runs, args.duration, args.concurrency, args.sessions = 1, 1, "1,4", 20
+        args.runs, args.target_runs, args.duration, args.concurrency, args.sessions = 1, 1, 1, "1,4", 20
         args.no_express = args.no_memory = args.no_profile = args.no_instructions = args.no_docs = True
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     top = max(args.concurrency)
@@ -568,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": {
             "runs": args.runs,
+            "target_runs": max(args.runs, args.target_runs),
             "duration_s": args.duration,
             "concurrency": args.concurrency,
             "browsers_per_kind": args.sessions,

@@ -100,10 +100,14 @@ def test_runs_a_ratio_pairs_are_close_together(monkeypatch, tmp_path):
     servers = [bench_run.Server(name, [], {}, tmp_path, port) for name, port in (("a", 1), ("b", 2), ("c", 3))]
     for server in servers:
         server.cookies = {"anonymous": tmp_path, "logged_in": tmp_path}
-    bench_run.measure(servers, argparse.Namespace(runs=2, concurrency=[1, 10, 50], duration=1))
+    bench_run.measure(servers, argparse.Namespace(runs=2, target_runs=4, concurrency=[1, 10, 50], duration=1))
     measured = calls[len(servers) :]  # after one warm-up per server
     per_round = len(servers) * len(bench_run.SCENARIOS) * 3
-    assert len(measured) == 2 * per_round
+    # Two full rounds, then two more of the highest concurrency alone (the targets' figures).
+    extra = measured[2 * per_round :]
+    assert len(extra) == 2 * len(servers) * len(bench_run.SCENARIOS)
+    assert {c for _, _, c in extra} == {50} and len(set(extra)) == len(extra) // 2
+    measured = measured[: 2 * per_round]
     for start in range(0, len(measured), per_round):
         round_calls = measured[start : start + per_round]
         assert len(set(round_calls)) == per_round  # every combination once
