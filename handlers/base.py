@@ -328,7 +328,7 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
             result = method(self, *args, **kwargs)
             if result is not None:  # as Tornado does: a coroutine, or None from a plain method
                 await result
-            if not self._finished and self._session is not None and self._session.unsaved:
+            if not self._finished:
                 await self.save_session()
         except StoreUnavailable:
             raise store_unavailable() from None
