@@ -54,9 +54,20 @@ class OddValueHandler(AuthenticatedHandler):
             value["later"] = "changed"  # after the assignment: must not reach the store
 
 
+class RestartHandler(AuthenticatedHandler):
+    """Empties the session and saves it, then gives it a new id: only the retired id is left to save."""
+
+    async def post(self) -> None:
+        session = await self.get_session()
+        for key in list(session):
+            del session[key]
+        await self.save_session()
+        session.regenerate()
+
+
 @pytest.fixture
 def app(config, store, users, clock) -> SessionApplication:
-    routes = [(r"/api/cart", CartHandler), (r"/api/odd", OddValueHandler)]
+    routes = [(r"/api/cart", CartHandler), (r"/api/odd", OddValueHandler), (r"/api/restart", RestartHandler)]
     return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
 
 
@@ -94,3 +105,13 @@ async def test_values_json_cannot_hold_are_refused_with_413_and_lose_nothing(bro
 async def test_stored_values_are_plain_json_copies(browser: Browser):
     assert (await browser.post("/api/odd?kind=int-keys", {})).code == 200
     assert body_json(await browser.get("/api/odd")) == {"1": "one"}
+
+
+@pytest.mark.gen_test
+async def test_a_new_id_for_an_emptied_session_still_kills_the_old_one(browser: Browser, app, store):
+    # Nothing is written after regenerate(): the only change left to save is the retired id.
+    assert (await browser.get("/api")).code == 200
+    old_id, _ = app.sessions.verify(browser.cookies["sid"])
+    assert old_id is not None and await store.load(old_id) is not None
+    assert (await browser.post("/api/restart", {})).code == 200
+    assert await store.load(old_id) is None
