@@ -398,7 +398,8 @@ class SessionManager:
             self._adopt(session, session.stored_id, merged)
         elif session.stored_id is not None and session.touch_due:
             assert session.created_at is not None
-            await self.store.touch(session.stored_id, now, self.ttl(session.created_at, now))
+            await self.store.touch(session.stored_id, now, self.ttl(session.created_at, now), session.loaded)
+            session.loaded = None  # its version token is spent
             session.touch_due = False
         for old_id in session.retired_ids:
             await self.store.delete(old_id)

@@ -23,7 +23,7 @@ ENVIRONMENTS = ("dev", "prod", "test")
 MIN_PROD_SECRET_BYTES = 32
 SAMESITE_VALUES = ("Lax", "Strict", "None")
 STORES = ("memory", "memcached")
-# A memcached key is this prefix, 64 hex digits and maybe ":seen": printable ASCII, no spaces,
+# A memcached key is this prefix and 64 hex digits: printable ASCII, no spaces,
 # within memcached's 250 bytes (the store sends its keys unchecked, so the prefix is checked here).
 MEMCACHED_KEY_PREFIX = re.compile(r"[!-~]{0,100}")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")

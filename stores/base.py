@@ -184,8 +184,12 @@ class SessionStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def touch(self, session_id: str, now: float, ttl: float) -> bool:
-        """Set ``last_seen`` to ``now`` and extend the ttl without changing data; False if gone."""
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
+        """Set ``last_seen`` to ``now`` and extend the ttl without changing data; False if gone.
+
+        ``loaded`` is as in `update`. A touch never overwrites a write that landed after the
+        load: that write already refreshed ``last_seen`` and the ttl, and the touch counts as done.
+        """
 
     @abc.abstractmethod
     async def delete(self, session_id: str) -> None:

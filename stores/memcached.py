@@ -3,7 +3,7 @@
 pymemcache is a blocking client, so every round trip runs on a small thread pool with one pooled
 connection per thread and node; the IOLoop only hands work over and takes results back. What the
 requests of one loop iteration ask of a node travels as one batch, in one worker call and one
-round trip: their compare-and-swap writes, their touches and one multi-get for their loads, in a
+round trip: their compare-and-swap writes (updates and touches) and one multi-get for their loads, in a
 single send (``BatchClient.exchange``). A thread hand-off and a round trip cost more than the
 work itself on loopback, so batching them is what keeps the store close to the in-memory one.
 
@@ -13,8 +13,11 @@ session is not silently dropped) until it has failed for ``dead_after`` seconds;
 the ring, its sessions count as lost, and a background probe puts it back once it answers.
 
 Keys: ``prefix + sha256(session id)``, so a dump of memcached holds no usable cookie and no client
-input reaches the protocol raw. Values: JSON only, size-limited. Each session has a second, tiny
-key holding its ``last_seen``, so a touch refreshes the TTL without rewriting (or racing) the data.
+input reaches the protocol raw. Values: JSON only, size-limited. A session is that one key, so a
+load fetches and parses one value. A touch (at most once per ``touch_interval``) is a
+compare-and-swap of the record as loaded, with a new ``last_seen`` and TTL: it cannot overwrite a
+concurrent write, and when it loses to one there is nothing to retry, since every write refreshes
+both.
 """
 
 from __future__ import annotations
@@ -52,12 +55,10 @@ log = logging.getLogger("stores.memcached")
 
 THIRTY_DAYS = 30 * 24 * 3600
 T = TypeVar("T")
-# What a load fetched: the record's bytes and version token, and the last_seen key's bytes.
-_Fetched = tuple[bytes | None, Any, bytes | None]
+# What a load fetched: the record's bytes and version token, or (None, None).
+_Fetched = tuple[bytes | None, Any]
 # One compare-and-swap write: key, value, version token, exptime.
 CasWrite = tuple[str, bytes, bytes, int]
-# One touch: the record's key, exptime, and its last_seen key and the value that key is set to.
-Touch = tuple[str, int, str, bytes]
 # What a gets found: key -> (value, cas token); a missing key is absent.
 Found: TypeAlias = dict[str, tuple[bytes, bytes]]
 RECEIVE_SIZE = 65536
@@ -69,15 +70,12 @@ class WriteRefused(Exception):
 
 # What a cas answered: True stored, False lost to another writer, None gone; or the server's error.
 CasResult: TypeAlias = bool | WriteRefused | None
-# What a touch answered: True touched, False no such record; or the server's error.
-TouchResult: TypeAlias = bool | WriteRefused
 
 
 class Exchanged(NamedTuple):
-    """A batch's answers: one per write, one per touch, and what the gets found."""
+    """A batch's answers: one per write, and what the gets found."""
 
     written: list[CasResult]
-    touched: list[TouchResult]
     found: Found
 
 
@@ -111,32 +109,25 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
 
     pymemcache's own ``cas`` takes one key per round trip, its multi-key store shares one cas
     token among all keys, and its ``gets_many`` parses the answer a line at a time (re-slicing
-    the buffer for each). A batch here is one send of every ``cas``, every touch and one
-    ``gets``, and one pass over the answers, on the client's own connection (TLS and timeouts
-    included).
+    the buffer for each). A batch here is one send of every ``cas`` and one ``gets``, and one
+    pass over the answers, on the client's own connection (TLS and timeouts included).
     """
 
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str], touches: Sequence[Touch] = ()) -> Exchanged:
-        """Send the writes, the touches, then a gets of ``keys``; read their answers in that order.
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
+        """Send the writes, then a gets of ``keys``; read their answers in that order.
 
-        The gets comes last, so a load sees the writes of its own batch. A touch is memcached's
-        ``touch`` of the record and a ``set`` of its last_seen key, sent together: when the record
-        is gone the set still lands, leaving a last_seen key of a few bytes that expires with the
-        TTL it was given and that no load reads without its record. Keys are sent as given: the
-        store makes them (a checked prefix and a hex digest), so pymemcache's per-key check, over
-        a quarter of the cost of a batch, is not repeated here.
+        The gets comes last, so a load sees the writes of its own batch. Keys are sent as given:
+        the store makes them (a checked prefix and a hex digest), so pymemcache's per-key check,
+        over a quarter of the cost of a batch, is not repeated here.
         """
         request = [
             b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), exptime, len(value), token, value)
             for key, value, token, exptime in writes
         ]
-        for record_key, exptime, seen_key, seen in touches:
-            request.append(b"touch %s %d\r\n" % (record_key.encode("ascii"), exptime))
-            request.append(b"set %s 0 %d %d\r\n%s\r\n" % (seen_key.encode("ascii"), exptime, len(seen), seen))
         if keys:
             request.append(b"gets %s\r\n" % " ".join(keys).encode("ascii"))
         if not request:
-            return Exchanged([], [], {})
+            return Exchanged([], {})
         if self.sock is None:
             self._connect()
         assert self.sock is not None
@@ -144,7 +135,6 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
             self.sock.sendall(b"".join(request))
             answers = _Answers(self.sock)
             written = [_cas_result(answers.line()) for _ in writes]
-            touched = [_touch_result(answers.line(), answers.line()) for _ in touches]
             found: Found = {}
             if keys:
                 while (line := answers.line()) != b"END":
@@ -160,7 +150,7 @@ class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hin
         except (ValueError, UnicodeDecodeError) as e:  # a VALUE line not as the protocol has it
             self.close()
             raise MemcacheUnknownError("unreadable answer from memcached") from e
-        return Exchanged(written, touched, found)
+        return Exchanged(written, found)
 
 
 class _Answers:
@@ -217,26 +207,15 @@ def _cas_result(line: bytes) -> CasResult:
     raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
 
 
-def _touch_result(touched: bytes, seen: bytes) -> TouchResult:
-    """A touch's two answers: the record's ``touch``, then its last_seen key's ``set``."""
-    for line in (touched, seen):
-        if line.startswith(b"SERVER_ERROR"):
-            return WriteRefused(line.decode("ascii", "replace")[:200])
-    for line, expected in ((touched, (b"TOUCHED", b"NOT_FOUND")), (seen, (b"STORED",))):
-        if line not in expected:  # ERROR, CLIENT_ERROR or an answer out of step
-            raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
-    return touched == b"TOUCHED"
-
-
 class BatchPooledClient(PooledClient):  # type: ignore[misc]
     """A PooledClient whose connections are BatchClients."""
 
     client_class = BatchClient
 
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str], touches: Sequence[Touch] = ()) -> Exchanged:
+    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
         """One batch (see `BatchClient.exchange`) on one pooled connection."""
         with self.client_pool.get_and_release(destroy_on_fail=True) as client:
-            result: Exchanged = client.exchange(writes, keys, touches)
+            result: Exchanged = client.exchange(writes, keys)
             return result
 
 
@@ -253,12 +232,11 @@ class _Node:
 class _Batch:
     """What the requests of one loop iteration ask of one node."""
 
-    __slots__ = ("loads", "touches", "writes")
+    __slots__ = ("loads", "writes")
 
     def __init__(self) -> None:
         self.loads: dict[str, list[asyncio.Future[_Fetched]]] = {}
         self.writes: list[tuple[CasWrite, asyncio.Future[CasResult]]] = []
-        self.touches: list[tuple[Touch, asyncio.Future[TouchResult]]] = []
 
 
 class MemcachedStore(SessionStore):
@@ -312,10 +290,6 @@ class MemcachedStore(SessionStore):
     def key(self, session_id: str) -> str:
         """The memcached key for a session id: the prefix and the id's hex SHA-256."""
         return self.prefix + hashlib.sha256(session_id.encode("ascii")).hexdigest()
-
-    @staticmethod
-    def _seen_key(key: str) -> str:
-        return key + ":seen"
 
     def node_name(self, session_id: str) -> str | None:
         """The node a session id lives on now (None when no node is in the ring)."""
@@ -407,18 +381,12 @@ class MemcachedStore(SessionStore):
 
     # Values --------------------------------------------------------------------------------
 
-    def _decode(self, raw: bytes | None, seen: bytes | None, token: Any = None) -> Record | None:
+    def _decode(self, raw: bytes | None, token: Any = None) -> Record | None:
         if raw is None or len(raw) > self.max_record_size:
             return None
         record = parse_record(raw)
         if record is None:
             return None
-        try:
-            last_seen = float(seen) if seen is not None else None
-        except ValueError:
-            last_seen = None
-        if last_seen is not None and math.isfinite(last_seen) and last_seen > record["last_seen"]:
-            record["last_seen"] = last_seen
         if token is not None:
             record[VERSION] = token
         return record
@@ -441,19 +409,17 @@ class MemcachedStore(SessionStore):
         key = self.key(session_id)
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._batch(self._node_for(key)).loads.setdefault(key, []).append(future)
-        raw, token, seen = await future
-        return self._decode(raw, seen, token)
+        raw, token = await future
+        return self._decode(raw, token)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         for node, batch in pending.items():
-            keys = [k for key in batch.loads for k in (key, self._seen_key(key))]
             writes = [write for write, _ in batch.writes]
-            touches = [touch for touch, _ in batch.touches]
             # Handed to a worker at once: the round trip overlaps the loop's next iteration.
             self._workers.submit(
-                node.client.exchange, (writes, keys, touches), functools.partial(self._landed, node, batch)
+                node.client.exchange, (writes, list(batch.loads)), functools.partial(self._landed, node, batch)
             )
 
     def _landed(self, node: _Node, batch: _Batch, answer: Any, error: BaseException | None) -> None:
@@ -462,17 +428,13 @@ class MemcachedStore(SessionStore):
             if error is not None:
                 raise self._store_error(node, error)
             self._succeeded(node)
-            written, touched, found = answer
+            written, found = answer
             for (_, wrote), result in zip(batch.writes, written, strict=True):
                 if not wrote.done():
                     wrote.set_result(result)
-            for (_, touch), outcome in zip(batch.touches, touched, strict=True):
-                if not touch.done():
-                    touch.set_result(outcome)
+            missing = (None, None)
             for key, futures in batch.loads.items():
-                raw, token = found.get(key, (None, None))
-                seen, _ = found.get(self._seen_key(key), (None, None))
-                value = (raw, token, seen)
+                value = found.get(key, missing)
                 for fetched in futures:
                     if not fetched.done():
                         fetched.set_result(value)
@@ -485,7 +447,6 @@ class MemcachedStore(SessionStore):
     @staticmethod
     def _waiters(batch: _Batch) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = [future for _, future in batch.writes]
-        futures.extend(future for _, future in batch.touches)
         for waiting in batch.loads.values():
             futures.extend(waiting)
         return futures
@@ -515,18 +476,23 @@ class MemcachedStore(SessionStore):
         if loaded is not None and token is not None:
             # The common case: one cas against the version the load fetched, in this iteration's batch.
             merged = apply_operations(loaded, operations, now)
-            write: CasWrite = (key, self._encode(merged), token, memcached_exptime(ttl))
-            future: asyncio.Future[CasResult] = asyncio.get_running_loop().create_future()
-            self._batch(node).writes.append((write, future))
-            result = await future
-            if isinstance(result, WriteRefused):
-                raise StoreUnavailable(f"memcached {node.name} refused a write: {result}")
+            result = await self._batched_cas(node, key, merged, token, ttl)
             if result is True:
                 return merged
             if result is None:  # NOT_FOUND: deleted meanwhile
                 return None
             # Another writer came first: read the current version and try again, off the batch.
         return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl)
+
+    async def _batched_cas(self, node: _Node, key: str, record: Record, token: Any, ttl: float) -> bool | None:
+        """A cas of ``record`` in this iteration's batch: True stored, False lost, None gone."""
+        write: CasWrite = (key, self._encode(record), token, memcached_exptime(ttl))
+        future: asyncio.Future[CasResult] = asyncio.get_running_loop().create_future()
+        self._batch(node).writes.append((write, future))
+        result = await future
+        if isinstance(result, WriteRefused):
+            raise StoreUnavailable(f"memcached {node.name} refused a write: {result}")
+        return result
 
     def _update_blocking(
         self,
@@ -539,7 +505,7 @@ class MemcachedStore(SessionStore):
         """gets, re-apply, cas until one wins (on a worker thread, after a lost compare-and-swap)."""
         for attempt in range(self.cas_retries):
             raw, token = client.gets(key)
-            current = self._decode(raw, None)
+            current = self._decode(raw)
             if current is None or token is None:
                 return None
             merged = apply_operations(current, operations, now)
@@ -552,19 +518,28 @@ class MemcachedStore(SessionStore):
             time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 8)))
         raise CasContention
 
-    async def touch(self, session_id: str, now: float, ttl: float) -> bool:
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
         key = self.key(session_id)
         node = self._node_for(key)
-        # In this iteration's batch, like the loads and writes: no round trip of its own.
-        future: asyncio.Future[TouchResult] = asyncio.get_running_loop().create_future()
-        touch = (key, memcached_exptime(ttl), self._seen_key(key), repr(now).encode("ascii"))
-        self._batch(node).touches.append((touch, future))
-        result = await future
-        if isinstance(result, WriteRefused):
-            raise StoreUnavailable(f"memcached {node.name} refused a touch: {result}")
-        return result
+        token = loaded.get(VERSION) if loaded is not None else None
+        if loaded is None or token is None:
+            return await self._call(node, self._touch_blocking, node.client, key, now, ttl)
+        # The record as loaded with a new last_seen, in this iteration's batch: no round trip of
+        # its own. Lost (False) means another write landed after the load, and every write
+        # refreshes last_seen and the TTL: the session is as fresh as this would have made it.
+        return await self._batched_cas(node, key, apply_operations(loaded, (), now), token, ttl) is not None
+
+    def _touch_blocking(self, client: PooledClient, key: str, now: float, ttl: float) -> bool:
+        """gets and one cas (on a worker thread, for a caller with no loaded version)."""
+        raw, token = client.gets(key)
+        current = self._decode(raw)
+        if current is None or token is None:
+            return False
+        touched = apply_operations(current, (), now)
+        stored = client.cas(key, self._encode(touched), token, expire=memcached_exptime(ttl), noreply=False)
+        return stored is not None  # False, like a lost batched touch, means a newer write refreshed it
 
     async def delete(self, session_id: str) -> None:
         key = self.key(session_id)
         node = self._node_for(key)
-        await self._call(node, node.client.delete_many, [key, self._seen_key(key)], False)
+        await self._call(node, node.client.delete, key, False)

@@ -116,6 +116,11 @@ class MemoryStore(SessionStore):
         ttl: float,
         loaded: Record | None = None,
     ) -> Record | None:
+        return self._update(session_id, operations, now, ttl, loaded)
+
+    def _update(
+        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Record | None
+    ) -> Record | None:
         entry = self._records.get(session_id)
         if loaded is not None and entry is not None and loaded.get(VERSION) is entry[0] and entry[1] > self.clock():
             # Nothing was written since that load: apply to it rather than parse the value again.
@@ -134,8 +139,8 @@ class MemoryStore(SessionStore):
         self._put(session_id, merged, ttl)
         return merged
 
-    async def touch(self, session_id: str, now: float, ttl: float) -> bool:
-        return self._apply(session_id, (), now, ttl) is not None
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
+        return self._update(session_id, (), now, ttl, loaded) is not None
 
     async def delete(self, session_id: str) -> None:
         self._records.pop(session_id, None)

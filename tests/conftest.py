@@ -59,9 +59,9 @@ class CountingStore(MemoryStore):
         self.calls.append("update")
         return await super().update(session_id, operations, now, ttl, loaded)
 
-    async def touch(self, session_id: str, now: float, ttl: float) -> bool:
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
         self.calls.append("touch")
-        return await super().touch(session_id, now, ttl)
+        return await super().touch(session_id, now, ttl, loaded)
 
     async def delete(self, session_id: str) -> None:
         self.calls.append("delete")

@@ -27,9 +27,7 @@ from stores.memcached import (
     THIRTY_DAYS,
     BatchClient,
     MemcachedStore,
-    WriteRefused,
     _Answers,
-    _touch_result,
     memcached_exptime,
     tls_context,
 )
@@ -152,16 +150,18 @@ async def test_lifetimes_over_30_days_work(http_server, browser, memcached: Memc
 
 
 @pytest.mark.gen_test
-async def test_touch_refreshes_the_ttl_without_rewriting_data(browser, app, memcached, clock: FakeClock):
+async def test_touch_refreshes_last_seen_and_ttl_and_keeps_the_data(browser, app, memcached, clock: FakeClock):
     await browser.login()
     key = memcached_store(app).key(session_id_of(browser, app))
     client = raw_client(memcached)
-    value, token = client.gets(key)
+    before = json.loads(client.get(key))
     clock.advance(app.config.touch_interval + 1)
     assert (await browser.get("/api/balance")).code == 200
-    value_after, token_after = client.gets(key)
-    assert (value_after, token_after) == (value, token)  # data untouched: same bytes, same cas
-    assert float(client.get(key + ":seen")) == clock()
+    after = json.loads(client.get(key))
+    assert after == {**before, "last_seen": clock()}  # same data and creation time, new last_seen
+    assert memcached.stored_keys() == [key]  # one key a session: a load fetches one value
+    ttl = memcached.ttl(key)
+    assert ttl is not None and app.config.idle_timeout - 5 <= ttl <= app.config.idle_timeout
     # The refreshed last_seen counts: idle timeout measured from the touch, not the login.
     clock.advance(app.config.idle_timeout - 10)
     assert (await browser.get("/api/balance")).code == 200
@@ -535,13 +535,13 @@ def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
     for key, value in zip(keys, TRICKY_VALUES, strict=True):
         client.set(key, value, 60)
     batch = BatchClient(("127.0.0.1", memcached.port), default_noreply=False)
-    written, touched, found = batch.exchange([], [*keys, "session:missing"])
-    assert written == touched == [] and found == client.gets_many([*keys, "session:missing"])
+    written, found = batch.exchange([], [*keys, "session:missing"])
+    assert written == [] and found == client.gets_many([*keys, "session:missing"])
     found_before = found
     # Writes go first in the same send, so the gets sees them; a stale token loses.
     token = found[keys[0]][1]
     writes = [(keys[0], b"new", token, 60), (keys[1], b"lost", b"1", 60), ("session:missing", b"x", b"1", 60)]
-    written, _, found = batch.exchange(writes, keys[:2])
+    written, found = batch.exchange(writes, keys[:2])
     assert written == [True, False, None]
     assert found[keys[0]][0] == b"new" and found[keys[1]][0] == TRICKY_VALUES[1]
     # A write the server misreads (a token that is no number) gets two answers, CLIENT_ERROR and
@@ -552,54 +552,46 @@ def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
     assert batch.exchange([], keys[2:4]).found == {k: v for k, v in found_before.items() if k in keys[2:4]}
 
 
-def test_a_batch_touches_records_and_sets_their_last_seen(memcached: Memcached):
-    client = raw_client(memcached)
-    client.set("session:a", b"data-a", 60)
-    client.set("session:b", b"data-b", 60)
-    token_before = client.gets("session:a")[1]
-    batch = BatchClient(("127.0.0.1", memcached.port), default_noreply=False)
-    exptime = int(time.time()) + 3600
-    touches = [
-        ("session:a", exptime, "session:a:seen", b"1800000000.5"),
-        ("session:gone", exptime, "session:gone:seen", b"1800000000.5"),
-        # Over memcached's 1 MiB item limit: SERVER_ERROR for this set alone, the rest in step.
-        ("session:b", exptime, "session:b:seen", b"x" * (2 << 20)),
-    ]
-    written, touched, found = batch.exchange([], ["session:a", "session:a:seen"], touches)
-    assert written == [] and touched[:2] == [True, False]
-    assert "too large" in str(touched[2])
-    assert found["session:a"] == (b"data-a", token_before)  # a touch leaves data and version alone
-    assert found["session:a:seen"][0] == b"1800000000.5"
-    ttl = memcached.ttl("session:a")
-    assert ttl is not None and 3590 <= ttl <= 3600 and memcached.ttl("session:a:seen") == ttl
-    assert client.get("session:b") == b"data-b" and client.get("session:b:seen") is None
-
-
-def test_a_touch_answer_out_of_step_fails_the_batch():
-    assert _touch_result(b"TOUCHED", b"STORED") is True
-    assert _touch_result(b"NOT_FOUND", b"STORED") is False
-    assert isinstance(_touch_result(b"TOUCHED", b"SERVER_ERROR out of memory"), WriteRefused)
-    for touched, seen in ((b"STORED", b"STORED"), (b"TOUCHED", b"TOUCHED"), (b"ERROR", b"STORED"), (b"TOUCHED", b"")):
-        with pytest.raises(MemcacheError):
-            _touch_result(touched, seen)
-
-
 @pytest.mark.gen_test
 async def test_touches_of_one_iteration_ride_one_batch(store: MemcachedStore, memcached: Memcached):
     now = 1_800_000_000.0
     ids = [letter * 43 for letter in "ABC"]
     for session_id in ids[:2]:
         await store.create(session_id, {"data": {}, "created_at": now, "last_seen": now}, 60)
-    # Two sessions that exist and one that does not, with loads in the same iteration.
-    touched = asyncio.gather(*(store.touch(session_id, now + 100, 600) for session_id in ids))
+    loaded = [await store.load(session_id) for session_id in ids]
+    # Two sessions that exist (as loaded) and one that does not, with loads in the same iteration.
+    touched = asyncio.gather(*(store.touch(i, now + 100, 600, record) for i, record in zip(ids, loaded, strict=True)))
     found, missing = await asyncio.gather(store.load(ids[0]), store.load(ids[2]))
     assert await touched == [True, True, False] and missing is None
     # Same batch, touches before the gets: the load already sees the new last_seen.
     assert found is not None and found["last_seen"] == now + 100
     for session_id in ids[:2]:
         assert 590 <= (memcached.ttl(store.key(session_id)) or 0) <= 600
-        loaded = await store.load(session_id)
-        assert loaded is not None and loaded["last_seen"] == now + 100
+        record = await store.load(session_id)
+        assert record is not None and record["last_seen"] == now + 100
+
+
+@pytest.mark.gen_test
+async def test_a_touch_never_overwrites_a_write_that_came_after_its_load(store: MemcachedStore):
+    now = 1_800_000_000.0
+    session_id = "T" * 43
+    await store.create(session_id, {"data": {"n": 1}, "created_at": now, "last_seen": now}, 60)
+    loaded = await store.load(session_id)
+    # Another request (another tab) writes after this one loaded, and before its touch lands.
+    await store.update(session_id, [Operation("set", "n", 2)], now + 50, 600)
+    assert await store.touch(session_id, now + 100, 600, loaded)  # that write already refreshed it
+    current = await store.load(session_id)
+    assert current is not None and current["data"] == {"n": 2} and current["last_seen"] == now + 50
+    # Without a loaded version the touch reads the record first, then sets last_seen on it.
+    assert await store.touch(session_id, now + 200, 600)
+    current = await store.load(session_id)
+    assert current is not None and current["data"] == {"n": 2} and current["last_seen"] == now + 200
+    # Deleted (a logout in another tab) after the load: the touch finds nothing and brings nothing back.
+    reloaded = await store.load(session_id)
+    await store.delete(session_id)
+    assert not await store.touch(session_id, now + 300, 600, reloaded)
+    assert not await store.touch(session_id, now + 300, 600)
+    assert await store.load(session_id) is None
 
 
 # Answers altered on their way back: (sender, data) -> the bytes to pass on.
@@ -666,12 +658,8 @@ async def test_a_touch_memcached_refuses_is_a_503_and_the_session_stays(http_ser
     refuse = threading.Event()
 
     def refusing(client: socket.socket, data: bytes) -> bytes:
-        # memcached out of memory for the last_seen key's set: SERVER_ERROR in place of STORED.
-        return (
-            data.replace(b"TOUCHED\r\nSTORED\r\n", b"TOUCHED\r\nSERVER_ERROR out of memory\r\n")
-            if refuse.is_set()
-            else data
-        )
+        # memcached out of memory for the touch's write: SERVER_ERROR in place of STORED.
+        return b"SERVER_ERROR out of memory\r\n" if refuse.is_set() and data == b"STORED\r\n" else data
 
     with Memcached() as real, relayed(real, refusing) as store:
         serve(http_server, app_with(config, store, users, clock))
