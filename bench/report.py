@@ -187,11 +187,11 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
             "## Instructions per request",
             "",
             "`bench/instructions.py`: the instructions the whole server process executes per request under "
-            "valgrind's callgrind, one connection, after a warm-up. Unlike requests per second on this "
-            "shared machine, these repeat to about 1% from run to run, so they show the ratios that the "
-            "throughput figures above scatter around; they leave out what cache misses cost. On memcached "
-            "one connection means batches of one request, each carrying a whole hand-off to the worker "
-            "thread: more per request than under load.",
+            f"valgrind's callgrind, {report.get('instructions_connections', 1)} connection(s) sending at once "
+            "(every connection sends, then every answer is read, so memcached batches hold a request of "
+            "each), after a warm-up. Unlike requests per second on this shared machine, these repeat to "
+            "about 2% from run to run (1% at one connection), so they show the ratios that the throughput "
+            "figures above scatter around; they leave out what cache misses and the machine's other work cost.",
             "",
             "| route | " + " | ".join(f"{store} store, thousands | ceiling / route" for store in counted) + " |",
             "|---|" + "---|---|" * len(counted),

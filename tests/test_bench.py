@@ -73,14 +73,14 @@ def test_ratio_targets_pair_the_runs_of_each_round():
 def test_instruction_counter_measures_every_route():
     require_binary("valgrind")
     result = subprocess.run(
-        [sys.executable, "bench/instructions.py", "--requests", "10"],
+        [sys.executable, "bench/instructions.py", "--requests", "10", "--connections", "3"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    figures = {line.split()[1]: float(line.split()[2]) for line in result.stdout.splitlines()}
+    figures = {line.split()[2]: float(line.split()[3]) for line in result.stdout.splitlines()}
     assert set(figures) == {"ceiling", "counter", "balance"}
     assert all(thousands > 0 for thousands in figures.values())
 
