@@ -167,6 +167,22 @@ async def test_touch_refreshes_last_seen_and_ttl_and_keeps_the_data(browser, app
     assert (await browser.get("/api/balance")).code == 200
 
 
+@pytest.mark.gen_test
+async def test_a_due_touch_alongside_another_tabs_writes_loses_none_of_them(browser, app, memcached, clock):
+    await browser.login()
+    assert (await browser.get("/api")).body.decode() == "Welcome to this page for the first time!"
+    key = memcached_store(app).key(session_id_of(browser, app))
+    for _ in range(3):
+        clock.advance(app.config.touch_interval + 1)
+        # Read-only requests (each with a touch due) and counter hits of one browser, together.
+        answers = await asyncio.gather(*(browser.get(p) for p in ["/api/balance", "/api", "/api/balance", "/api"]))
+        assert [a.code for a in answers] == [200] * 4
+    # Six increments and every read's touch: no write was overwritten by a touch.
+    assert (await browser.get("/api")).body.decode() == "You visited this page 8 times"
+    record = json.loads(raw_client(memcached).get(key))
+    assert record["last_seen"] == clock() and record["data"]["user"] == MAX["email"]
+
+
 # Confirmed writes and concurrency -----------------------------------------------------------------
 
 
