@@ -523,21 +523,12 @@ class MemcachedStore(SessionStore):
         node = self._node_for(key)
         token = loaded.get(VERSION) if loaded is not None else None
         if loaded is None or token is None:
-            return await self._call(node, self._touch_blocking, node.client, key, now, ttl)
+            # No version to compare against: read one first (on a worker), as an update would.
+            return await self._call(node, self._update_blocking, node.client, key, (), now, ttl) is not None
         # The record as loaded with a new last_seen, in this iteration's batch: no round trip of
         # its own. Lost (False) means another write landed after the load, and every write
         # refreshes last_seen and the TTL: the session is as fresh as this would have made it.
         return await self._batched_cas(node, key, apply_operations(loaded, (), now), token, ttl) is not None
-
-    def _touch_blocking(self, client: PooledClient, key: str, now: float, ttl: float) -> bool:
-        """gets and one cas (on a worker thread, for a caller with no loaded version)."""
-        raw, token = client.gets(key)
-        current = self._decode(raw)
-        if current is None or token is None:
-            return False
-        touched = apply_operations(current, (), now)
-        stored = client.cas(key, self._encode(touched), token, expire=memcached_exptime(ttl), noreply=False)
-        return stored is not None  # False, like a lost batched touch, means a newer write refreshed it
 
     async def delete(self, session_id: str) -> None:
         key = self.key(session_id)
