@@ -69,10 +69,18 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never one handed out before: those may not be bound yet."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(url: str, timeout: float = 30) -> None:
@@ -599,10 +607,12 @@ def main(argv: list[str] | None = None) -> int:
         process(
             [sys.executable, str(BENCH / "delay_proxy.py"), str(proxy_port), str(memcached_port), "20"],
             work / "proxy.log",
-        ),
+        ) as proxy,
     ):
         wait_for_port(memcached_port)
         wait_for_port(proxy_port)
+        if proxy.poll() is not None:  # something else answers on its port: no delay in the path
+            raise RuntimeError(f"the delaying proxy exited: {(work / 'proxy.log').read_text()[-500:]}")
         for server in [*servers, delayed]:
             server.start(work)
         try:
@@ -621,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                     for _ in range(args.runs)
                 ]
                 entry = {"server": "ours-delayed", "scenario": "counter", "concurrency": concurrency, **summarise(runs)}
+                if entry["p50_ms"] < 20:
+                    raise RuntimeError(f"memcached answered in under 20 ms through the delaying proxy: {entry}")
                 results.append(entry)
                 print(
                     f"  ours-delayed       counter  c={concurrency:<3} {entry['rps']:8.0f} rps  "

@@ -174,3 +174,14 @@ def test_memory_store_measure_sweeps_each_wave_apart():
 def memory_sessions(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "bench/memory_sessions.py", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_free_ports_are_never_handed_out_twice():
+    # Chosen ports are bound later (memcached, the delaying proxy, each server): a port handed out
+    # twice put memcached itself where the 20 ms proxy should have been, in a published run.
+    from bench.run import free_port
+    from tests.services import free_port as free_test_port
+
+    for choose in (free_port, free_test_port):
+        ports = [choose() for _ in range(300)]
+        assert len(set(ports)) == len(ports)
