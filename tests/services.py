@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.run import free_port as free_port  # one record of the ports handed out, for tests and benchmark alike
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,20 +39,6 @@ def require_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one handed out before: those may not be bound yet."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
