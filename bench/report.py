@@ -190,7 +190,8 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
             f"valgrind's callgrind, {report.get('instructions_connections', 1)} connection(s) sending at once "
             "(every connection sends, then every answer is read, so memcached batches hold a request of "
             "each), after a warm-up. Unlike requests per second on this shared machine, these repeat to "
-            "about 2% from run to run (1% at one connection), so they show the ratios that the throughput "
+            "about 2% from run to run on the memory store and 5% on memcached (whose batches under valgrind "
+            "are not always whole; 1% at one connection), so they show the ratios that the throughput "
             "figures above scatter around; they leave out what cache misses and the machine's other work cost.",
             "",
             "| route | " + " | ".join(f"{store} store, thousands | ceiling / route" for store in counted) + " |",
