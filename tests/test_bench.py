@@ -7,6 +7,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.services import ROOT, require_binary
 
 
@@ -183,3 +185,15 @@ def test_free_ports_are_never_handed_out_twice():
 
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
+
+
+def test_a_delayed_figure_that_shows_no_delay_is_refused():
+    from bench.run import delayed_figure
+
+    def run(p50_ms: float) -> dict[str, float]:
+        return {"rps": 700.0, "p50_ms": p50_ms, "p99_ms": 2 * p50_ms, "errors": 0.0}
+
+    # The withdrawn run's case: memcached itself on the proxy's port, 1.19 ms medians.
+    with pytest.raises(RuntimeError, match="under 20 ms"):
+        delayed_figure(1, [run(1.19), run(1.2), run(1.3)])
+    assert delayed_figure(1, [run(44.3), run(44.1), run(45.0)])["p50_ms"] == 44.3
