@@ -102,6 +102,37 @@ def _target_runs(settings: dict[str, Any]) -> str:
     return f" ({runs} runs at {max(settings['concurrency'])} connections, where the targets are read)"
 
 
+def _ratio_cell(found: tuple[float, list[float]] | None) -> str:
+    return f"{found[0]:.3f} ({found[1][0]:.2f}-{found[1][1]:.2f})" if found else ""
+
+
+def _cpu_section(report: dict[str, Any]) -> list[str]:
+    rows = report.get("cpu")
+    if not rows:
+        return []
+    top = max(report["settings"]["concurrency"])
+    lines = [
+        f"## Server CPU per request ({top} connections)",
+        "",
+        "The server process's CPU time (user and system, from /proc) over each run, per request: on its "
+        "main thread (the IOLoop) and on its other threads (the memcached store's workers), and how busy "
+        "it kept its core (1.00 is all of it). Medians of the runs; the ratios are paired per round like "
+        "the targets, spread in brackets. Where the core is busy and the two ratios agree, a route is "
+        "slower than the ceiling by the CPU it spends, not by waiting.",
+        "",
+        "| server | scenario | CPU µs per request | IOLoop thread | other threads | core busy "
+        "| ceiling CPU / route CPU | throughput / ceiling |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | {r['cpu_us']:.0f} | "
+            f"{r['loop_us']:.0f} | {r['others_us']:.0f} | {r['busy']:.2f} | {_ratio_cell(r.get('cpu_ratio'))} | "
+            f"{_ratio_cell(r.get('rps_ratio'))} |"
+        )
+    return [*lines, ""]
+
+
 def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
     s = report["settings"]
     lines = [
@@ -150,6 +181,7 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
                 f"{r['rps_min']:.0f}-{r['rps_max']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {share} |"
             )
         lines.append("")
+    lines += _cpu_section(report)
     memory = report.get("memory_store")
     if memory:
         lines += [

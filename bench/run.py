@@ -170,6 +170,8 @@ def wrk(url: str, path: str, cookies: Path, concurrency: int, duration: int) -> 
     raw = json.loads(line[6:])
     return {
         "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "requests": raw["requests"],
+        "seconds": raw["duration_us"] / 1e6,
         "p50_ms": raw["p50_us"] / 1000,
         "p90_ms": raw["p90_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
@@ -177,17 +179,56 @@ def wrk(url: str, path: str, cookies: Path, concurrency: int, duration: int) -> 
     }
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The CPU time (user and system) a process has used so far: its main thread's, and its other
+    threads' together. For our server the main thread is the IOLoop; the others are the store's
+    workers. Counted in clock ticks (10 ms), so only a run's whole is meaningful, not a request."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            # The fields after the command name, which may itself hold spaces and parentheses.
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if task.name == str(pid):
+            main += used
+        else:
+            others += used
+    return main, others
+
+
+def cpu_per_request(before: tuple[float, float], after: tuple[float, float], run: dict[str, float]) -> dict[str, float]:
+    """What one wrk run cost the server: CPU µs per request in all and on its main thread, and how
+    busy it kept its core (CPU seconds per second of the run; 1.0 is a whole core)."""
+    main, others = after[0] - before[0], max(0.0, after[1] - before[1])
+    requests = run["requests"] or 1
+    return {
+        "cpu_us": (main + others) / requests * 1e6,
+        "loop_us": main / requests * 1e6,
+        "busy": (main + others) / run["seconds"],
+    }
+
+
+CPU_FIGURES = ("cpu_us", "loop_us", "busy")
+
+
 def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
     rps = [r["rps"] for r in runs]
-    return {
+    summary: dict[str, Any] = {
         "rps": round(statistics.median(rps), 1),
         "rps_min": round(min(rps), 1),
         "rps_max": round(max(rps), 1),
         "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
         "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
         "errors": int(sum(r["errors"] for r in runs)),
-        "runs": [{k: round(v, 2) for k, v in r.items()} for r in runs],
     }
+    for figure in CPU_FIGURES:
+        if all(figure in r for r in runs):
+            summary[figure] = round(statistics.median(r[figure] for r in runs), 3)
+    summary["runs"] = [{k: round(v, 3) for k, v in r.items()} for r in runs]
+    return summary
 
 
 # Latency the delaying proxy adds in front of memcached, each way a request goes.
@@ -256,7 +297,11 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
             for server in shuffled(servers, shuffle):
                 for scenario in shuffled(SCENARIOS, shuffle):
                     path, kind = SCENARIOS[scenario]
+                    pid = server.process.pid if server.process else None
+                    before = cpu_seconds(pid) if pid else None
                     result = wrk(server.base_url, path, server.cookies[kind], concurrency, args.duration)
+                    if pid and before is not None:
+                        result.update(cpu_per_request(before, cpu_seconds(pid), result))
                     runs.setdefault((server.name, scenario, concurrency), []).append(result)
     results = []
     for server in servers:  # reported in a fixed order, whatever the run order
@@ -286,6 +331,46 @@ def find(results: list[dict[str, Any]], server: str, scenario: str, concurrency:
     )
 
 
+def paired(
+    results: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str], concurrency: int, figure: str = "rps"
+) -> tuple[float, list[float]] | None:
+    """``figure`` of (server, scenario) ``a`` over that of ``b``: the median of the rounds' own ratios
+    and their spread. Each pairs two runs of the same round, so a slow stretch of the machine
+    touches both sides of a ratio rather than one of them."""
+    first, second = find(results, *a, concurrency), find(results, *b, concurrency)
+    if not first or not second:
+        return None
+    pairs = [
+        x[figure] / y[figure]
+        for x, y in zip(first["runs"], second["runs"], strict=False)
+        if y.get(figure) and figure in x
+    ]
+    if not pairs:
+        return None
+    return round(statistics.median(pairs), 3), [round(min(pairs), 3), round(max(pairs), 3)]
+
+
+def cpu_figures(results: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """Our servers' CPU per request at ``top`` connections, beside their throughput.
+
+    For each session route: ceiling CPU / route CPU (how much of the ceiling's speed the route's
+    CPU cost allows) and the throughput ratio, both paired per round. When the two agree and the
+    core is busy, the route is slower for the CPU it spends, not for waiting."""
+    rows = []
+    for server in ("ours-memory", "ours-memcached"):
+        for scenario in SCENARIOS:
+            r = find(results, server, scenario, top)
+            if not r or "cpu_us" not in r:
+                continue
+            row = {"server": server, "scenario": scenario, **{k: r[k] for k in CPU_FIGURES}}
+            row["others_us"] = round(r["cpu_us"] - r["loop_us"], 3)
+            if scenario != "ceiling":
+                row["cpu_ratio"] = paired(results, (server, "ceiling"), (server, scenario), top, "cpu_us")
+                row["rps_ratio"] = paired(results, (server, scenario), (server, "ceiling"), top)
+            rows.append(row)
+    return rows
+
+
 def evaluate(results: list[dict[str, Any]], memory: dict[str, Any] | None, top: int) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured figure and whether it is met."""
 
@@ -293,26 +378,14 @@ def evaluate(results: list[dict[str, Any]], memory: dict[str, Any] | None, top: 
         r = find(results, server, scenario, c)
         return r["rps"] if r else None
 
-    def per_round(server: str, scenario: str, c: int = top) -> list[float]:
-        r = find(results, server, scenario, c)
-        return [run["rps"] for run in r["runs"]] if r else []
-
     targets: list[dict[str, Any]] = []
 
     def ratio(name: str, a: tuple[str, str], b: tuple[str, str], minimum: float) -> None:
-        # The median of the rounds' own ratios: each pairs two runs of the same round, so a slow
-        # stretch of the machine touches both sides of a ratio rather than one of them.
-        pairs = [x / y for x, y in zip(per_round(*a), per_round(*b), strict=False) if y]
-        if pairs:
-            value = statistics.median(pairs)
+        found = paired(results, a, b, top)
+        if found:
+            value, spread = found
             targets.append(
-                {
-                    "target": name,
-                    "value": round(value, 3),
-                    "spread": [round(min(pairs), 3), round(max(pairs), 3)],
-                    "goal": f">= {minimum}",
-                    "met": value >= minimum,
-                }
+                {"target": name, "value": value, "spread": spread, "goal": f">= {minimum}", "met": value >= minimum}
             )
 
     ratio("memory counter / ceiling", ("ours-memory", "counter"), ("ours-memory", "ceiling"), 0.90)
@@ -696,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             print("instructions per request: skipped, valgrind is not installed", flush=True)
     report["results"] = results
     report["targets"] = evaluate(results, memory, top)
+    report["cpu"] = cpu_figures(results, top)
     report["notes"] = explain(report, top)
     report["seconds"] = round(time.monotonic() - started, 1)
     (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")

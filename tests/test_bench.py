@@ -33,6 +33,12 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     for r in report["results"]:
         assert r["rps"] > 0 and r["errors"] == 0, r
         assert 0 < r["p50_ms"] <= r["p99_ms"]
+        if r["server"] in ("ours-memory", "ours-memcached"):
+            # The server's CPU over each run: whole-process figures, the IOLoop thread's within them.
+            assert 0 < r["loop_us"] <= r["cpu_us"] and 0 < r["busy"] <= 1.2, r
+    cpu = {(row["server"], row["scenario"]): row for row in report["cpu"]}
+    assert set(cpu) == {(s, c) for s in ("ours-memory", "ours-memcached") for c in ("ceiling", "counter", "balance")}
+    assert cpu[("ours-memcached", "balance")]["cpu_ratio"][0] > 0 and "cpu_ratio" not in cpu[("ours-memory", "ceiling")]
     names = {t["target"] for t in report["targets"]}
     assert {"memory counter / ceiling", "20 ms memcached: counter c=4 / c=1"} <= names
     assert "targets:" in result.stdout
@@ -51,6 +57,7 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png")
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| memory counter / ceiling |" in text and "## The session layer alone" in text
+    assert "## Server CPU per request (4 connections)" in text
     assert "| counter | 880.0 | 0.909 |" in text and "| ceiling | 800.0 |  |" in text
 
 
@@ -197,3 +204,30 @@ def test_a_delayed_figure_that_shows_no_delay_is_refused():
     with pytest.raises(RuntimeError, match="under 20 ms"):
         delayed_figure(1, [run(1.19), run(1.2), run(1.3)])
     assert delayed_figure(1, [run(44.3), run(44.1), run(45.0)])["p50_ms"] == 44.3
+
+
+def test_server_cpu_is_split_between_the_main_thread_and_the_others():
+    # The benchmark's CPU per request: the IOLoop (main thread) apart from the store's workers.
+    from bench.run import cpu_per_request, cpu_seconds
+
+    code = (
+        "import threading, time\n"
+        "def spin(seconds, then=None):\n"
+        "    end = time.thread_time() + seconds\n"
+        "    while time.thread_time() < end: pass\n"
+        "    if then: then.set(); time.sleep(30)\n"
+        "spin(0.3)\n"
+        "spun = threading.Event()\n"
+        "threading.Thread(target=spin, args=(0.6, spun), daemon=True).start()\n"
+        "spun.wait(); print('spun', flush=True); time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "spun\n"
+        main, others = cpu_seconds(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert 0.25 <= main <= 0.55 and 0.55 <= others <= 0.8, (main, others)
+    figures = cpu_per_request((1.0, 0.5), (1.3, 0.7), {"requests": 1000, "seconds": 1.0})
+    assert figures == pytest.approx({"cpu_us": 500.0, "loop_us": 300.0, "busy": 0.5})
