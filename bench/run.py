@@ -478,11 +478,21 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
         alone = report.get("session_layer_us", {})
         json_us = alone.get("decode_record_json", 0) + alone.get("encode_record_json", 0)
         ceiling_us = 1e6 / rps("ours-memory", "ceiling")
+        cpu = {r["scenario"]: r for r in report.get("cpu", []) if r["server"] == "ours-memory"}
+        cpu_text = ""
+        if all(cpu.get(k, {}).get("cpu_ratio") for k in ("counter", "balance")):
+            cpu_text = (
+                f'It is CPU, not waiting ("Server CPU per request"): ceiling CPU / route CPU '
+                f"{cpu['counter']['cpu_ratio'][0]:.3f} on the counter and {cpu['balance']['cpu_ratio'][0]:.3f} on the "
+                f"balance, beside throughput ratios of {cpu['counter']['rps_ratio'][0]:.3f} and "
+                f"{cpu['balance']['rps_ratio'][0]:.3f}, with the core {cpu['counter']['busy']:.2f} and "
+                f"{cpu['balance']['busy']:.2f} busy. "
+            )
         notes.append(
             f"- **Session routes against the ceiling.** In this run the session layer adds "
             f"{extra_us('memory', 'counter'):.0f} µs to the memory-store counter and "
             f"{extra_us('memory', 'balance'):.0f} µs to the balance, against {ceiling_us:.0f} µs for a "
-            f"whole sessionless request; a 0.90 ratio allows {ceiling_us / 9:.0f} µs. Alone, in a tight loop "
+            f"whole sessionless request; a 0.90 ratio allows {ceiling_us / 9:.0f} µs. {cpu_text}Alone, in a tight loop "
             f'("The session layer alone"), loading, incrementing and saving a session costs '
             f"{alone.get('load_increment_save', float('nan')):.0f} µs, {json_us:.0f} µs of it the record's "
             "JSON (orjson); the rest is Python: the cookie and timeout checks, the Session object and its "
@@ -506,45 +516,7 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "fewer Tornado and coroutine layers), not a faster session core."
         )
     if "memcached balance / ceiling" in missed:
-        on_memcached = report.get("instructions", {}).get("memcached")
-        on_memory = report.get("instructions", {}).get("memory")
-        counted_read = ""
-        if on_memcached and on_memory:
-            extra = on_memcached["balance"] - on_memory["balance"]
-            counted_read = (
-                f"Counted in instructions at {report.get('instructions_connections', top)} connections (this "
-                f"run's table above), the memcached read keeps {on_memcached['ceiling'] / on_memcached['balance']:.3f} "
-                f"of the ceiling, {extra:+.0f}k instructions a request against the memory store's read. Six "
-                "counts of the same code put a memcached read at 860-912k, the memory store's at 857-871k: "
-                "when valgrind's batches are whole, a memcached read executes about what a memory read does, "
-                "so the throughput gap between the two stores is not instructions executed. "
-            )
-        notes.append(
-            f"- **memcached reads.** In this run a memcached read adds {extra_us('memcached', 'balance'):.0f} µs "
-            f"to a request against the ceiling; the memory store's adds {extra_us('memory', 'balance'):.0f} µs. "
-            f"{counted_read}"
-            "The loop does not wait on memcached: instrumented, all 50 connections' loads ride one batch "
-            "(48-50 a batch on average), whose round trip is under 1 ms of a cycle of about 20 ms, and the "
-            "server's core is 95-97% busy on the read as on the ceiling. Measured and removed: a second "
-            "value per load (last_seen had a key of its own; now it lives in the record and a touch is a "
-            "batched cas: 18k fewer instructions per read at one connection), the garbage collector "
-            "walking the suspended requests (2.7% of CPU), touches as round trips of their own. Measured "
-            "and not the cause: the protocol parsing (the batch's reads done by libmemcached through "
-            "pylibmc, in C, in a lab copy: the same instructions per read at 50 connections), the "
-            "suspension (a memory store made to wait on a future for every load: no slower in paired "
-            "runs or in instructions), the worker threads' own work (about 8 µs of a read, per-thread CPU "
-            "time) and their context switches (0.23 a read against 0.005 on the memory store, a few µs). "
-            "No single step of the read costs more than about 1 µs in a tight loop (the key's SHA-256 "
-            "0.8 µs, the record's shape checks 1.2 µs over bare JSON decoding). Nor is it the threads: "
-            "the batch's exchange rebuilt on a non-blocking connection in the IOLoop itself (asyncio "
-            "streams, no worker thread, no GIL hand-off; built with its tests, measured, not kept) "
-            "served the read at 1.08 and 0.99 of the threaded version's throughput and the counter at "
-            "0.97 and 0.98, in paired runs of 12 and 19 rounds (a first rough version: 1.05 on both), "
-            "which is this machine's noise, for a second connection mechanism beside pymemcache's. "
-            "What is left is not located: it is neither instructions nor waiting nor threads, so it is "
-            "how those instructions run (cache misses over the larger working set of 50 requests in "
-            "flight at once); no design measured here gets the read to 0.90 within Python and Tornado."
-        )
+        notes.append(memcached_read_note(report, extra_us("memcached", "balance"), extra_us("memory", "balance")))
     if any(t.endswith("/ express-session") for t in missed):
         ours, theirs = rps("ours-memory", "ceiling"), rps("express-memory", "ceiling")
         notes.append(
@@ -556,6 +528,58 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
             "layer, not sessions; in production several processes per host behind nginx scale with cores."
         )
     return notes
+
+
+def memcached_read_note(report: dict[str, Any], extra_us: float, memory_extra_us: float) -> str:
+    """What stands in the way of the memcached read's target, from this run's CPU and instruction figures."""
+    cpu = {(r["server"], r["scenario"]): r for r in report.get("cpu", [])}
+    read, ceiling = cpu.get(("ours-memcached", "balance")), cpu.get(("ours-memcached", "ceiling"))
+    memory_read = cpu.get(("ours-memory", "balance"))
+    where = ""
+    if read and ceiling and memory_read and read.get("cpu_ratio") and read.get("rps_ratio"):
+        where = (
+            f'Where it goes ("Server CPU per request" above): the server kept its core '
+            f"{read['busy']:.2f} busy on the read ({ceiling['busy']:.2f} on its ceiling), and the read cost "
+            f"{read['cpu_us']:.0f} µs of CPU a request against the ceiling's {ceiling['cpu_us']:.0f}: ceiling "
+            f"CPU / read CPU {read['cpu_ratio'][0]:.3f}, beside a throughput ratio of {read['rps_ratio'][0]:.3f}. "
+            "So the read is slower for the CPU it spends, not for waiting on memcached. Against the memory "
+            f"store's read ({memory_read['cpu_us']:.0f} µs) it spends {read['loop_us'] - memory_read['loop_us']:+.0f} "
+            f"µs on the IOLoop thread and {read['others_us'] - memory_read['others_us']:+.0f} µs on the worker "
+            "threads. "
+        )
+    counted = report.get("instructions", {})
+    on_memcached, on_memory = counted.get("memcached"), counted.get("memory")
+    count = ""
+    if on_memcached and on_memory:
+        extra = on_memcached["balance"] - on_memory["balance"]
+        count = (
+            f"Counted under callgrind at {report.get('instructions_connections', '?')} connections, the "
+            f"memcached read executes {extra:+.0f}k instructions ({extra / on_memory['balance']:+.1%}) against "
+            "the memory read: the same work, counted. The counts vary more than the work does (a memcached "
+            "read 860-912k over seven counts, a memory read 856-871k), since valgrind runs one thread at a "
+            "time and its batches are not always whole. "
+        )
+    return (
+        f"- **memcached reads.** In this run a memcached read adds {extra_us:.0f} µs to a request against the "
+        f"ceiling; the memory store's adds {memory_extra_us:.0f} µs. {where}{count}"
+        "What that CPU is: on the IOLoop thread, 25 more Python calls a read than on the memory store "
+        "(cProfile at 50 connections: 690 against 665): the key's SHA-256, a future per load, the batch's "
+        "bookkeeping, the record parsed and checked, and the coroutine frames between the handler and the "
+        "store resumed after the wait (none of them suspends on the memory store); on the workers, one "
+        "batch's send and receive (one receive a batch of about 47 answers, 9 KB, instrumented) and its "
+        "answers parsed in Python (3.0 µs a key in a tight loop, about a third of the workers' time), and the thread "
+        "hand-offs. The loop does not wait: a batch holds 47-50 of the 50 requests in flight and its round "
+        "trip is under 1 ms of a cycle of about 20 ms. Measured and removed: a second value per load "
+        "(last_seen in a key of its own), the garbage collector walking the suspended requests, touches "
+        "as round trips of their own. Measured and not kept: the batch's reads parsed in C (libmemcached "
+        "through pylibmc: no fewer instructions per read), and the exchange on a non-blocking connection "
+        "in the IOLoop itself (asyncio, no worker threads: 1.08 and 0.99 of the threaded read's "
+        "throughput in paired runs of 12 and 19 rounds, this machine's noise). No step costs more than "
+        "about 1 µs; what would get the read to 0.90 is fewer Python steps per read, not a faster one: the "
+        "exchange, the parsing of a batch's answers and the resolution of its waiting requests in one "
+        "native call per batch, beside a compiled session core (mypyc on the core alone moved a whole "
+        "request by about 2%)."
+    )
 
 
 def profile(server_env: dict[str, str], cookies_for: Server, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:

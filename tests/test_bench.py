@@ -231,3 +231,24 @@ def test_server_cpu_is_split_between_the_main_thread_and_the_others():
     assert 0.25 <= main <= 0.55 and 0.55 <= others <= 0.8, (main, others)
     figures = cpu_per_request((1.0, 0.5), (1.3, 0.7), {"requests": 1000, "seconds": 1.0})
     assert figures == pytest.approx({"cpu_us": 500.0, "loop_us": 300.0, "busy": 0.5})
+
+
+def test_missed_read_note_says_from_the_runs_cpu_whether_the_read_waited():
+    from bench.run import memcached_read_note
+
+    def row(scenario: str, cpu_us: float, loop_us: float, busy: float, ratios: bool = True) -> dict[str, Any]:
+        found = {"server": "ours-memcached", "scenario": scenario, "cpu_us": cpu_us, "loop_us": loop_us}
+        found.update(others_us=cpu_us - loop_us, busy=busy)
+        if ratios:
+            found.update(cpu_ratio=(0.867, [0.72, 1.03]), rps_ratio=(0.86, [0.7, 1.05]))
+        return found
+
+    memory_read = {**row("balance", 409.0, 409.0, 1.0), "server": "ours-memory"}
+    report = {"cpu": [row("ceiling", 374.0, 374.0, 0.99, False), row("balance", 431.0, 424.0, 0.98), memory_read]}
+    note = memcached_read_note(report, 60.0, 38.0)
+    assert "core 0.98 busy on the read (0.99 on its ceiling)" in note
+    assert "431 µs of CPU a request against the ceiling's 374" in note
+    assert "ceiling CPU / read CPU 0.867, beside a throughput ratio of 0.860" in note
+    assert "+15 µs on the IOLoop thread and +7 µs on the worker threads" in note
+    # A report without CPU figures (an older run) still gets a note, without the figures it lacks.
+    assert "Where it goes" not in memcached_read_note({}, 60.0, 38.0)
