@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import random
+import select
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError, MemcacheUnknownError
+from pymemcache.pool import ObjectPool
 
 from settings.loader import MEMCACHED_KEY_PREFIX
 from stores.base import (
@@ -207,10 +209,36 @@ def _cas_result(line: bytes) -> CasResult:
     raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
 
 
+def closed_by_server(sock: Any) -> bool:
+    """Whether an idle connection has something to read. memcached sends nothing unasked, so that
+    is its end of the connection (a restart, a crash, an idle timeout) or garbage: unusable."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _CheckedPool(ObjectPool):  # type: ignore[misc]
+    """pymemcache's pool, but a pooled connection the server has closed is reopened before use.
+
+    Without this, after a memcached restart the first call on each pooled connection failed (a 503
+    for the requests in that batch) although the server was back.
+    """
+
+    def get(self) -> Any:
+        client = super().get()
+        if client.sock is not None and closed_by_server(client.sock):
+            client.close()  # the client connects again on its next command
+        return client
+
+
 class BatchPooledClient(PooledClient):  # type: ignore[misc]
-    """A PooledClient whose connections are BatchClients."""
+    """A PooledClient whose connections are BatchClients, checked before each use."""
 
     client_class = BatchClient
+
+    def __init__(self, server: tuple[str, int], *, max_pool_size: int, **options: Any) -> None:
+        super().__init__(server, max_pool_size=max_pool_size, **options)
+        self.client_pool = _CheckedPool(self._create_client, after_remove=BatchClient.close, max_size=max_pool_size)
 
     def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
         """One batch (see `BatchClient.exchange`) on one pooled connection."""

@@ -300,6 +300,35 @@ async def test_outage_gives_503_then_recovers_without_restart(browser, make_brow
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_restarted_memcached_costs_no_request_an_error(make_browser, memcached):
+    # The old process's end closes every pooled connection to it. memcached comes back empty, so
+    # sessions are lost (a cache), but no request should fail on a connection known to be closed.
+    browsers = [make_browser() for _ in range(12)]
+    for _ in range(3):  # bursts from many browsers put several pooled connections to use
+        assert {r.code for r in await asyncio.gather(*(b.get("/api") for b in browsers))} == {200}
+    memcached.stop()
+    memcached.start()  # same port
+    await asyncio.sleep(0.2)  # the closed connections' ends have arrived
+    answers = [await b.get("/api") for b in browsers]
+    assert [r.code for r in answers] == [200] * len(browsers)
+    assert {r.body.decode() for r in answers} == {"Welcome to this page for the first time!"}
+    answers = await asyncio.gather(*(b.get("/api") for b in browsers))
+    assert {r.body.decode() for r in answers} == {"You visited this page 2 times"}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_open_pooled_connection_is_kept(browser, memcached):
+    # The check for a closed connection must not reopen healthy ones: no new connection per batch.
+    stats = raw_client(memcached)
+    await browser.get("/api")
+    opened = int(stats.stats()[b"total_connections"])
+    for _ in range(20):
+        assert (await browser.get("/api")).code == 200
+    assert int(stats.stats()[b"total_connections"]) == opened
+    stats.close()
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_stalled_memcached_does_not_block_other_requests(browser, base_url, memcached):
     await browser.get("/api")
     # Its own client: the shared one queues past 10 requests, which would measure the client.
