@@ -117,18 +117,19 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
         "The server process's CPU time (user and system, from /proc) over each run, per request: on its "
         "main thread (the IOLoop) and on its other threads (the memcached store's workers), and how busy "
         "it kept its core (1.00 is all of it). Medians of the runs; the ratios are paired per round like "
-        "the targets, spread in brackets. Where the core is busy and the two ratios agree, a route is "
-        "slower than the ceiling by the CPU it spends, not by waiting.",
+        "the targets, spread in brackets. In each round the throughput ratio is the product of the other "
+        "two: a route loses to the ceiling either by the CPU it spends or by leaving its core idle "
+        "(waiting).",
         "",
         "| server | scenario | CPU µs per request | IOLoop thread | other threads | core busy "
-        "| ceiling CPU / route CPU | throughput / ceiling |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ceiling CPU / route CPU | busy / ceiling's | throughput / ceiling |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | {r['cpu_us']:.0f} | "
             f"{r['loop_us']:.0f} | {r['others_us']:.0f} | {r['busy']:.2f} | {_ratio_cell(r.get('cpu_ratio'))} | "
-            f"{_ratio_cell(r.get('rps_ratio'))} |"
+            f"{_ratio_cell(r.get('busy_ratio'))} | {_ratio_cell(r.get('rps_ratio'))} |"
         )
     return [*lines, ""]
 

@@ -353,9 +353,10 @@ def paired(
 def cpu_figures(results: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Our servers' CPU per request at ``top`` connections, beside their throughput.
 
-    For each session route: ceiling CPU / route CPU (how much of the ceiling's speed the route's
-    CPU cost allows) and the throughput ratio, both paired per round. When the two agree and the
-    core is busy, the route is slower for the CPU it spends, not for waiting."""
+    For each session route, paired per round: ceiling CPU / route CPU (how much of the ceiling's
+    speed the route's CPU cost allows), the route's core busy over the ceiling's, and the throughput
+    ratio. In each round the throughput ratio is the product of the other two: what a route loses
+    to the ceiling is either CPU it spends or time its core sits idle (waiting)."""
     rows = []
     for server in ("ours-memory", "ours-memcached"):
         for scenario in SCENARIOS:
@@ -367,6 +368,7 @@ def cpu_figures(results: list[dict[str, Any]], top: int) -> list[dict[str, Any]]
             if scenario != "ceiling":
                 row["cpu_ratio"] = paired(results, (server, "ceiling"), (server, scenario), top, "cpu_us")
                 row["rps_ratio"] = paired(results, (server, scenario), (server, "ceiling"), top)
+                row["busy_ratio"] = paired(results, (server, scenario), (server, "ceiling"), top, "busy")
             rows.append(row)
     return rows
 
@@ -530,19 +532,27 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
     return notes
 
 
+def _points(share: float) -> str:
+    points = round(100 * share)
+    return f"{points} point{'' if points == 1 else 's'}"
+
+
 def memcached_read_note(report: dict[str, Any], extra_us: float, memory_extra_us: float) -> str:
     """What stands in the way of the memcached read's target, from this run's CPU and instruction figures."""
     cpu = {(r["server"], r["scenario"]): r for r in report.get("cpu", [])}
     read, ceiling = cpu.get(("ours-memcached", "balance")), cpu.get(("ours-memcached", "ceiling"))
     memory_read = cpu.get(("ours-memory", "balance"))
     where = ""
-    if read and ceiling and memory_read and read.get("cpu_ratio") and read.get("rps_ratio"):
+    if read and ceiling and memory_read and all(read.get(k) for k in ("cpu_ratio", "rps_ratio", "busy_ratio")):
         where = (
             f'Where it goes ("Server CPU per request" above): the server kept its core '
             f"{read['busy']:.2f} busy on the read ({ceiling['busy']:.2f} on its ceiling), and the read cost "
             f"{read['cpu_us']:.0f} µs of CPU a request against the ceiling's {ceiling['cpu_us']:.0f}: ceiling "
             f"CPU / read CPU {read['cpu_ratio'][0]:.3f}, beside a throughput ratio of {read['rps_ratio'][0]:.3f}. "
-            "So the read is slower for the CPU it spends, not for waiting on memcached. Against the memory "
+            f"In each round the throughput ratio is the CPU ratio times the core's busy share against the "
+            f"ceiling's, and that busy ratio is {read['busy_ratio'][0]:.3f} (median): waiting on memcached costs "
+            f"about {_points(1 - read['busy_ratio'][0])}, the CPU the read spends the rest (the two "
+            "medians can differ by more, being taken over rounds this far apart). Against the memory "
             f"store's read ({memory_read['cpu_us']:.0f} µs) it spends {read['loop_us'] - memory_read['loop_us']:+.0f} "
             f"µs on the IOLoop thread and {read['others_us'] - memory_read['others_us']:+.0f} µs on the worker "
             "threads. "
@@ -569,8 +579,8 @@ def memcached_read_note(report: dict[str, Any], extra_us: float, memory_extra_us
         "on a future for every load was no slower in paired runs: each step is small); on the workers, one "
         "batch's send and receive (one receive a batch of about 47 answers, 9 KB, instrumented) and its "
         "answers parsed in Python (3.0 µs a key in a tight loop, about a third of the workers' time), and the thread "
-        "hand-offs. The loop does not wait: a batch holds 47-50 of the 50 requests in flight and its round "
-        "trip is under 1 ms of a cycle of about 20 ms. Measured and removed: a second value per load "
+        "hand-offs. The loop waits little because a batch holds 47-50 of the 50 requests in flight and its "
+        "round trip is under 1 ms of a cycle of about 20 ms. Measured and removed: a second value per load "
         "(last_seen in a key of its own), the garbage collector walking the suspended requests, touches "
         "as round trips of their own. Measured and not kept: the batch's reads parsed in C (libmemcached "
         "through pylibmc: no fewer instructions per read), and the exchange on a non-blocking connection "

@@ -39,6 +39,7 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     cpu = {(row["server"], row["scenario"]): row for row in report["cpu"]}
     assert set(cpu) == {(s, c) for s in ("ours-memory", "ours-memcached") for c in ("ceiling", "counter", "balance")}
     assert cpu[("ours-memcached", "balance")]["cpu_ratio"][0] > 0 and "cpu_ratio" not in cpu[("ours-memory", "ceiling")]
+    assert cpu[("ours-memcached", "balance")]["busy_ratio"][0] > 0
     names = {t["target"] for t in report["targets"]}
     assert {"memory counter / ceiling", "20 ms memcached: counter c=4 / c=1"} <= names
     assert "targets:" in result.stdout
@@ -240,7 +241,9 @@ def test_missed_read_note_says_from_the_runs_cpu_whether_the_read_waited():
         found = {"server": "ours-memcached", "scenario": scenario, "cpu_us": cpu_us, "loop_us": loop_us}
         found.update(others_us=cpu_us - loop_us, busy=busy)
         if ratios:
-            found.update(cpu_ratio=(0.867, [0.72, 1.03]), rps_ratio=(0.86, [0.7, 1.05]))
+            found.update(
+                cpu_ratio=(0.911, [0.68, 0.97]), busy_ratio=(0.987, [0.95, 1.0]), rps_ratio=(0.867, [0.67, 0.97])
+            )
         return found
 
     memory_read = {**row("balance", 409.0, 409.0, 1.0), "server": "ours-memory"}
@@ -248,7 +251,8 @@ def test_missed_read_note_says_from_the_runs_cpu_whether_the_read_waited():
     note = memcached_read_note(report, 60.0, 38.0)
     assert "core 0.98 busy on the read (0.99 on its ceiling)" in note
     assert "431 µs of CPU a request against the ceiling's 374" in note
-    assert "ceiling CPU / read CPU 0.867, beside a throughput ratio of 0.860" in note
+    assert "ceiling CPU / read CPU 0.911, beside a throughput ratio of 0.867" in note
+    assert "busy ratio is 0.987 (median): waiting on memcached costs about 1 point," in note
     assert "+15 µs on the IOLoop thread and +7 µs on the worker threads" in note
     # A report without CPU figures (an older run) still gets a note, without the figures it lacks.
     assert "Where it goes" not in memcached_read_note({}, 60.0, 38.0)
