@@ -236,9 +236,24 @@ class BatchPooledClient(PooledClient):  # type: ignore[misc]
 
     client_class = BatchClient
 
-    def __init__(self, server: tuple[str, int], *, max_pool_size: int, **options: Any) -> None:
-        super().__init__(server, max_pool_size=max_pool_size, **options)
-        self.client_pool = _CheckedPool(self._create_client, after_remove=BatchClient.close, max_size=max_pool_size)
+    def __init__(
+        self,
+        server: tuple[str, int],
+        *,
+        max_pool_size: int | None = None,
+        pool_idle_timeout: int = 0,
+        lock_generator: Callable[[], Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(server, **options)
+        # The pool PooledClient would build, with the same settings, but checked.
+        self.client_pool = _CheckedPool(
+            self._create_client,
+            after_remove=BatchClient.close,
+            max_size=max_pool_size,
+            idle_timeout=pool_idle_timeout,
+            lock_generator=lock_generator,
+        )
 
     def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
         """One batch (see `BatchClient.exchange`) on one pooled connection."""
