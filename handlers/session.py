@@ -21,7 +21,7 @@ from typing import Any
 from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
 
 from settings import Settings, key_version
-from stores.base import Operation, Record, SessionStore, applied, apply_operations, json_value, new_record
+from stores.base import STALE_SEAL, Operation, Record, SessionStore, applied, apply_operations, json_value, new_record
 
 log = logging.getLogger("sessions")
 
@@ -361,7 +361,8 @@ class SessionManager:
                 extra={"event": "session.expired", "session": hashed},
             )
             return Session(None, None, stale_cookie=True)
-        touch_due = now - record["last_seen"] >= self.settings.touch_interval
+        # A record sealed under an older secret is written again under the newest one at once.
+        touch_due = now - record["last_seen"] >= self.settings.touch_interval or STALE_SEAL in record
         return Session(session_id, record, resign=resign, touch_due=touch_due)
 
     async def save(self, session: Session) -> CookieChange | None:

@@ -9,6 +9,7 @@ from settings import Settings
 from stores.base import SessionStore
 from stores.memcached import MemcachedStore, tls_context
 from stores.memory import MemoryStore
+from stores.sealing import record_keys
 
 
 def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> SessionStore:
@@ -27,6 +28,7 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
             tls = tls_context(settings.memcached_tls_ca, settings.memcached_tls_cert, settings.memcached_tls_key)
         return MemcachedStore(
             settings.memcached_servers,
+            record_keys=record_keys(settings.session_secrets),
             prefix=settings.memcached_prefix,
             connect_timeout=settings.memcached_connect_timeout,
             timeout=settings.memcached_timeout,

@@ -26,6 +26,10 @@ Record: TypeAlias = dict[str, Any]
 # A store that can compare-and-swap puts its version token for the loaded record under this key
 # (never stored, never shown to handlers); handing the record back to update() saves a read.
 VERSION = "_version"
+# A store that authenticates its records marks a loaded record sealed under an older secret's key
+# with this (never stored, never shown to handlers): the session manager then writes it again,
+# under the newest key, at once (a touch).
+STALE_SEAL = "_stale_seal"
 # The strict encoder a value passes on its way into a session (see `json_value`); records
 # themselves are encoded and decoded with orjson, several times faster on the hot path.
 _STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -13,7 +13,9 @@ session is not silently dropped) until it has failed for ``dead_after`` seconds;
 the ring, its sessions count as lost, and a background probe puts it back once it answers.
 
 Keys: ``prefix + sha256(session id)``, so a dump of memcached holds no usable cookie and no client
-input reaches the protocol raw. Values: JSON only, size-limited. A session is that one key, so a
+input reaches the protocol raw. Values: JSON only, size-limited, behind a MAC bound to the key
+(`stores.sealing`): memcached has no authentication, and a value someone else wrote reads as no
+session. A session is that one key, so a
 load fetches and parses one value. A touch (at most once per ``touch_interval``) is a
 compare-and-swap of the record as loaded, with a new ``last_seen`` and TTL: it cannot overwrite a
 concurrent write, and when it loses to one there is nothing to retry, since every write refreshes
@@ -42,6 +44,7 @@ from pymemcache.pool import ObjectPool
 
 from settings.loader import MEMCACHED_KEY_PREFIX
 from stores.base import (
+    STALE_SEAL,
     VERSION,
     Operation,
     Record,
@@ -51,6 +54,7 @@ from stores.base import (
     dump_record,
     parse_record,
 )
+from stores.sealing import RecordSeal
 from stores.workers import Workers
 
 log = logging.getLogger("stores.memcached")
@@ -289,6 +293,7 @@ class MemcachedStore(SessionStore):
         self,
         servers: Sequence[str],
         *,
+        record_keys: Sequence[bytes],
         prefix: str = "session:",
         connect_timeout: float = 0.5,
         timeout: float = 0.5,
@@ -306,6 +311,7 @@ class MemcachedStore(SessionStore):
             raise ValueError(f"memcached key prefix {prefix!r}: up to 100 printable ASCII characters, no spaces")
         self.prefix = prefix
         self.max_record_size = max_record_size
+        self._seal = RecordSeal(record_keys)
         self.dead_after = dead_after
         self.maintenance_interval = probe_interval
         self.cas_retries = cas_retries
@@ -424,18 +430,28 @@ class MemcachedStore(SessionStore):
 
     # Values --------------------------------------------------------------------------------
 
-    def _decode(self, raw: bytes | None, token: Any = None) -> Record | None:
-        if raw is None or len(raw) > self.max_record_size:
+    def _decode(self, key: str, raw: bytes | None, token: Any = None) -> Record | None:
+        if raw is None:
             return None
-        record = parse_record(raw)
+        opened = self._seal.open(key, raw)
+        if opened is None:
+            # Not written by a server holding our secrets (or corrupted): never a session. A
+            # warning, not an error: it is what someone with write access to memcached sees.
+            log.warning("memcached value failed authentication; read as no session", extra={"event": "store.forged"})
+            return None
+        if len(opened.payload) > self.max_record_size:
+            return None
+        record = parse_record(opened.payload)
         if record is None:
             return None
         if token is not None:
             record[VERSION] = token
+        if opened.stale_key:
+            record[STALE_SEAL] = True
         return record
 
-    def _encode(self, record: Record) -> bytes:
-        return dump_record(record, self.max_record_size)
+    def _encode(self, key: str, record: Record) -> bytes:
+        return self._seal.seal(key, dump_record(record, self.max_record_size))
 
     # Batches: the loads and writes of one loop iteration, per node ------------------------
 
@@ -453,7 +469,7 @@ class MemcachedStore(SessionStore):
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._batch(self._node_for(key)).loads.setdefault(key, []).append(future)
         raw, token = await future
-        return self._decode(raw, token)
+        return self._decode(key, raw, token)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -498,7 +514,7 @@ class MemcachedStore(SessionStore):
 
     async def create(self, session_id: str, record: Record, ttl: float) -> None:
         key = self.key(session_id)
-        value = self._encode(record)
+        value = self._encode(key, record)
         node = self._node_for(key)
         stored = await self._call(node, node.client.add, key, value, memcached_exptime(ttl))
         if not stored:
@@ -529,7 +545,7 @@ class MemcachedStore(SessionStore):
 
     async def _batched_cas(self, node: _Node, key: str, record: Record, token: Any, ttl: float) -> bool | None:
         """A cas of ``record`` in this iteration's batch: True stored, False lost, None gone."""
-        write: CasWrite = (key, self._encode(record), token, memcached_exptime(ttl))
+        write: CasWrite = (key, self._encode(key, record), token, memcached_exptime(ttl))
         future: asyncio.Future[CasResult] = asyncio.get_running_loop().create_future()
         self._batch(node).writes.append((write, future))
         result = await future
@@ -548,11 +564,11 @@ class MemcachedStore(SessionStore):
         """gets, re-apply, cas until one wins (on a worker thread, after a lost compare-and-swap)."""
         for attempt in range(self.cas_retries):
             raw, token = client.gets(key)
-            current = self._decode(raw)
+            current = self._decode(key, raw)
             if current is None or token is None:
                 return None
             merged = apply_operations(current, operations, now)
-            stored = client.cas(key, self._encode(merged), token, expire=memcached_exptime(ttl), noreply=False)
+            stored = client.cas(key, self._encode(key, merged), token, expire=memcached_exptime(ttl), noreply=False)
             if stored:
                 return merged
             if stored is None:  # NOT_FOUND: deleted meanwhile
