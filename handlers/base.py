@@ -92,6 +92,24 @@ def parse_cookie_header(header: str) -> dict[str, str]:
     return cookies
 
 
+def cookie_values(header: str, name: str) -> list[str]:
+    """Every value ``header`` gives the cookie ``name``, in order, duplicates included.
+
+    A parser keeps one value per name (Tornado's the last, a browser's script the first), but a
+    sibling subdomain can add a second cookie of the same name for the parent domain: a check that
+    a planted cookie must not defeat looks at all of them.
+    """
+    values = []
+    for chunk in header.split(";"):
+        key, separator, value = chunk.partition("=")
+        if separator and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            values.append(value)
+    return values
+
+
 _date: tuple[int, str] = (0, "")
 
 
@@ -116,6 +134,11 @@ class ApiError(HTTPError):
 def store_unavailable() -> ApiError:
     """The 503 every handler answers while the session store is out."""
     return ApiError(503, "Session store unavailable, please retry shortly.", {"Retry-After": STORE_RETRY_AFTER})
+
+
+def not_logged_in() -> ApiError:
+    """The 401 an anonymous request gets where a user is required."""
+    return ApiError(401, STATUS_MESSAGES[401])
 
 
 class SecurityHeaders(OutputTransform):
@@ -198,6 +221,11 @@ class JsonHandler(RequestHandler):
             self._request_cookies = parse_cookie_header(header) if header else {}
         return self._request_cookies.get(name)
 
+    def request_cookie_values(self, name: str) -> list[str]:
+        """Every value the request's Cookie header gives ``name`` (see `cookie_values`)."""
+        header = self.request.headers.get("Cookie")
+        return cookie_values(header, name) if header else []
+
     def own_origin(self) -> str:
         """This server's origin as the browser sees it (the forwarded scheme behind a proxy)."""
         return normalise_origin(f"{self.request.protocol}://{self.request.host}")
@@ -221,7 +249,9 @@ class JsonHandler(RequestHandler):
         """Refuse a state-changing request that a third-party page could have sent (403).
 
         Accepted: an Origin that is this server's own or on the allowlist; with no Origin, an
-        XSRF header equal to the XSRF cookie and issued by us for this browser's session.
+        XSRF header issued by us for this browser's session and equal to an XSRF cookie: any of
+        them, so a duplicate planted by a sibling subdomain neither denies the request nor helps
+        (the header must still be this session's token).
         """
         origin = self.request.headers.get("Origin")
         if origin is not None:
@@ -230,13 +260,13 @@ class JsonHandler(RequestHandler):
             raise ApiError(403, "Cross-origin request refused.")
         config = self.app.config
         header = self.request.headers.get(config.xsrf_header_name)
-        cookie = self.request_cookie(config.xsrf_cookie_name)
         session_id, _ = self.app.sessions.verify(self.request_cookie(config.cookie_name))
-        if (
-            not header
-            or not cookie
-            or not hmac.compare_digest(header.encode("utf-8", "replace"), cookie.encode("utf-8", "replace"))
-            or not self.app.sessions.xsrf_valid(header, session_id)
+        if not header or not self.app.sessions.xsrf_valid(header, session_id):
+            raise ApiError(403, "Missing or invalid XSRF token.")
+        token = header.encode("utf-8", "replace")
+        if not any(
+            hmac.compare_digest(token, cookie.encode("utf-8", "replace"))
+            for cookie in self.request_cookie_values(config.xsrf_cookie_name)
         ):
             raise ApiError(403, "Missing or invalid XSRF token.")
 
@@ -319,7 +349,9 @@ class JsonHandler(RequestHandler):
 def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
     """Wrap an HTTP method so the session is saved after it returns, before the response goes.
 
-    Store outages become 503 and unstorable data 413, never a 500.
+    Store outages become 503 and unstorable data 413, never a 500. An anonymous request that
+    ``@tornado.web.authenticated`` refuses is a 401 (the decorator itself raises 403 for methods
+    other than GET and HEAD, and redirects those through `SessionHandler.get_login_url`).
     """
 
     @functools.wraps(method)
@@ -334,6 +366,10 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
             raise store_unavailable() from None
         except StoreValueError as e:
             raise ApiError(413, f"Session data refused: {e}.") from None
+        except HTTPError as e:
+            if type(e) is HTTPError and e.status_code == 403 and not self.current_user:
+                raise not_logged_in() from None
+            raise
 
     wrapper._saves_session = True  # type: ignore[attr-defined]
     return wrapper
@@ -361,6 +397,11 @@ class SessionHandler(JsonHandler):
     def initialize(self) -> None:
         super().initialize()
         self._session: Session | None = None
+
+    def get_login_url(self) -> str:
+        # Where ``@tornado.web.authenticated`` would redirect an anonymous GET: an API answers
+        # 401 with its JSON error instead of sending a browser to a login page.
+        raise not_logged_in()
 
     async def get_session(self) -> Session:
         """This request's session, loaded from the store on first call (503 if unavailable)."""
@@ -416,7 +457,11 @@ class SessionHandler(JsonHandler):
             session_id = self._session.stored_id
         else:
             session_id, _ = self.app.sessions.verify(self.request_cookie(config.cookie_name))
-        if self.app.sessions.xsrf_valid(self.request_cookie(config.xsrf_cookie_name), session_id):
+        sessions = self.app.sessions
+        if sessions.xsrf_valid(self.request_cookie(config.xsrf_cookie_name), session_id):
+            return
+        # A planted duplicate may hide a valid token from the one-value parse: look at them all.
+        if any(sessions.xsrf_valid(v, session_id) for v in self.request_cookie_values(config.xsrf_cookie_name)):
             return
         self.set_cookie(
             config.xsrf_cookie_name,

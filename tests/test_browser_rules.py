@@ -201,6 +201,35 @@ async def test_a_token_from_another_browsers_session_is_refused(make_browser):
     assert r.code == 403
 
 
+@pytest.mark.gen_test
+@pytest.mark.parametrize("planted_first", [True, False])
+async def test_a_planted_duplicate_xsrf_cookie_neither_denies_nor_helps(make_browser, app, planted_first):
+    # A sibling subdomain can set XSRF-TOKEN for the parent domain: the request then carries two.
+    victim, attacker = make_browser(origin=None), make_browser(origin=None)
+    await victim.get("/api")  # the victim has a session and its token
+    await attacker.get("/api")
+    real, planted = victim.cookies.pop("XSRF-TOKEN"), attacker.cookies["XSRF-TOKEN"]
+    sid = victim.cookies.pop("sid")
+    pair = [f"XSRF-TOKEN={planted}", f"XSRF-TOKEN={real}"]
+    if not planted_first:
+        pair.reverse()
+    cookie = "; ".join([f"sid={sid}", *pair])
+
+    async def post(token: str) -> int:
+        headers = {"Cookie": cookie, "X-XSRF-TOKEN": token, "Content-Type": "application/json"}
+        r = await victim.client.fetch(
+            victim.base_url + "/api", method="POST", body="{}", headers=headers, raise_error=False
+        )
+        return int(r.code)
+
+    # /api has no POST: a request that passes the CSRF check gets 405, one refused by it 403.
+    assert await post(real) == 405
+    assert await post(planted) == 403  # the attacker's own token is bound to another session
+    # And a GET carrying both keeps the valid token rather than handing out a new one each time.
+    r = await victim.client.fetch(victim.base_url + "/api/login", headers={"Cookie": cookie})
+    assert "XSRF-TOKEN" not in "".join(r.headers.get_list("Set-Cookie"))
+
+
 # Bodies -----------------------------------------------------------------------------------------
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import math
+import types
 
 import pytest
+import tornado.web
+from tornado.httputil import HTTPConnection, HTTPHeaders, HTTPServerRequest, RequestStartLine
+from tornado.web import RequestHandler
 
 from handlers.app import SessionApplication
 from handlers.auth import AuthenticatedHandler
-from handlers.base import ApiError
+from handlers.base import ApiError, JsonHandler, SessionHandler
 from tests.conftest import Browser, body_json
 
 
@@ -18,8 +23,8 @@ class CartHandler(AuthenticatedHandler):
         session = await self.get_session()
         self.write_json({"items": session.get("cart", [])})
 
+    @tornado.web.authenticated
     async def post(self) -> None:
-        await self.require_user()
         item = self.json_body()
         if not isinstance(item, str):
             raise ApiError(400, "Expected a string.")
@@ -65,9 +70,37 @@ class RestartHandler(AuthenticatedHandler):
         session.regenerate()
 
 
+class ProfileHandler(AuthenticatedHandler):
+    """Tornado's own decorator on the session layer, as a Tornado user writes it."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.write_json({"name": self.current_user.name})
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        session = await self.get_session()
+        session["nickname"] = self.json_body()
+        self.write_json({"saved": True})
+
+
+class UserlessHandler(SessionHandler):
+    """A session handler with no notion of users: the decorator refuses everyone, as 401."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.write_json({"secret": True})
+
+
 @pytest.fixture
 def app(config, store, users, clock) -> SessionApplication:
-    routes = [(r"/api/cart", CartHandler), (r"/api/odd", OddValueHandler), (r"/api/restart", RestartHandler)]
+    routes = [
+        (r"/api/cart", CartHandler),
+        (r"/api/odd", OddValueHandler),
+        (r"/api/restart", RestartHandler),
+        (r"/api/profile", ProfileHandler),
+        (r"/api/userless", UserlessHandler),
+    ]
     return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
 
 
@@ -115,3 +148,105 @@ async def test_a_new_id_for_an_emptied_session_still_kills_the_old_one(browser: 
     assert old_id is not None and await store.load(old_id) is not None
     assert (await browser.post("/api/restart", {})).code == 200
     assert await store.load(old_id) is None
+
+
+@pytest.mark.gen_test
+async def test_tornados_authenticated_decorator_refuses_anonymous_requests_with_401(browser: Browser, make_browser):
+    for method in ("GET", "POST"):  # Tornado redirects a GET and answers other methods 403
+        r = await make_browser().fetch(method, "/api/profile", json_body="Maxi" if method == "POST" else None)
+        assert (r.code, body_json(r)) == (401, {"errorMessage": "You must be logged in."}), method
+        assert "Location" not in r.headers
+    # A cookie that names no session is anonymous too.
+    stale = make_browser()
+    stale.cookies["sid"] = "2|1:0|10:1800000000|3:sid|8:Zm9vYmFy|" + "0" * 64
+    assert (await stale.get("/api/profile")).code == 401
+    await browser.login()
+    r = await browser.get("/api/profile")
+    assert (r.code, body_json(r)) == (200, {"name": "Max Miller"})
+    assert (await browser.post("/api/profile", "Maxi")).code == 200
+    assert (await browser.post("/api/logout", {})).code == 200
+    assert (await browser.get("/api/profile")).code == 401
+
+
+@pytest.mark.gen_test
+async def test_the_decorator_on_a_handler_without_users_refuses_everyone(browser: Browser):
+    await browser.login()
+    r = await browser.get("/api/userless")
+    assert (r.code, body_json(r)) == (401, {"errorMessage": "You must be logged in."})
+
+
+# Tornado hooks a handler may override with Tornado's own meaning; any other name a handler class
+# of ours defines must not exist on RequestHandler (a shadow changes what Tornado users expect).
+TORNADO_HOOKS = {
+    "__init__",
+    "initialize",
+    "prepare",
+    "on_finish",
+    "on_connection_close",
+    "data_received",
+    "set_default_headers",
+    "clear",
+    "write_error",
+    "send_error",
+    "finish",
+    "log_exception",
+    "compute_etag",
+    "get_current_user",
+    "get_login_url",
+    "get",
+    "head",
+    "post",
+    "put",
+    "patch",
+    "delete",
+    "options",
+    "set_extra_headers",
+    "__init_subclass__",
+}
+
+
+def handler_classes() -> list[type]:
+    found: set[type] = set()
+    for module in ("account", "app", "auth", "base", "health", "pages"):
+        namespace = vars(__import__(f"handlers.{module}", fromlist=["_"]))
+        found.update(c for c in namespace.values() if isinstance(c, type) and issubclass(c, RequestHandler))
+    return sorted((c for c in found if c.__module__.startswith("handlers.")), key=lambda c: c.__qualname__)
+
+
+def test_no_handler_class_shadows_a_tornado_attribute():
+    classes = handler_classes()
+    assert JsonHandler in classes and AuthenticatedHandler in classes and len(classes) >= 10
+    for cls in classes:
+        for name in vars(cls):
+            # _stream_request_body is set by Tornado's own @stream_request_body decorator.
+            if name in TORNADO_HOOKS or name.startswith("__") or name == "_stream_request_body":
+                continue
+            assert not hasattr(RequestHandler, name), f"{cls.__qualname__}.{name} shadows RequestHandler.{name}"
+        for name in TORNADO_HOOKS & set(vars(cls)) - {"__init__", "__init_subclass__"}:
+            ours, theirs = vars(cls)[name], getattr(RequestHandler, name, None)
+            if theirs is None:  # a StaticFileHandler hook
+                continue
+            assert callable(ours) and isinstance(theirs, types.FunctionType), f"{cls.__qualname__}.{name}"
+
+
+def test_no_handler_instance_attribute_shadows_a_tornado_attribute(app: SessionApplication):
+    # What our initialize() and __init__ set on an instance, against what Tornado's own set.
+    class Connection(HTTPConnection):
+        def set_close_callback(self, callback: object) -> None:
+            pass
+
+    def instance(cls: type[RequestHandler]) -> RequestHandler:
+        start_line = RequestStartLine("GET", "/api", "HTTP/1.1")
+        request = HTTPServerRequest(start_line=start_line, headers=HTTPHeaders({"Host": "x"}), connection=Connection())
+        return cls(app, request)
+
+    tornado_names = set(vars(instance(RequestHandler))) | set(dir(RequestHandler))
+    for cls in (JsonHandler, SessionHandler, AuthenticatedHandler):
+        ours = set(vars(instance(cls))) - set(vars(instance(RequestHandler)))
+        assert ours, cls
+        clashes = ours & tornado_names
+        assert not clashes, f"{cls.__qualname__} sets {sorted(clashes)}, which Tornado uses"
+
+
+def test_current_user_is_tornados_property_not_a_method():
+    assert isinstance(inspect.getattr_static(AuthenticatedHandler, "current_user"), property)
