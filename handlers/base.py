@@ -12,6 +12,7 @@ import functools
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from http.client import responses
@@ -90,6 +91,29 @@ def parse_cookie_header(header: str) -> dict[str, str]:
         if len(header) <= REMEMBERED_COOKIE_HEADER_LENGTH and len(cookies) <= REMEMBERED_COOKIES_PER_HEADER:
             _parsed_cookie_headers.remember(header, cookies)
     return cookies
+
+
+# A \uD800-\uDFFF escape: JSON text may spell a lone surrogate that way, and Python's parser
+# returns it in a str that no UTF-8 encoder (a password hash, a log line, orjson) accepts later.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in a parsed JSON value (keys included) holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def cookie_values(header: str, name: str) -> list[str]:
@@ -296,9 +320,12 @@ class JsonHandler(RequestHandler):
         if media_type != "application/json" or charset not in ("utf-8", "utf8"):
             raise ApiError(415, "Content-Type must be application/json.")
         try:
-            return json.loads(body.decode("utf-8"))
+            value = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ApiError(400, "Malformed JSON body.") from None
+        if _SURROGATE_ESCAPE.search(body) and has_lone_surrogate(value):
+            raise ApiError(400, "Malformed JSON body: a string is not valid Unicode (a lone surrogate).")
+        return value
 
     def compute_etag(self) -> None:
         # API answers depend on the session; a validator would only invite stale 304s.

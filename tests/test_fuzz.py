@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -57,8 +58,32 @@ class ServerThread:
         self.thread.join(10)
 
 
+class Collected(logging.Handler):
+    """Every log record the server writes while the module runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def failures(self) -> list[str]:
+        """Tracebacks and error lines: what a request must never cause."""
+        return [r.getMessage()[:200] for r in self.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 @pytest.fixture(scope="module")
-def live_server() -> Iterator[ServerThread]:
+def server_log() -> Iterator[Collected]:
+    collected = Collected()
+    root = logging.getLogger()
+    root.addHandler(collected)
+    yield collected
+    root.removeHandler(collected)
+
+
+@pytest.fixture(scope="module")
+def live_server(server_log: Collected) -> Iterator[ServerThread]:
     with ServerThread() as server:
         yield server
 
@@ -137,3 +162,74 @@ def test_no_input_gets_a_server_error(live_server: ServerThread, method, path, c
 def test_malformed_requests_are_never_a_server_error(live_server: ServerThread, request_bytes):
     status = raw_status(live_server.port, request_bytes)
     assert status is None or status < 500
+
+
+def raw_response(port: int, request: bytes) -> bytes:
+    """Send raw bytes; return the whole response (the request asks to close the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+# JSON texts a parser may choke on: lone surrogates (valid JSON text, not valid Unicode), odd
+# escapes, deep nesting, numbers past every float and past Python's int-from-text limit.
+odd_strings = st.one_of(
+    st.text(max_size=30).map(json.dumps),
+    st.sampled_from(['"\\ud800"', '"\\udfff\\ud800"', '"a\\u0000b"', '"\\/\\b\\f"', '"\\x41"', '"\\u12"']),
+    st.integers(min_value=0xD800, max_value=0xDFFF).map(lambda c: f'"\\u{c:04x}"'),
+)
+odd_numbers = st.one_of(
+    st.sampled_from(["1e999", "-1e999", "1e-999", "-0", "0.0000000000000000000001", "NaN", "Infinity"]),
+    st.integers(min_value=1, max_value=6000).map(lambda n: "9" * n),
+    st.integers().map(str),
+)
+# Nesting far past the parser's recursion limit, within the 64 KiB body limit.
+deep = st.integers(min_value=1, max_value=30_000).map(lambda n: "[" * n + "]" * n)
+json_texts = st.recursive(
+    odd_strings | odd_numbers | st.sampled_from(["true", "false", "null"]),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(st.tuples(odd_strings, children), max_size=4).map(
+            lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+        ),
+    ),
+    max_leaves=12,
+)
+credentials = st.builds(
+    lambda email, password: '{"email":' + email + ',"password":' + password + "}",
+    odd_strings | odd_numbers,
+    odd_strings | odd_numbers,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    path=st.sampled_from(["/api/login", "/api/logout"]),
+    body=st.one_of(json_texts, credentials, deep).map(lambda text: text.encode("utf-8", "surrogatepass")),
+)
+def test_no_json_text_gets_a_server_error_or_a_traceback(live_server: ServerThread, server_log: Collected, path, body):
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://localhost:4736\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    response = raw_response(live_server.port, head.encode() + body)
+    status = int(response.split(b" ", 2)[1])
+    assert status < 500, (status, body[:100])
+    if status >= 400:
+        assert json.loads(response.partition(b"\r\n\r\n")[2])["errorMessage"]
+    assert server_log.failures() == []
+
+
+def test_a_lone_surrogate_password_is_a_400_not_a_500(live_server: ServerThread, server_log: Collected):
+    body = b'{"email":"max@gmail.com","password":"\\ud800"}'
+    head = (
+        "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://localhost:4736\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    response = raw_response(live_server.port, head.encode() + body)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b"errorMessage" in response
+    assert server_log.failures() == []
