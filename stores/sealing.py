@@ -3,25 +3,39 @@
 memcached has no authentication by default and is a classic SSRF target: whoever can write a key
 could otherwise make any session anyone's. So a shared store keeps each record behind a MAC::
 
-    m1:<43 characters of unpadded base64url HMAC-SHA256>:<the record's JSON>
+    m1:<64 hex digits of MAC>:<the record's JSON>
+
+The MAC is keyed BLAKE2b-256, a MAC by design (its keyed mode is a PRF, so no HMAC construction
+is needed around it). Counted with callgrind, it costs a third of what HMAC-SHA256 costs from
+Python (9k instructions against 28k: the one-shot OpenSSL call looks its algorithm up every time).
 
 The MAC covers the storage key as well as the JSON, so a record cannot be copied from one
 session's key to another's either. Keys are derived from the server's session secrets, newest
 first: the newest seals, every one opens, and a record opened with an older key is reported so it
 can be sealed again under the newest. Records are authenticated, not encrypted: whoever can read
 the store can read session data.
+
+A browser reads the same record many times between writes, so each storage key's last value
+sealed or opened under the newest key is remembered (small values only, a bounded number): the
+same bytes again are authentic without computing the MAC again.
 """
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import hmac
+import itertools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 _PREFIX = b"m1:"
-_MAC_LENGTH = 43  # unpadded base64url of 32 bytes
+_PERSON = b"session-record"  # BLAKE2's personalisation: these MACs serve nothing else
+_MAC_LENGTH = 64  # hex digits of 32 bytes
 _HEADER_LENGTH = len(_PREFIX) + _MAC_LENGTH + 1
+# Values remembered as authentic: up to this many storage keys, each value up to this many bytes
+# (about 25 MB at most, however an attacker shapes the records).
+REMEMBERED_VALUES = 20_000
+REMEMBERED_VALUE_SIZE = 1024
 
 
 def record_keys(secrets: Sequence[str]) -> list[bytes]:
@@ -46,25 +60,46 @@ class RecordSeal:
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ValueError("a record seal needs at least one key")
-        self._keys = [bytes(key) for key in keys]
+        # BLAKE2b states keyed once: copying one is cheaper than keying a new one per MAC.
+        self._keyed = [hashlib.blake2b(key=bytes(key), digest_size=32, person=_PERSON) for key in keys]
+        # storage key -> its last value known to be authentic (sealed or opened under the newest key)
+        self._authentic: dict[str, bytes] = {}
 
     @staticmethod
-    def _mac(key: bytes, storage_key: str, payload: bytes) -> bytes:
-        # The storage key and the JSON, separated by a byte neither contains.
-        digest = hmac.digest(key, storage_key.encode("ascii") + b"\n" + payload, "sha256")
-        return base64.urlsafe_b64encode(digest)[:_MAC_LENGTH]
+    def _mac(keyed: Any, storage_key: str, payload: bytes) -> bytes:
+        mac = keyed.copy()
+        # The storage key, then the JSON, separated by a byte neither contains.
+        mac.update(b"%s\n%s" % (storage_key.encode("ascii"), payload))
+        return mac.hexdigest().encode("ascii")  # type: ignore[no-any-return]
+
+    def _remember(self, storage_key: str, value: bytes) -> None:
+        if len(value) > REMEMBERED_VALUE_SIZE:
+            self._authentic.pop(storage_key, None)
+            return
+        if len(self._authentic) >= REMEMBERED_VALUES and storage_key not in self._authentic:
+            # Drop the oldest tenth at once, so this is rare and cheap. (pop: a worker thread
+            # retrying a compare-and-swap may be dropping the same entries.)
+            for old in list(itertools.islice(iter(self._authentic), REMEMBERED_VALUES // 10)):
+                self._authentic.pop(old, None)
+        self._authentic[storage_key] = value
 
     def seal(self, storage_key: str, payload: bytes) -> bytes:
         """``payload`` with a MAC, under the newest key, bound to ``storage_key``."""
-        return _PREFIX + self._mac(self._keys[0], storage_key, payload) + b":" + payload
+        value = b"%s%s:%s" % (_PREFIX, self._mac(self._keyed[0], storage_key, payload), payload)
+        self._remember(storage_key, value)
+        return value
 
     def open(self, storage_key: str, value: bytes) -> Opened | None:
         """The payload of a value sealed by us for ``storage_key``; None for anything else."""
+        if self._authentic.get(storage_key) == value:
+            return Opened(value[_HEADER_LENGTH:], False)
         if len(value) < _HEADER_LENGTH or not value.startswith(_PREFIX) or value[_HEADER_LENGTH - 1] != ord(":"):
             return None
         mac = value[len(_PREFIX) : _HEADER_LENGTH - 1]
         payload = value[_HEADER_LENGTH:]
-        for position, key in enumerate(self._keys):
-            if hmac.compare_digest(mac, self._mac(key, storage_key, payload)):
+        for position, keyed in enumerate(self._keyed):
+            if hmac.compare_digest(mac, self._mac(keyed, storage_key, payload)):
+                if position == 0:
+                    self._remember(storage_key, value)
                 return Opened(payload, position > 0)
         return None
