@@ -7,6 +7,7 @@ Angular dev server's origin) and from a disallowed origin.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,12 +18,13 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import test_secret
-from tests.services import ROOT, AppProcess, free_port, require_binary, wait_for_port
+from tests.services import ROOT, AppProcess, free_port, listening_addresses, require_binary, wait_for_port
 
 sys.path.insert(0, str(ROOT / "deploy"))
 from render_client import render as render_client
 
 DEV_CLIENT_PORT = 4736  # the origin the dev settings allow, as the reference app did
+README_PORT = 3000  # the README's address for the demo client, http://127.0.0.1:3000/
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -234,13 +236,20 @@ def test_a_disallowed_origin_is_blocked_by_the_browser(context, api: AppProcess,
 
 
 def test_screenshots_of_the_logged_in_state(chromium, api: AppProcess):
+    update_readme = os.environ.get("UPDATE_README_SCREENSHOT") == "1"
     ARTIFACTS.mkdir(exist_ok=True)
     shots = {"logged-in.png": {"width": 1100, "height": 760}, "logged-in-phone.png": {"width": 390, "height": 760}}
-    for name, viewport in shots.items():
-        ctx = chromium.new_context(viewport=viewport)
-        try:
+    with contextlib.ExitStack() as stack:
+        server = api
+        if update_readme:
+            # The README's copy shows, in the page's footer, the address the README gives.
+            server = stack.enter_context(AppProcess({"SESSION_SECRETS": test_secret()}, ("--env=dev",), README_PORT))
+            # Not another program's server on that port answering in its place.
+            assert ("127.0.0.1", README_PORT) in listening_addresses(server.pid), f"port {README_PORT} is taken"
+        for name, viewport in shots.items():
+            ctx = stack.enter_context(contextlib.closing(chromium.new_context(viewport=viewport)))
             page = ctx.new_page()
-            open_client(page, api_url(api) + "/")
+            open_client(page, server.base_url + "/")
             log_in(page)
             expect(page.locator("#welcome")).to_be_visible()
             page.click("#balance-button")
@@ -249,8 +258,6 @@ def test_screenshots_of_the_logged_in_state(chromium, api: AppProcess):
             page.screenshot(path=str(path))
             data = Path(path).read_bytes()
             assert data.startswith(b"\x89PNG") and len(data) > 5_000
-        finally:
-            ctx.close()
-    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
+    if update_readme:
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "demo-client.png").write_bytes((ARTIFACTS / "logged-in.png").read_bytes())
