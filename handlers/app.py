@@ -15,7 +15,7 @@ from handlers.account import BalanceHandler
 from handlers.auth import LoginHandler, LogoutHandler
 from handlers.base import SecurityHeaders
 from handlers.health import LivenessHandler, NotFoundHandler, ReadinessHandler
-from handlers.pages import DemoClientHandler, PageCounterHandler
+from handlers.pages import DemoClientConfigHandler, DemoClientHandler, PageCounterHandler
 from handlers.session import SessionManager
 from settings import Settings
 from stores.base import SessionStore
@@ -60,6 +60,7 @@ class SessionApplication(Application):
             # The client's own files at the top level (index.html, app.js, ...), as nginx serves
             # them in prod; anything else stays a JSON 404.
             static = {"path": str(ROOT / config.static_path), "default_filename": "index.html"}
+            routes.append((r"/config\.js", DemoClientConfigHandler))
             routes.append((r"/((?:[\w-]+\.(?:html|js|css|svg|png|ico))?)", DemoClientHandler, static))
         super().__init__(
             routes,

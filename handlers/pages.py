@@ -7,9 +7,11 @@ from typing import Any
 
 from tornado.web import StaticFileHandler
 
-from handlers.base import SessionHandler
+from handlers.base import JsonHandler, SessionHandler
 
 PAGE_VIEWS = "page_views"
+# The first of the shipped demo users (settings/demo_users.json), as the README lists them.
+DEMO_USER = {"email": "max@gmail.com", "password": "1234"}
 
 
 class PageCounterHandler(SessionHandler):
@@ -26,6 +28,21 @@ class PageCounterHandler(SessionHandler):
             self.write("Welcome to this page for the first time!")
         else:
             self.write(f"You visited this page {views} times")
+
+
+class DemoClientConfigHandler(JsonHandler):
+    """The dev server's ``config.js`` for the demo client, in place of the shipped file.
+
+    The page calls this server's own origin, and its login form is prefilled with the demo user
+    while the server runs on the demo users (prod refuses them; there nginx serves the shipped
+    file, which prefills nothing). Nothing in the request changes what is written.
+    """
+
+    def get(self) -> None:
+        client = {"api": "", "demoUser": DEMO_USER if self.app.config.users_file is None else None}
+        self.set_header("Content-Type", "text/javascript; charset=UTF-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.write(f"window.SESSION_DEMO_CONFIG = {json.dumps(client)};\n")
 
 
 class DemoClientHandler(StaticFileHandler):

@@ -1,16 +1,32 @@
 // The demo client: what the reference Angular client does, in plain JavaScript.
 // Every call carries credentials; same-origin calls echo the XSRF-TOKEN cookie in X-XSRF-TOKEN
 // (Angular's convention). Cross-origin calls rely on the server's CORS allowlist instead.
+//
+// Where the calls go is decided by config.js alone, never by anything in this page's URL, its
+// referrer or a message from another window: whoever can send a link must not be able to make
+// the genuine page post the password typed into it to their own server.
 "use strict";
 
 (function () {
-  const query = new URLSearchParams(window.location.search);
-  const apiBase = (query.get("api") || window.SESSION_DEMO_API || "").replace(/\/+$/, "");
-  const apiOrigin = apiBase ? new URL(apiBase).origin : window.location.origin;
-  const sameOrigin = apiOrigin === window.location.origin;
-
+  const config = window.SESSION_DEMO_CONFIG || {};
   const $ = (id) => document.getElementById(id);
   const views = { out: $("logged-out"), in: $("logged-in") };
+
+  // The configured API origin, or this page's own. Only a bare http(s) origin, written exactly
+  // as browsers spell it, is accepted: the page's CSP names that same string in connect-src.
+  function configuredOrigin(value) {
+    if (value === undefined || value === null || value === "") return window.location.origin;
+    if (typeof value !== "string") return null;
+    try {
+      const url = new URL(value);
+      return (url.protocol === "https:" || url.protocol === "http:") && url.origin === value ? value : null;
+    } catch (notAUrl) {
+      return null;
+    }
+  }
+
+  const apiOrigin = configuredOrigin(config.api);
+  const sameOrigin = apiOrigin === window.location.origin;
 
   function readCookie(name) {
     const prefix = name + "=";
@@ -23,6 +39,9 @@
   class ApiError extends Error {}
 
   async function call(method, path, body) {
+    if (apiOrigin === null) {
+      throw new ApiError("config.js: api must be an origin such as https://api.example.com, or empty.");
+    }
     const headers = { Accept: "application/json, text/plain" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (sameOrigin && method !== "GET") {
@@ -31,7 +50,7 @@
     }
     let response;
     try {
-      response = await fetch(apiBase + path, {
+      response = await fetch(apiOrigin + path, {
         method,
         headers,
         credentials: "include",
@@ -105,8 +124,13 @@
     })
   );
 
-  $("api-base").textContent = apiOrigin;
+  $("api-base").textContent = apiOrigin || "not configured";
   document.body.dataset.ready = "false";
+  const demoUser = config.demoUser;
+  if (demoUser && typeof demoUser.email === "string" && typeof demoUser.password === "string") {
+    $("email").value = demoUser.email;
+    $("password").value = demoUser.password;
+  }
   guarded(async () => {
     const status = await call("GET", "/api/login");
     if (status.loggedIn) showLoggedIn(null);
