@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import gc
 import getpass
 import logging
-import math
 import os
-import resource
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
+from connections import CappedHTTPServer, ThrottledLines, connection_cap
 from handlers.access import configure_logging
 from handlers.app import SessionApplication
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
@@ -50,74 +46,6 @@ GC_YOUNG_THRESHOLD = 20_000
 # instructions, and the writes push the session state out of the CPU caches between requests.
 # A request's head fits in 4 KiB; a larger one takes a few more reads.
 READ_CHUNK_SIZE = 4096
-# Descriptors a process needs besides its client connections: standard streams, the listening
-# sockets, the event loop's own (epoll, wake-up pipes), log files, the users file at start-up,
-# and slack. The store's pooled connections come on top (connection_cap).
-DESCRIPTOR_RESERVE = 32
-# accept() errors that mean the process or the system is out of something (descriptors, socket
-# buffers), not that one connection failed: accepting pauses until it frees up.
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# While out of descriptors, how often accepting is tried again; a connection closing tries at once
-# (descriptors freed elsewhere, by the store say, are only seen by the retry).
-ACCEPT_RETRY_INTERVAL = 0.1
-# Connections accepted per wake-up, as Tornado's own accept handler does (its listen backlog):
-# requests already in flight get the loop between batches.
-ACCEPT_BATCH = 128
-
-
-class ThrottledWarning:
-    """A warning written at most once per ``interval`` seconds, whatever makes it recur.
-
-    The next line written says how many were held back since the last one.
-    """
-
-    def __init__(
-        self, logger: logging.Logger, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self.next_allowed = -math.inf
-        self.held_back = 0
-
-    def __call__(self, message: str, *args: object) -> None:
-        now = self.clock()
-        if now < self.next_allowed:
-            self.held_back += 1
-            return
-        self.next_allowed = now + self.interval
-        if self.held_back:
-            message += " (%d more such since the last line)"
-            args = (*args, self.held_back)
-            self.held_back = 0
-        self.logger.warning(message, *args)
-
-
-def connection_cap(max_connections: int | None = None, store_connections: int = 0) -> int:
-    """The most client connections a process takes at once.
-
-    ``max_connections`` when given; otherwise what the soft RLIMIT_NOFILE leaves once
-    ``DESCRIPTOR_RESERVE`` and ``store_connections`` (the store's pooled connections) are set
-    aside, so client connections alone never exhaust the process's descriptors.
-    """
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    available = soft - DESCRIPTOR_RESERVE - store_connections
-    if max_connections is not None:
-        if max_connections > available:
-            log.warning(
-                "max_connections %d is above the %d connections RLIMIT_NOFILE (%d) leaves: the process may "
-                "run out of descriptors (it then stops accepting until some are free)",
-                max_connections,
-                max(available, 0),
-                soft,
-            )
-        return max_connections
-    if available < 1:
-        log.warning("RLIMIT_NOFILE (%d) leaves no descriptors for connections: raise it (LimitNOFILE)", soft)
-        return 1
-    return available
 
 
 def store_connections(settings: Settings) -> int:
@@ -127,106 +55,20 @@ def store_connections(settings: Settings) -> int:
     return 0
 
 
-class SessionHTTPServer(HTTPServer):
-    """Tornado's HTTPServer, with Nagle's algorithm off for the whole life of a connection, reads
-    of ``READ_CHUNK_SIZE``, a cap on open connections, and an accept loop that pauses instead of
-    spinning when the process runs out of descriptors.
+class SessionHTTPServer(CappedHTTPServer):
+    """The capped HTTP server, with Nagle's algorithm off for the whole life of a connection, and
+    reads of ``READ_CHUNK_SIZE``.
 
     Tornado turns Nagle off before each response and on again after it: two setsockopt calls per
     request, about 4% of a bare request's time here. A JSON API writes each response whole, so
     the connection keeps TCP_NODELAY from the start, as nginx and Node.js do by default.
-
-    Tornado's own accept handler logs a traceback for every accept() that fails and, the
-    listening socket being still readable, is called again at once: out of descriptors, it spins
-    on a core and fills the disk with tracebacks while no request is served. Here the listening
-    sockets are watched only while the process can take a connection: at ``max_connections``
-    open, or when accept() finds no descriptor, they are set aside until a connection closes
-    (or, for descriptors, ``ACCEPT_RETRY_INTERVAL`` has passed), and the kernel's listen queue
-    holds what arrives meanwhile. Either condition is logged at most once a second.
     """
 
-    def initialize(self, *args: Any, max_connections: int | None = None, **kwargs: Any) -> None:
-        """HTTPServer's arguments, and ``max_connections`` (default: `connection_cap`)."""
-        super().initialize(*args, **kwargs)
-        self.max_connections = max_connections if max_connections is not None else connection_cap()
-        self.open_connections = 0
-        self.listening_sockets: list[socket.socket] = []
-        self.accepting = False
-        self.accept_retry: object | None = None
-        self.accept_warning = ThrottledWarning(log)
-
-    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
-        self.listening_sockets.extend(sockets)
-        self.start_accepting()
-
-    def start_accepting(self) -> None:
-        """Watch the listening sockets, unless stopped, watching already, or at the cap."""
-        if self.accepting or not self.listening_sockets or self.open_connections >= self.max_connections:
-            return
-        io_loop = IOLoop.current()
-        if self.accept_retry is not None:
-            io_loop.remove_timeout(self.accept_retry)
-            self.accept_retry = None
-        self.accepting = True
-        for sock in self.listening_sockets:
-            io_loop.add_handler(sock, self.accept_connections, IOLoop.READ)
-
-    def pause_accepting(self) -> None:
-        if self.accepting:
-            self.accepting = False
-            for sock in self.listening_sockets:
-                IOLoop.current().remove_handler(sock)
-
-    def accept_connections(self, sock: socket.socket, events: int) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if self.open_connections >= self.max_connections:
-                self.pause_accepting()
-                self.accept_warning(
-                    "%d connections open, this process's cap (max_connections): not accepting until one closes",
-                    self.open_connections,
-                )
-                return
-            try:
-                connection, address = sock.accept()
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno in OUT_OF_RESOURCES:
-                    self.pause_accepting()
-                    self.accept_retry = IOLoop.current().call_later(ACCEPT_RETRY_INTERVAL, self.start_accepting)
-                    self.accept_warning(
-                        "cannot accept connections (%s) with %d open: paused until descriptors free up",
-                        e.strerror,
-                        self.open_connections,
-                    )
-                    return
-                # Any other error belongs to the one connection it took off the queue.
-                self.accept_warning("accepting a connection failed: %s", e.strerror)
-                continue
-            stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
-            self.handle_stream(stream, address)
-
     def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
-        self.open_connections += 1
         stream.read_chunk_size = READ_CHUNK_SIZE
         stream.set_nodelay(True)
         stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
         super().handle_stream(stream, address)
-
-    def on_close(self, server_conn: object) -> None:
-        super().on_close(server_conn)
-        self.open_connections -= 1
-        self.start_accepting()
-
-    def stop(self) -> None:
-        self.pause_accepting()
-        if self.accept_retry is not None:
-            IOLoop.current().remove_timeout(self.accept_retry)
-            self.accept_retry = None
-        for sock in self.listening_sockets:
-            sock.close()
-        self.listening_sockets = []
-        super().stop()
 
 
 def _keep_nodelay(value: bool) -> None:
@@ -291,6 +133,7 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
         max_connections=connection_cap(settings.max_connections, store_connections(settings)),
     )
     server.listen(settings.port, settings.host)
+    logging.getLogger("tornado.general").addFilter(ThrottledLines())
     await store.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ answers), never by how long it took.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import resource
 import select
@@ -21,7 +22,7 @@ import pytest
 
 from bench.run import cpu_seconds
 from bench.slow_clients import partial_header_flood
-from server import DESCRIPTOR_RESERVE, ThrottledWarning, connection_cap
+from connections import DESCRIPTOR_RESERVE, LogThrottle, ThrottledLines, ThrottledWarning, connection_cap
 from settings import SettingsError, load_settings
 from tests.conftest import FakeClock
 from tests.services import AppProcess
@@ -189,15 +190,59 @@ def test_the_default_cap_leaves_a_reserve_below_the_soft_descriptor_limit():
 
 def test_throttled_warning_writes_a_line_a_second_and_counts_the_rest(caplog):
     clock = FakeClock()
-    warn = ThrottledWarning(__import__("logging").getLogger("server"), clock=clock)
+    warn = ThrottledWarning(logging.getLogger("server"), LogThrottle(clock=clock))
     for _ in range(5):
         warn("out of %s", "descriptors")
-    clock.advance(1.0)
-    warn("out of %s", "descriptors")
+    clock.advance(0.5)
+    warn("at the cap")
+    clock.advance(0.5)
+    warn("at the %s", "cap")
     assert [r.getMessage() for r in caplog.records] == [
         "out of descriptors",
-        "out of descriptors (4 more such since the last line)",
+        "at the cap (5 more such since the last line)",
     ]
+
+
+def test_throttled_lines_pass_each_call_site_once_a_second(caplog):
+    clock = FakeClock()
+    logger = logging.getLogger("tornado.general")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    throttled = ThrottledLines(LogThrottle(clock=clock))
+    logger.addFilter(throttled)
+
+    def two_call_sites() -> None:
+        logger.info("Timeout reading body from %s", "127.0.0.1")
+        logger.info("Unsatisfiable read: 100% full")  # formatted by its caller
+
+    try:
+        for _ in range(3):
+            two_call_sites()
+        clock.advance(1.0)
+        two_call_sites()
+    finally:
+        logger.removeFilter(throttled)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Timeout reading body from 127.0.0.1",
+        "Unsatisfiable read: 100% full",
+        "Timeout reading body from 127.0.0.1 (2 more such since the last line)",
+        "Unsatisfiable read: 100% full (2 more such since the last line)",
+    ]
+
+
+def test_many_slow_bodies_cost_a_log_line_a_second(app):
+    head = (
+        b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"Origin: %s\r\nContent-Length: 100\r\n\r\n{" % (app.port, app.base_url.encode())
+    )
+    lines_before = app.output.count("Timeout reading body")
+    connections = [connect(app) for _ in range(30)]
+    for sock in connections:
+        sock.sendall(head)
+    for sock in connections:
+        assert read_until_closed(sock) == b""
+        sock.close()
+    # All 30 timed out within the same second or two.
+    assert app.output.count("Timeout reading body") - lines_before <= 2
 
 
 @pytest.mark.parametrize(
