@@ -21,6 +21,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
+from connections import CappedHTTPServer, ThrottledLines, connection_cap
 from handlers.access import configure_logging
 from handlers.app import SessionApplication
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
@@ -47,8 +48,15 @@ GC_YOUNG_THRESHOLD = 20_000
 READ_CHUNK_SIZE = 4096
 
 
-class SessionHTTPServer(HTTPServer):
-    """Tornado's HTTPServer, with Nagle's algorithm off for the whole life of a connection, and
+def store_connections(settings: Settings) -> int:
+    """Descriptors the session store may hold open: one pooled connection per worker and node."""
+    if settings.store == "memcached":
+        return settings.memcached_threads * len(settings.memcached_servers)
+    return 0
+
+
+class SessionHTTPServer(CappedHTTPServer):
+    """The capped HTTP server, with Nagle's algorithm off for the whole life of a connection, and
     reads of ``READ_CHUNK_SIZE``.
 
     Tornado turns Nagle off before each response and on again after it: two setsockopt calls per
@@ -114,15 +122,32 @@ def load_users(settings: Settings) -> UserDirectory:
 async def serve(settings: Settings, users: UserDirectory) -> None:
     store = build_store(settings)
     app = SessionApplication(settings, store, users)
-    server = SessionHTTPServer(app, xheaders=settings.xheaders, max_body_size=TORNADO_MAX_BODY)
+    server = SessionHTTPServer(
+        app,
+        xheaders=settings.xheaders,
+        max_body_size=TORNADO_MAX_BODY,
+        # Tornado's name for what bounds the wait for a request's complete headers (an hour by
+        # default), idle kept-alive connections included; see Settings.header_timeout.
+        idle_connection_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=connection_cap(settings.max_connections, store_connections(settings)),
+    )
     server.listen(settings.port, settings.host)
+    logging.getLogger("tornado.general").addFilter(ThrottledLines())
     await store.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     settle_garbage_collector()
-    log.info("serving env=%s on http://%s:%d (store: %s)", settings.env, settings.host, settings.port, settings.store)
+    log.info(
+        "serving env=%s on http://%s:%d (store: %s; at most %d connections)",
+        settings.env,
+        settings.host,
+        settings.port,
+        settings.store,
+        server.max_connections,
+    )
     await stop.wait()
     await drain(server, app, settings.drain_timeout)
     await store.close()

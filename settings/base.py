@@ -28,6 +28,18 @@ class Settings:
     # "text" or "json" (one JSON object per line).
     log_format: str = "text"
 
+    # Slow clients. header_timeout (s) bounds the wait for a request's complete headers from the
+    # moment the server starts waiting for them (the connection opened, or the previous response
+    # went out on a kept-alive connection), so a silent or idle connection and headers trickled
+    # a byte at a time end alike. body_timeout (s) bounds reading the whole body once the headers
+    # are in. nginx's keep-alive to the app must stay shorter than header_timeout (deploy/nginx).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    # Open client connections per process; at the cap the process stops accepting until one
+    # closes (the kernel's listen queue holds the rest). None: RLIMIT_NOFILE's soft limit less a
+    # reserve for the store's connections, the listening socket and logs (server.connection_cap).
+    max_connections: int | None = None
+
     # Signing secrets, newest first: the newest signs, every one verifies.
     session_secrets: tuple[str, ...] = ()
     cookie_name: str = "sid"

@@ -47,6 +47,8 @@ ENV_VARIABLES: dict[str, str] = {
     "LOG_FORMAT": "log_format",
     "DRAIN_TIMEOUT": "drain_timeout",
     "MEMCACHED_THREADS": "memcached_threads",
+    "HEADER_TIMEOUT": "header_timeout",
+    "BODY_TIMEOUT": "body_timeout",
 }
 
 
@@ -103,7 +105,15 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
     ):
         if environ.get(name):
             changes[ENV_VARIABLES[name]] = environ[name]
-    for name in ("PORT", "SESSION_IDLE_TIMEOUT", "SESSION_ABSOLUTE_TIMEOUT", "DRAIN_TIMEOUT", "MEMCACHED_THREADS"):
+    for name in (
+        "PORT",
+        "SESSION_IDLE_TIMEOUT",
+        "SESSION_ABSOLUTE_TIMEOUT",
+        "DRAIN_TIMEOUT",
+        "MEMCACHED_THREADS",
+        "HEADER_TIMEOUT",
+        "BODY_TIMEOUT",
+    ):
         if environ.get(name):
             number = _int_variable(name, environ[name], problems)
             if number is not None:
@@ -139,6 +149,12 @@ def _validate(s: Settings, problems: list[str]) -> None:
         problems.append(f"log_format (LOG_FORMAT): {s.log_format!r} is not text or json")
     if s.drain_timeout < 0:
         problems.append("drain_timeout (DRAIN_TIMEOUT): must not be negative")
+    if s.header_timeout <= 0:
+        problems.append("header_timeout (HEADER_TIMEOUT): must be positive")
+    if s.body_timeout <= 0:
+        problems.append("body_timeout (BODY_TIMEOUT): must be positive")
+    if s.max_connections is not None and s.max_connections <= 0:
+        problems.append("max_connections: must be positive (or None, to follow RLIMIT_NOFILE)")
     if s.touch_interval <= 0:
         problems.append("touch_interval: must be positive")
     if s.cookie_samesite not in SAMESITE_VALUES:

@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,10 +137,18 @@ class AppProcess:
     Its output goes to a file, so a test can read the log while the process runs.
     """
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("--env=test",), port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        args: tuple[str, ...] = ("--env=test",),
+        port: int | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.env = {**os.environ, **env}
         self.args = args
+        # Run in the child before server.py starts (resource limits, say).
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix=f"app-{self.port}-", suffix=".log")[1])
         self.returncode: int | None = None
@@ -175,6 +183,7 @@ class AppProcess:
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + 20
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import http.cookies
 import json
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +45,12 @@ class Deployment:
     session_ids: set[str] = field(default_factory=set)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
-    root = tmp_path_factory.mktemp("deploy")
+@contextlib.contextmanager
+def deployed(root: Path, edit_site: Callable[[str], str] = lambda site: site) -> Iterator[Deployment]:
+    """memcached, two prod app processes and nginx with the deploy's site, under ``root``.
+
+    ``edit_site`` may change the rendered site first (a test that needs a shorter timeout).
+    """
     pki = TestPKI(root)
     static = root / "static"
     static.mkdir()
@@ -79,21 +83,22 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             "LOG_FORMAT": "json",
         }
         apps = [AppProcess(env, args=("--env=prod",)) for _ in range(2)]
-        for app in apps:
-            app.start()
-        http_port, https_port = free_port(), free_port()
-        site = render(
-            server_name="localhost",
-            app_ports=[a.port for a in apps],
-            certificate=pki.server_cert,
-            certificate_key=pki.server_key,
-            static_root=str(static),
-            http_listen=f"127.0.0.1:{http_port}",
-            https_listen=f"127.0.0.1:{https_port}",
-        )
-        nginx = Nginx(root / "nginx", site).start()
-        wait_for_port(https_port)
+        nginx = None
         try:
+            for app in apps:
+                app.start()
+            http_port, https_port = free_port(), free_port()
+            site = render(
+                server_name="localhost",
+                app_ports=[a.port for a in apps],
+                certificate=pki.server_cert,
+                certificate_key=pki.server_key,
+                static_root=str(static),
+                http_listen=f"127.0.0.1:{http_port}",
+                https_listen=f"127.0.0.1:{https_port}",
+            )
+            nginx = Nginx(root / "nginx", edit_site(site)).start()
+            wait_for_port(https_port)
             yield Deployment(
                 f"https://localhost:{https_port}",
                 f"http://localhost:{http_port}",
@@ -104,9 +109,16 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                 env,
             )
         finally:
-            nginx.stop()
+            if nginx is not None:
+                nginx.stop()
             for app in apps:
                 app.__exit__()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory) -> Iterator[Deployment]:
+    with deployed(tmp_path_factory.mktemp("deploy")) as d:
+        yield d
 
 
 @pytest.fixture

@@ -1,0 +1,221 @@
+"""What a process does about its connections: how many it keeps open, how it accepts them
+when it is short of descriptors, and how often the lines a client can cause reach the log.
+
+Only public Tornado APIs: the server's ``add_sockets``, ``handle_stream``, ``on_close`` and
+``stop`` hooks, IOStream, and IOLoop's ``add_handler`` / ``remove_handler``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import resource
+import socket
+import time
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
+
+log = logging.getLogger("server")
+
+# Descriptors a process needs besides its client connections: standard streams, the listening
+# sockets, the event loop's own (epoll, wake-up pipes), log files, the users file at start-up,
+# and slack. The store's pooled connections come on top (connection_cap).
+DESCRIPTOR_RESERVE = 32
+# accept() errors that mean the process or the system is out of something (descriptors, socket
+# buffers), not that one connection failed: accepting pauses until it frees up.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# While out of descriptors, how often accepting is tried again; a connection closing tries at once
+# (descriptors freed elsewhere, by the store say, are only seen by the retry).
+ACCEPT_RETRY_INTERVAL = 0.1
+# Connections accepted per wake-up, as Tornado's own accept handler does (its listen backlog):
+# requests already in flight get the loop between batches.
+ACCEPT_BATCH = 128
+
+
+class LogThrottle:
+    """Lets each kind of log line through at most once per ``interval`` seconds.
+
+    Whatever makes a line recur (a client, a flood, a condition that lasts), it costs at most a
+    line a second; the next line let through says how many were held back.
+    """
+
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.next_allowed: dict[Hashable, float] = {}
+        self.held_back: dict[Hashable, int] = {}
+
+    def allow(self, kind: Hashable) -> int | None:
+        """None if a line of ``kind`` must be held back now; else the count held back before it."""
+        now = self.clock()
+        if now < self.next_allowed.get(kind, -math.inf):
+            self.held_back[kind] = self.held_back.get(kind, 0) + 1
+            return None
+        self.next_allowed[kind] = now + self.interval
+        return self.held_back.pop(kind, 0)
+
+
+HELD_BACK = " (%d more such since the last line)"
+
+
+class ThrottledWarning:
+    """One warning about one condition (its messages may differ), at most once a second."""
+
+    def __init__(self, logger: logging.Logger, throttle: LogThrottle | None = None) -> None:
+        self.logger = logger
+        self.throttle = throttle or LogThrottle()
+
+    def __call__(self, message: str, *args: object) -> None:
+        held_back = self.throttle.allow(self)
+        if held_back is None:
+            return
+        if held_back:
+            message, args = message + HELD_BACK, (*args, held_back)
+        self.logger.warning(message, *args)
+
+
+class ThrottledLines(logging.Filter):
+    """A logger filter: each line of the code that logs it (file and line), once a second at most.
+
+    For Tornado's connection layer, whose lines a client can cause at will: a body that times
+    out, a malformed request, a read error each log a line per connection.
+    """
+
+    def __init__(self, throttle: LogThrottle | None = None) -> None:
+        super().__init__()
+        self.throttle = throttle or LogThrottle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held_back = self.throttle.allow((record.pathname, record.lineno))
+        if held_back is None:
+            return False
+        if held_back:
+            # Formatted here: a message Tornado formatted itself may hold a literal "%".
+            record.msg, record.args = record.getMessage() + HELD_BACK % held_back, ()
+        return True
+
+
+def connection_cap(max_connections: int | None = None, store_connections: int = 0) -> int:
+    """The most client connections a process takes at once.
+
+    ``max_connections`` when given; otherwise what the soft RLIMIT_NOFILE leaves once
+    ``DESCRIPTOR_RESERVE`` and ``store_connections`` (the store's pooled connections) are set
+    aside, so client connections alone never exhaust the process's descriptors.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    available = soft - DESCRIPTOR_RESERVE - store_connections
+    if max_connections is not None:
+        if max_connections > available:
+            log.warning(
+                "max_connections %d is above the %d connections RLIMIT_NOFILE (%d) leaves: the process may "
+                "run out of descriptors (it then stops accepting until some are free)",
+                max_connections,
+                max(available, 0),
+                soft,
+            )
+        return max_connections
+    if available < 1:
+        log.warning("RLIMIT_NOFILE (%d) leaves no descriptors for connections: raise it (LimitNOFILE)", soft)
+        return 1
+    return available
+
+
+class CappedHTTPServer(HTTPServer):
+    """Tornado's HTTPServer with a cap on open connections, and an accept loop that pauses
+    instead of spinning when the process runs out of descriptors.
+
+    Tornado's own accept handler logs a traceback for every accept() that fails and, the
+    listening socket being still readable, is called again at once: out of descriptors, it spins
+    on a core and fills the disk with tracebacks while no request is served. Here the listening
+    sockets are watched only while the process can take a connection: at ``max_connections``
+    open, or when accept() finds no descriptor, they are set aside until a connection closes
+    (or, for descriptors, ``ACCEPT_RETRY_INTERVAL`` has passed), and the kernel's listen queue
+    holds what arrives meanwhile. Either condition is logged at most once a second.
+    """
+
+    def initialize(self, *args: Any, max_connections: int | None = None, **kwargs: Any) -> None:
+        """HTTPServer's arguments, and ``max_connections`` (default: `connection_cap`)."""
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections if max_connections is not None else connection_cap()
+        self.open_connections = 0
+        self.listening_sockets: list[socket.socket] = []
+        self.accepting = False
+        self.accept_retry: object | None = None
+        self.accept_warning = ThrottledWarning(log)
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        self.listening_sockets.extend(sockets)
+        self.start_accepting()
+
+    def start_accepting(self) -> None:
+        """Watch the listening sockets, unless stopped, watching already, or at the cap."""
+        if self.accepting or not self.listening_sockets or self.open_connections >= self.max_connections:
+            return
+        io_loop = IOLoop.current()
+        if self.accept_retry is not None:
+            io_loop.remove_timeout(self.accept_retry)
+            self.accept_retry = None
+        self.accepting = True
+        for sock in self.listening_sockets:
+            io_loop.add_handler(sock, self.accept_connections, IOLoop.READ)
+
+    def pause_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            for sock in self.listening_sockets:
+                IOLoop.current().remove_handler(sock)
+
+    def accept_connections(self, sock: socket.socket, events: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self.open_connections >= self.max_connections:
+                self.pause_accepting()
+                self.accept_warning(
+                    "%d connections open, this process's cap (max_connections): not accepting until one closes",
+                    self.open_connections,
+                )
+                return
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in OUT_OF_RESOURCES:
+                    self.pause_accepting()
+                    self.accept_retry = IOLoop.current().call_later(ACCEPT_RETRY_INTERVAL, self.start_accepting)
+                    self.accept_warning(
+                        "cannot accept connections (%s) with %d open: paused until descriptors free up",
+                        e.strerror,
+                        self.open_connections,
+                    )
+                    return
+                # Any other error belongs to the one connection it took off the queue.
+                self.accept_warning("accepting a connection failed: %s", e.strerror)
+                continue
+            stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+            self.handle_stream(stream, address)
+
+    def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        self.open_connections -= 1
+        self.start_accepting()
+
+    def stop(self) -> None:
+        self.pause_accepting()
+        if self.accept_retry is not None:
+            IOLoop.current().remove_timeout(self.accept_retry)
+            self.accept_retry = None
+        for sock in self.listening_sockets:
+            sock.close()
+        self.listening_sockets = []
+        super().stop()
