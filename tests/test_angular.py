@@ -29,6 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, expect, sync_playwright
@@ -52,7 +53,7 @@ INSTALL_STAMP = EXAMPLE / "node_modules" / ".installed-lock-sha256"
 NODE_ENV = {**os.environ, "NG_CLI_ANALYTICS": "false", "NO_COLOR": "1", "FORCE_COLOR": "0"}
 
 
-def unavailable(message: str) -> None:
+def unavailable(message: str) -> NoReturn:
     """Skip: a tool the tests need cannot be had here (fail under CI=true)."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
@@ -72,10 +73,11 @@ def example() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         unavailable("Node.js and npm are needed to build the Angular example (node or npm not found)")
-    assert node is not None and npm is not None
     major, minor = node_version(node)
     if (major, minor) < MIN_NODE or major in (21, 23) or (major == 22 and minor < 12):
-        unavailable(f"Node.js {major}.{minor} is too old for Angular 21 (20.19+, 22.12+ or 24+)")
+        unavailable(
+            f"Node.js {major}.{minor} cannot build the Angular example (Angular 21 needs 20.19+, 22.12+ or 24+)"
+        )
     lock_hash = hashlib.sha256((EXAMPLE / "package-lock.json").read_bytes()).hexdigest()
     if not INSTALL_STAMP.is_file() or INSTALL_STAMP.read_text() != lock_hash:
         install = subprocess.run(
