@@ -1,4 +1,4 @@
-import { DecimalPipe } from '@angular/common';
+import { DOCUMENT, DecimalPipe } from '@angular/common';
 import { Component, inject, signal } from '@angular/core';
 import { NonNullableFormBuilder, ReactiveFormsModule } from '@angular/forms';
 import { environment } from '../environments/environment';
@@ -64,7 +64,7 @@ export class App {
   protected readonly balance = signal<number | null>(null);
   protected readonly counter = signal('');
   protected readonly error = signal('');
-  protected readonly apiOrigin = environment.apiBase || window.location.origin;
+  protected readonly apiOrigin = environment.apiBase || inject(DOCUMENT).location.origin;
 
   protected readonly loginForm = inject(NonNullableFormBuilder).group({
     email: environment.demoUser?.email ?? '',
