@@ -92,14 +92,19 @@ def example() -> Path:
     return EXAMPLE
 
 
-def claim_port(port: int) -> None:
-    """Fail with a clear message if ``port``, which a set-up documents, is taken."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            pytest.fail(f"port {port} is needed by the documented Angular set-up and is taken")
+def claim_port(port: int, wait: float = 90) -> None:
+    """Wait for ``port``, which a set-up documents, to be free (other suites hold it for a while)."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"port {port} is needed by the documented Angular set-up and is taken")
+        time.sleep(0.5)
 
 
 class DevServer:
