@@ -1,5 +1,9 @@
 """The in-process memory store, for development and tests: bounded, LRU-evicting, self-cleaning.
 
+Full, it evicts the least recently used anonymous record first; a logged-in (privileged) record
+goes only when no anonymous one is left, so cookieless traffic cannot push users out. Its
+counters (`MemoryStore.count`) have a bound of their own.
+
 Records are kept as compact JSON, the form the memcached store keeps too, so a handler that
 stores something unserialisable fails the same way on a laptop as in production, and nothing a
 handler holds aliases what is stored.
@@ -12,6 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
@@ -21,14 +26,17 @@ from stores.base import (
     Record,
     SessionStore,
     apply_operations,
+    counter_digest,
     dump_record,
+    is_privileged,
 )
 
 log = logging.getLogger("stores.memory")
 
 
 class MemoryStore(SessionStore):
-    """At most ``max_sessions`` records; the least recently used goes first when full.
+    """At most ``max_sessions`` records; when full, the least recently used anonymous record goes
+    first, and the least recently used of all only when every record is privileged.
 
     Expired records are freed on read and by a background sweep that walks from the least
     recently used end and stops at the first live record, in slices of ``sweep_batch`` so that
@@ -43,6 +51,7 @@ class MemoryStore(SessionStore):
         sweep_interval: float = 5.0,
         sweep_batch: int = 2_000,
         max_record_size: int = 64 * 1024,
+        max_counters: int = 100_000,
     ) -> None:
         self.max_sessions = max_sessions
         self.clock = clock
@@ -51,6 +60,11 @@ class MemoryStore(SessionStore):
         self.max_record_size = max_record_size
         # session id -> (record as JSON, expiry time). Order: least recently used first.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # The anonymous ids among them, in the same order: the ones eviction takes first.
+        self._anonymous: OrderedDict[str, None] = OrderedDict()
+        self.max_counters = max_counters
+        # counter digest -> [count, end of its window]. Order: least recently used first.
+        self._counters: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -59,20 +73,37 @@ class MemoryStore(SessionStore):
         await self.sweep()
 
     async def sweep(self) -> int:
-        """Free expired records from the least recently used end; return how many were freed."""
+        """Free expired records from the least recently used end; return how many were freed.
+
+        Anonymous records have a shorter ttl than logged-in ones, so their own order is walked
+        too: one live logged-in record does not hide the expired anonymous ones behind it.
+        """
         freed = 0
-        while True:
-            now = self.clock()
-            for _ in range(self.sweep_batch):
-                if not self._records:
-                    return freed
-                session_id, (_, expires_at) = next(iter(self._records.items()))
-                if expires_at > now:
-                    return freed
-                del self._records[session_id]
-                freed += 1
-            # Let requests run between slices.
-            await asyncio.sleep(0)
+        for order in (self._anonymous, self._records):
+            while True:
+                finished, count = self._sweep_slice(order)
+                freed += count
+                if finished:
+                    break
+                # Let requests run between slices.
+                await asyncio.sleep(0)
+        return freed
+
+    def _sweep_slice(self, order: OrderedDict[str, Any]) -> tuple[bool, int]:
+        """Free up to ``sweep_batch`` expired records from the old end of ``order``: (done, freed)."""
+        now = self.clock()
+        for freed in range(self.sweep_batch):
+            if not order:
+                return True, freed
+            session_id = next(iter(order))
+            if self._records[session_id][1] > now:
+                return True, freed
+            self._forget(session_id)
+        return False, self.sweep_batch
+
+    def _forget(self, session_id: str) -> None:
+        del self._records[session_id]
+        self._anonymous.pop(session_id, None)
 
     def _live(self, session_id: str) -> str | None:
         entry = self._records.get(session_id)
@@ -80,9 +111,11 @@ class MemoryStore(SessionStore):
             return None
         text, expires_at = entry
         if expires_at <= self.clock():
-            del self._records[session_id]
+            self._forget(session_id)
             return None
         self._records.move_to_end(session_id)
+        if session_id in self._anonymous:
+            self._anonymous.move_to_end(session_id)
         return text
 
     def _put(self, session_id: str, record: Record, ttl: float) -> None:
@@ -91,8 +124,13 @@ class MemoryStore(SessionStore):
         text = dump_record(record, self.max_record_size).decode("utf-8")
         self._records[session_id] = (text, self.clock() + ttl)
         self._records.move_to_end(session_id)
+        if not is_privileged(record):
+            self._anonymous[session_id] = None
+            self._anonymous.move_to_end(session_id)
         while len(self._records) > self.max_sessions:
-            self._records.popitem(last=False)
+            # An anonymous record first, even the one just stored: never a logged-in one while
+            # an anonymous one is left.
+            self._forget(next(iter(self._anonymous or self._records)))
 
     async def load(self, session_id: str) -> Record | None:
         text = self._live(session_id)
@@ -143,7 +181,20 @@ class MemoryStore(SessionStore):
         return self._update(session_id, (), now, ttl, loaded) is not None
 
     async def delete(self, session_id: str) -> None:
-        self._records.pop(session_id, None)
+        if session_id in self._records:
+            self._forget(session_id)
+
+    async def count(self, key: str, window: float) -> int:
+        digest = counter_digest(key)
+        now = self.clock()
+        entry = self._counters.get(digest)
+        if entry is None or entry[1] <= now:
+            entry = self._counters[digest] = [0, now + window]
+        entry[0] += 1
+        self._counters.move_to_end(digest)
+        while len(self._counters) > self.max_counters:
+            self._counters.popitem(last=False)
+        return int(entry[0])
 
     async def ready(self) -> bool:
         return True
