@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
+
+from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, SessionHandler
 from handlers.session import Session
 from handlers.throttle import TOO_MANY_ATTEMPTS, check_login_attempt
-from stores.users import HashingBusy, User
+from stores.users import CheckAbandoned, HashingBusy, User
 
 log = logging.getLogger("handlers.auth")
 
@@ -71,6 +74,27 @@ class LoginHandler(AuthenticatedHandler):
         if self._check is not None:
             self._check.cancel()
 
+    def _client_still_there(self) -> bool:
+        """Whether the client may still read the answer, asked just before its password is hashed.
+
+        Tornado tells `on_connection_close` only once it has read the end of the stream; a
+        client that wrote its request and closed at once has its end of stream already waiting
+        in the socket, which a non-consuming peek sees without waiting for Tornado.
+        """
+        if self._client_gone:
+            return False
+        connection = self.request.connection
+        if not isinstance(connection, HTTP1Connection) or connection.stream is None:
+            return True
+        if connection.stream.closed():
+            return False
+        try:
+            return connection.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except (BlockingIOError, InterruptedError, ValueError):  # nothing to read; or TLS, which cannot peek
+            return True
+        except OSError:  # reset by the peer
+            return False
+
     async def get(self) -> None:
         self.write_json({"loggedIn": await self.current_user() is not None})
 
@@ -91,14 +115,14 @@ class LoginHandler(AuthenticatedHandler):
             raise ApiError(429, TOO_MANY_ATTEMPTS, {"Retry-After": str(refused.retry_after)})
         if self._client_gone:
             raise ApiError(CLIENT_GONE, "Client closed the request.")
-        self._check = asyncio.ensure_future(self.app.users.authenticate(email, password))
+        self._check = asyncio.ensure_future(self.app.users.authenticate(email, password, self._client_still_there))
         try:
             user = await self._check
         except HashingBusy:
             raise ApiError(
                 503, "Too many logins at once, please retry shortly.", {"Retry-After": HASHING_RETRY_AFTER}
             ) from None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CheckAbandoned):
             raise ApiError(CLIENT_GONE, "Client closed the request.") from None
         if user is None:
             raise ApiError(401, "Permission denied!")

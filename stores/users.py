@@ -18,6 +18,7 @@ import json
 import math
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ class UsersFileError(Exception):
 
 class HashingBusy(Exception):
     """Every hashing thread is busy and ``max_waiting`` checks already wait: try again shortly."""
+
+
+class CheckAbandoned(Exception):
+    """The caller no longer wanted the check when a thread was free for it: nothing was hashed."""
 
 
 def _b64(raw: bytes) -> str:
@@ -129,8 +134,10 @@ class UserDirectory:
         # the IOLoop, where a waiting check can be dropped when its client goes.
         self._hashing = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
-        # Hashes actually run (each one is ~100 ms of a core): what the bounds are judged by.
+        # Hashes actually run (each a few hundred ms of a core), and checks dropped unhashed
+        # because their caller had gone: what the bounds are judged by.
         self.hashes_run = 0
+        self.dropped = 0
 
     @staticmethod
     def _parse_entry(i: int, entry: Any) -> tuple[User, str]:
@@ -175,12 +182,13 @@ class UserDirectory:
         found = self._users.get(normalise_email(email))
         return found[0] if found else None
 
-    async def authenticate(self, email: str, password: str) -> User | None:
+    async def authenticate(self, email: str, password: str, wanted: Callable[[], bool] = lambda: True) -> User | None:
         """The user if ``password`` is theirs, else None. Runs the hash on a worker thread.
 
         Raises `HashingBusy` at once when ``max_waiting`` checks already wait for a thread.
-        Cancelling the task that awaits this (its client went away) while it waits drops the
-        check unhashed; once hashing has started, the thread finishes it and frees its place.
+        ``wanted()`` is asked once a thread is free for this check: False (the client has gone)
+        drops it unhashed with `CheckAbandoned`. Cancelling the task that awaits this while it
+        waits drops it too; once hashing has started, the thread finishes it and frees its place.
         """
         found = self._users.get(normalise_email(email))
         password_hash = found[1] if found else self._decoy_hash
@@ -188,6 +196,10 @@ class UserDirectory:
             password = ""
             found = None
         await self._thread_turn()
+        if not wanted():
+            self.dropped += 1
+            self._next_turn()
+            raise CheckAbandoned
         loop = asyncio.get_running_loop()
         self.hashes_run += 1
         hashing = loop.run_in_executor(self._executor, verify_password, password, password_hash)
@@ -213,6 +225,7 @@ class UserDirectory:
                 self._next_turn()
             else:
                 self._waiting.remove(turn)
+            self.dropped += 1
             raise
 
     def _next_turn(self, _: object = None) -> None:
