@@ -1,0 +1,286 @@
+"""Figures under abuse: password guesses a client gets, a real login's latency under a flood of
+abandoned logins, and the cookieless flood a logged-in user survives.
+
+    .venv/bin/python bench/abuse.py                 # a few minutes; prints the figures as JSON
+    .venv/bin/python bench/abuse.py --docs          # and rewrites its section of docs/BENCHMARKS.md
+    .venv/bin/python bench/abuse.py --root DIR      # the same against another checkout (before/after)
+
+Everything is loopback. Distinct clients are distinct loopback addresses (127.0.0.0/8), which the
+server sees as its ``remote_ip``: the flood comes from 200 addresses, as a botnet's would, so the
+login budgets are not what stops it and the hashing bounds are what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import ABUSE_SECTION, replace_section  # noqa: E402
+from bench.run import LOGIN, free_port, wait_for  # noqa: E402
+
+WRONG = {"email": LOGIN["email"], "password": "wrong"}
+SECTION = ABUSE_SECTION
+
+
+@contextmanager
+def server(root: Path, env: dict[str, str], args: tuple[str, ...] = ("--env=dev",)) -> Iterator[int]:
+    """``server.py`` from ``root`` on a free port, stopped afterwards; yields the port."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "server.py", *args, f"--port={port}"],
+            cwd=root,
+            env={**os.environ, "SESSION_SECRETS": os.urandom(32).hex(), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(f"http://127.0.0.1:{port}/livez")
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def post_login(port: int, credentials: dict[str, str], address: str = "127.0.0.1", timeout: float = 300) -> int:
+    """One login from ``address``; its status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(address, 0))
+    try:
+        connection.request(
+            "POST",
+            "/api/login",
+            body=json.dumps(credentials),
+            headers={"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"},
+        )
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def address(i: int) -> str:
+    """The i-th client address after 127.0.0.1 (127.0.1.0 and up)."""
+    return f"127.0.{1 + i // 250}.{1 + i % 250}"
+
+
+def guesses(port: int, kind: str, seconds: float, connections: int) -> dict[str, float]:
+    """Guess as fast as ``connections`` clients can for ``seconds``; how many were checked (401)."""
+    deadline = time.monotonic() + seconds
+    counter = iter(range(10**9))
+
+    def attempt_loop() -> list[int]:
+        codes = []
+        while time.monotonic() < deadline:
+            n = next(counter)
+            if kind == "account":  # one account, a new address each time
+                codes.append(post_login(port, WRONG, address(n)))
+            elif kind == "address":  # one address, a new account each time
+                codes.append(post_login(port, {"email": f"user{n}@example.com", "password": "x"}))
+            else:  # one account from one address
+                codes.append(post_login(port, WRONG))
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        codes = [c for result in pool.map(lambda _: attempt_loop(), range(connections)) for c in result]
+    checked = codes.count(401)
+    return {
+        "attempts": len(codes),
+        "checked": checked,
+        "refused_429": codes.count(429),
+        "checked_per_s": round(checked / seconds, 2),
+    }
+
+
+def abandoned_flood(port: int, size: int) -> None:
+    """``size`` whole login requests, each from its own address, written and closed at once."""
+    body = json.dumps({"email": "someone@example.com", "password": "guess"}).encode()
+    request = (
+        b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nOrigin: http://127.0.0.1:%d\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (port, port, len(body), body)
+    )
+    for i in range(size):
+        with socket.create_connection(("127.0.0.1", port), source_address=(address(i), 0)) as sock:
+            sock.sendall(request)
+
+
+def flood_latency(port: int, size: int, rounds: int, settle: float) -> dict[str, Any]:
+    """A real login's seconds while ``size`` abandoned logins arrive, over ``rounds`` rounds."""
+    latencies = []
+    for _ in range(rounds):
+        abandoned_flood(port, size)
+        started = time.perf_counter()
+        status = post_login(port, LOGIN)
+        latencies.append(time.perf_counter() - started)
+        if status != 200:
+            raise RuntimeError(f"the real login got {status}")
+        time.sleep(settle)  # let what the flood started finish before the next round
+    return {
+        "flood": size,
+        "rounds": rounds,
+        "p50_s": round(statistics.median(latencies), 3),
+        "max_s": round(max(latencies), 3),
+        "all_s": [round(x, 3) for x in latencies],
+    }
+
+
+def cookieless_flood(port: int, seconds: int) -> int:
+    """wrk's cookieless ``GET /api`` for ``seconds`` at 20 connections; how many were answered 200."""
+    out = subprocess.run(
+        ["wrk", "-t1", "-c20", f"-d{seconds}s", f"http://127.0.0.1:{port}/api"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    requests = int(out.split(" requests in ")[0].split()[-1])
+    errors = sum(int(n) for n in _non_2xx(out))
+    return requests - errors
+
+
+def _non_2xx(out: str) -> list[str]:
+    return [line.split(":")[1].strip() for line in out.splitlines() if "Non-2xx" in line]
+
+
+def user_survives(port: int, seconds: int) -> dict[str, Any]:
+    """Log in, flood with cookieless requests, and ask whether the user is still logged in."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request(
+        "POST",
+        "/api/login",
+        body=json.dumps(LOGIN),
+        headers={"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"},
+    )
+    response = connection.getresponse()
+    response.read()
+    cookie = "; ".join(c.split(";")[0] for c in response.headers.get_all("Set-Cookie") or [])
+    hits = cookieless_flood(port, seconds)
+    connection.request("GET", "/api/login", headers={"Cookie": cookie})
+    answer = connection.getresponse()
+    still = json.loads(answer.read())["loggedIn"]
+    connection.close()
+    return {"cookieless_hits": hits, "still_logged_in": still}
+
+
+UNLIMITED = {"LOGIN_PAIR_BUDGET": "1000000", "LOGIN_ADDRESS_BUDGET": "1000000", "LOGIN_ACCOUNT_BUDGET": "1000000"}
+
+
+def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"guesses": {}, "anonymous": {}}
+    parts = set(args.parts.split(","))
+    for label, env in (("unlimited", UNLIMITED), ("defaults", {})) if "guesses" in parts else ():
+        for kind in ("pair", "address", "account"):
+            with server(root, env) as port:
+                result["guesses"][f"{kind}, {label}"] = guesses(port, kind, args.guess_seconds, args.connections)
+                print(f"guesses {kind:8} {label:9} {result['guesses'][f'{kind}, {label}']}", flush=True)
+    if "flood" in parts:
+        with server(root, {}) as port:
+            result["flood"] = flood_latency(port, args.flood, args.rounds, args.settle)
+            print(f"flood {result['flood']}", flush=True)
+    if "anonymous" in parts and shutil.which("wrk"):
+        # The test environment's store holds 1,000 sessions: the flood is many times that.
+        for label, env in (("eviction only", {"NEW_SESSIONS_PER_ADDRESS": "100000000"}), ("defaults", {})):
+            with server(root, env, ("--env=test",)) as port:
+                result["anonymous"][f"memory, {label}"] = user_survives(port, args.flood_seconds)
+        memcached = shutil.which("memcached")
+        if memcached:
+            mport = free_port()
+            command = [memcached, "-l", "127.0.0.1", "-p", str(mport), "-U", "0", "-m", "8", "-t", "1"]
+            process = subprocess.Popen([*command, *(["-u", "root"] if os.geteuid() == 0 else [])])
+            try:
+                env = {"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{mport}"}
+                with server(root, env) as port:
+                    result["anonymous"]["memcached -m 8, defaults"] = user_survives(port, args.flood_seconds)
+            finally:
+                process.kill()
+                process.wait()
+        print(f"anonymous {result['anonymous']}", flush=True)
+    return result
+
+
+def markdown(result: dict[str, Any], when: str) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Written by `bench/abuse.py` on {when}, on loopback; each client is its own loopback address.",
+        "",
+        "Password guesses a client gets (wrong passwords as fast as the clients can send them), with the",
+        "budgets lifted (as before they existed) and at their defaults:",
+        "",
+        "| who guesses | budgets | attempts | checked (401) | 429 | checked per s |",
+        "|---|---|---|---|---|---|",
+    ]
+    who = {
+        "pair": "one address, one account",
+        "address": "one address, a new account each time",
+        "account": "a new address each time, one account",
+    }
+    for key, g in result["guesses"].items():
+        kind, label = key.split(", ")
+        lines.append(
+            f"| {who[kind]} | {label} | {g['attempts']} | {g['checked']} | {g['refused_429']} | {g['checked_per_s']} |"
+        )
+    flood = result.get("flood")
+    lines += (
+        []
+        if flood is None
+        else [
+            "",
+            f"A real login while {flood['flood']} abandoned logins (written and closed at once, from "
+            f"{flood['flood']} addresses) arrive: p50 **{flood['p50_s']} s**, slowest {flood['max_s']} s over "
+            f"{flood['rounds']} rounds ({', '.join(str(x) for x in flood['all_s'])}).",
+            "",
+        ]
+    )
+    if result["anonymous"]:
+        lines += ["Cookieless `GET /api` from one address after a user logged in:", ""]
+        lines += ["| store | budgets | cookieless requests answered | user still logged in |", "|---|---|---|---|"]
+        for key, a in result["anonymous"].items():
+            store, label = key.split(", ")
+            lines.append(f"| {store} | {label} | {a['cookieless_hits']} | {a['still_logged_in']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Figures under abuse (login budgets, hashing bounds).")
+    parser.add_argument("--root", default=str(ROOT), help="checkout whose server.py is measured")
+    parser.add_argument("--flood", type=int, default=200, help="abandoned logins per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the flood")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between flood rounds")
+    parser.add_argument("--guess-seconds", type=float, default=10.0, help="seconds of guessing per figure")
+    parser.add_argument("--connections", type=int, default=4, help="guessing clients at once")
+    parser.add_argument("--flood-seconds", type=int, default=20, help="seconds of cookieless flood")
+    parser.add_argument("--parts", default="guesses,flood,anonymous", help="which figures (comma-separated)")
+    parser.add_argument("--docs", action="store_true", help="rewrite the section of docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    result = measure(Path(args.root), args)
+    print(json.dumps(result, indent=2))
+    if args.docs:
+        path = ROOT / "docs" / "BENCHMARKS.md"
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        path.write_text(replace_section(path.read_text(), SECTION, markdown(result, when)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
