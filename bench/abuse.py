@@ -34,9 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import ABUSE_SECTION, replace_section  # noqa: E402
 from bench.run import LOGIN, free_port, wait_for, wait_for_port  # noqa: E402
+from stores.users import hash_password  # noqa: E402
 
 WRONG = {"email": LOGIN["email"], "password": "wrong"}
 SECTION = ABUSE_SECTION
+RESULTS = ROOT / "bench" / "results" / "abuse.json"
 
 
 @contextmanager
@@ -187,6 +189,76 @@ def user_survives(port: int, seconds: int) -> dict[str, Any]:
     return {"cookieless_hits": hits, "still_logged_in": still}
 
 
+def memcached_stats(port: int, command: bytes) -> dict[str, int]:
+    """One ``stats`` answer of memcached as numbers (``STAT name value`` lines)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(command + b"\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += sock.recv(65536)
+    stats = {}
+    for line in data.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "STAT" and parts[2].isdigit():
+            stats[parts[1]] = int(parts[2])
+    return stats
+
+
+def slab_bytes(port: int) -> int:
+    """Bytes of slab chunks in use: what memcached's -m is spent on, item by item."""
+    stats = memcached_stats(port, b"stats slabs")
+    classes = {name.split(":")[0] for name in stats if ":" in name}
+    return sum(stats[f"{c}:chunk_size"] * stats[f"{c}:used_chunks"] for c in classes)
+
+
+def sizing(root: Path, sessions: int) -> dict[str, Any]:
+    """memcached bytes per anonymous session, per logged-in session and per login counter."""
+    memcached = shutil.which("memcached") or "/usr/bin/memcached"
+    mport = free_port()
+    command = [memcached, "-l", "127.0.0.1", "-p", str(mport), "-U", "0", "-m", "64", "-t", "1"]
+    process = subprocess.Popen([*command, *(["-u", "root"] if os.geteuid() == 0 else [])])
+    try:
+        with tempfile.TemporaryDirectory(prefix="abuse-") as work:
+            # A cheap hash: a thousand logins are the point here, not their cost.
+            users = Path(work) / "users.json"
+            password_hash = hash_password(LOGIN["password"], cost=(10, 8, 1))
+            users.write_text(json.dumps([{**LOGIN, "name": "M", "balance": 1, "password_hash": password_hash}]))
+            wait_for_port(mport)
+            env = {
+                "SESSION_STORE": "memcached",
+                "MEMCACHED_SERVERS": f"127.0.0.1:{mport}",
+                "USERS_FILE": str(users),
+                "NEW_SESSIONS_PER_ADDRESS": "100000000",
+                **UNLIMITED,
+            }
+            with server(root, env) as port:
+                start = slab_bytes(mport)
+                for _ in range(sessions):  # the page counter's record: {"page_views": 1}
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    connection.request("GET", "/api")
+                    connection.getresponse().read()
+                    connection.close()
+                anonymous = slab_bytes(mport)
+                # Wrong passwords, each from its own address: a new address and pair counter each.
+                for i in range(sessions):
+                    post_login(port, WRONG, address(i))
+                counted = slab_bytes(mport)
+                # The same addresses again, right: only the logged-in session is new.
+                for i in range(sessions):
+                    if post_login(port, LOGIN, address(i)) != 200:
+                        raise RuntimeError("a login failed while sizing")
+                logged_in = slab_bytes(mport)
+    finally:
+        process.kill()
+        process.wait()
+    return {
+        "sessions": sessions,
+        "anonymous_bytes": round((anonymous - start) / sessions),
+        "counter_bytes": round((counted - anonymous) / (2 * sessions)),
+        "logged_in_bytes": round((logged_in - counted) / sessions),
+    }
+
+
 UNLIMITED = {"LOGIN_PAIR_BUDGET": "1000000", "LOGIN_ADDRESS_BUDGET": "1000000", "LOGIN_ACCOUNT_BUDGET": "1000000"}
 
 
@@ -202,6 +274,9 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         with server(root, {}) as port:
             result["flood"] = flood_latency(port, args.flood, args.rounds, args.settle)
             print(f"flood {result['flood']}", flush=True)
+    if "sizing" in parts:
+        result["sizing"] = sizing(root, args.sizing_sessions)
+        print(f"sizing {result['sizing']}", flush=True)
     if "anonymous" in parts and shutil.which("wrk"):
         # The test environment's store holds 1,000 sessions: the flood is many times that.
         for label, env in (("budget lifted", {"NEW_SESSIONS_PER_ADDRESS": "100000000"}), ("defaults", {})):
@@ -231,7 +306,9 @@ def markdown(result: dict[str, Any], when: str) -> str:
     lines = [
         SECTION,
         "",
-        f"Written by `bench/abuse.py` on {when}, on loopback; each client is its own loopback address.",
+        f"Written by `bench/abuse.py` on {when}, on loopback; each client is its own loopback address. "
+        "The server runs `--env=dev` (scrypt N=2^14, r=8, p=5; two hashing threads) except where a "
+        "store bound of 1,000 sessions is wanted (`--env=test`).",
         "",
         "Password guesses a client gets (wrong passwords as fast as the clients can send them), with the",
         "budgets lifted (as before they existed) and at their defaults:",
@@ -244,7 +321,7 @@ def markdown(result: dict[str, Any], when: str) -> str:
         "address": "one address, a new account each time",
         "account": "a new address each time, one account",
     }
-    for key, g in result["guesses"].items():
+    for key, g in result.get("guesses", {}).items():
         kind, label = key.split(", ")
         lines.append(
             f"| {who[kind]} | {label} | {g['attempts']} | {g['checked']} | {g['refused_429']} | {g['checked_per_s']} |"
@@ -261,7 +338,15 @@ def markdown(result: dict[str, Any], when: str) -> str:
             "",
         ]
     )
-    if result["anonymous"]:
+    size = result.get("sizing")
+    if size:
+        lines += [
+            f"memcached memory per item (slab chunk bytes in use, {size['sessions']} of each, `-m` is spent in "
+            f"these): an anonymous session (the page counter's) {size['anonymous_bytes']} B, a logged-in "
+            f"session {size['logged_in_bytes']} B, a login counter {size['counter_bytes']} B.",
+            "",
+        ]
+    if result.get("anonymous"):
         lines += ["Cookieless `GET /api` from one address after a user logged in:", ""]
         lines += ["| store | budgets | cookieless requests answered | user still logged in |", "|---|---|---|---|"]
         for key, a in result["anonymous"].items():
@@ -280,15 +365,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guess-seconds", type=float, default=10.0, help="seconds of guessing per figure")
     parser.add_argument("--connections", type=int, default=4, help="guessing clients at once")
     parser.add_argument("--flood-seconds", type=int, default=20, help="seconds of cookieless flood")
-    parser.add_argument("--parts", default="guesses,flood,anonymous", help="which figures (comma-separated)")
+    parser.add_argument("--parts", default="guesses,flood,anonymous,sizing", help="which figures (comma-separated)")
+    parser.add_argument("--sizing-sessions", type=int, default=1000, help="sessions of each kind for the sizing")
     parser.add_argument("--docs", action="store_true", help="rewrite the section of docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     result = measure(Path(args.root), args)
+    if Path(args.root).resolve() != ROOT:
+        # Another checkout: the code before a change, kept beside this checkout's figures.
+        result = {f"{k}_before": v for k, v in result.items()}
     print(json.dumps(result, indent=2))
     if args.docs:
+        # The figures of earlier runs stand where this one measured nothing (--parts).
+        RESULTS.parent.mkdir(exist_ok=True)
+        kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        merged = {**kept, **{k: v for k, v in result.items() if v}}
+        RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
         path = ROOT / "docs" / "BENCHMARKS.md"
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        path.write_text(replace_section(path.read_text(), SECTION, markdown(result, when)))
+        path.write_text(replace_section(path.read_text(), SECTION, markdown(merged, when)))
     return 0
 
 

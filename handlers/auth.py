@@ -18,7 +18,8 @@ log = logging.getLogger("handlers.auth")
 
 USER_KEY = "user"
 MAX_CREDENTIAL_LENGTH = 1024
-# Seconds a login refused because the hashing queue is full should wait: a hash takes ~0.1 s.
+# Seconds a login refused because the hashing queue is full should wait: a hash takes a few
+# hundred milliseconds, so by then the queue has moved.
 HASHING_RETRY_AFTER = "1"
 # What the access log shows for a login whose client left before its password was checked (as
 # nginx logs it); nobody receives the answer.

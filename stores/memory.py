@@ -16,7 +16,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import orjson
 
@@ -58,16 +57,17 @@ class MemoryStore(SessionStore):
         self.maintenance_interval = sweep_interval
         self.sweep_batch = sweep_batch
         self.max_record_size = max_record_size
-        # session id -> (record as JSON, expiry time). Order: least recently used first.
+        # session id -> (record as JSON, expiry time). Order: least recently used first. Anonymous
+        # records and privileged ones apart, so eviction finds the oldest anonymous one at once
+        # and a record costs no more than one entry.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        # The anonymous ids among them, in the same order: the ones eviction takes first.
-        self._anonymous: OrderedDict[str, None] = OrderedDict()
+        self._privileged: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.max_counters = max_counters
         # counter digest -> [count, end of its window]. Order: least recently used first.
         self._counters: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) + len(self._privileged)
 
     async def maintain(self) -> None:
         await self.sweep()
@@ -75,11 +75,11 @@ class MemoryStore(SessionStore):
     async def sweep(self) -> int:
         """Free expired records from the least recently used end; return how many were freed.
 
-        Anonymous records have a shorter ttl than logged-in ones, so their own order is walked
-        too: one live logged-in record does not hide the expired anonymous ones behind it.
+        Anonymous and privileged records are walked apart (their ttls differ), so one live
+        logged-in record does not hide the expired anonymous ones behind it.
         """
         freed = 0
-        for order in (self._anonymous, self._records):
+        for order in (self._records, self._privileged):
             while True:
                 finished, count = self._sweep_slice(order)
                 freed += count
@@ -89,48 +89,51 @@ class MemoryStore(SessionStore):
                 await asyncio.sleep(0)
         return freed
 
-    def _sweep_slice(self, order: OrderedDict[str, Any]) -> tuple[bool, int]:
+    def _sweep_slice(self, order: OrderedDict[str, tuple[str, float]]) -> tuple[bool, int]:
         """Free up to ``sweep_batch`` expired records from the old end of ``order``: (done, freed)."""
         now = self.clock()
         for freed in range(self.sweep_batch):
             if not order:
                 return True, freed
-            session_id = next(iter(order))
-            if self._records[session_id][1] > now:
+            session_id, (_, expires_at) = next(iter(order.items()))
+            if expires_at > now:
                 return True, freed
-            self._forget(session_id)
+            del order[session_id]
         return False, self.sweep_batch
 
-    def _forget(self, session_id: str) -> None:
-        del self._records[session_id]
-        self._anonymous.pop(session_id, None)
+    def _entry(self, session_id: str) -> tuple[OrderedDict[str, tuple[str, float]], tuple[str, float]] | None:
+        """Where a record is kept, and its entry there."""
+        entry = self._records.get(session_id)
+        if entry is not None:
+            return self._records, entry
+        entry = self._privileged.get(session_id)
+        if entry is not None:
+            return self._privileged, entry
+        return None
 
     def _live(self, session_id: str) -> str | None:
-        entry = self._records.get(session_id)
-        if entry is None:
+        found = self._entry(session_id)
+        if found is None:
             return None
-        text, expires_at = entry
+        table, (text, expires_at) = found
         if expires_at <= self.clock():
-            self._forget(session_id)
+            del table[session_id]
             return None
-        self._records.move_to_end(session_id)
-        if session_id in self._anonymous:
-            self._anonymous.move_to_end(session_id)
+        table.move_to_end(session_id)
         return text
 
     def _put(self, session_id: str, record: Record, ttl: float) -> None:
         # As text: orjson's bytes keep the 4 KiB buffer they were written into; decoding copies
         # the JSON into an object of its own size (about 150 bytes for the reference app's record).
         text = dump_record(record, self.max_record_size).decode("utf-8")
-        self._records[session_id] = (text, self.clock() + ttl)
-        self._records.move_to_end(session_id)
-        if not is_privileged(record):
-            self._anonymous[session_id] = None
-            self._anonymous.move_to_end(session_id)
-        while len(self._records) > self.max_sessions:
+        table, other = (self._privileged, self._records) if is_privileged(record) else (self._records, self._privileged)
+        other.pop(session_id, None)
+        table[session_id] = (text, self.clock() + ttl)
+        table.move_to_end(session_id)
+        while len(self._records) + len(self._privileged) > self.max_sessions:
             # An anonymous record first, even the one just stored: never a logged-in one while
             # an anonymous one is left.
-            self._forget(next(iter(self._anonymous or self._records)))
+            (self._records or self._privileged).popitem(last=False)
 
     async def load(self, session_id: str) -> Record | None:
         text = self._live(session_id)
@@ -159,7 +162,8 @@ class MemoryStore(SessionStore):
     def _update(
         self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Record | None
     ) -> Record | None:
-        entry = self._records.get(session_id)
+        found = self._entry(session_id)
+        entry = found[1] if found is not None else None
         if loaded is not None and entry is not None and loaded.get(VERSION) is entry[0] and entry[1] > self.clock():
             # Nothing was written since that load: apply to it rather than parse the value again.
             merged = apply_operations(loaded, operations, now)
@@ -181,8 +185,8 @@ class MemoryStore(SessionStore):
         return self._update(session_id, (), now, ttl, loaded) is not None
 
     async def delete(self, session_id: str) -> None:
-        if session_id in self._records:
-            self._forget(session_id)
+        self._records.pop(session_id, None)
+        self._privileged.pop(session_id, None)
 
     async def count(self, key: str, window: float) -> int:
         digest = counter_digest(key)
