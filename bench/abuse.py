@@ -64,9 +64,16 @@ def server(root: Path, env: dict[str, str], args: tuple[str, ...] = ("--env=dev"
                 process.kill()
 
 
-def post_login(port: int, credentials: dict[str, str], address: str = "127.0.0.1", timeout: float = 300) -> int:
-    """One login from ``address``; its status."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(address, 0))
+def post_login(
+    port: int,
+    credentials: dict[str, str],
+    address: str = "127.0.0.1",
+    connection: http.client.HTTPConnection | None = None,
+) -> int:
+    """One login from ``address`` (on ``connection`` if given, kept open; else a new one); its status."""
+    own = connection is None
+    if connection is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300, source_address=(address, 0))
     try:
         connection.request(
             "POST",
@@ -78,12 +85,13 @@ def post_login(port: int, credentials: dict[str, str], address: str = "127.0.0.1
         response.read()
         return response.status
     finally:
-        connection.close()
+        if own:
+            connection.close()
 
 
 def address(i: int) -> str:
-    """The i-th client address after 127.0.0.1 (127.0.1.0 and up)."""
-    return f"127.0.{1 + i // 250}.{1 + i % 250}"
+    """The i-th client address after 127.0.0.1 (127.0.1.1 and up, 250 to a byte)."""
+    return f"127.{i // 62_500}.{1 + i // 250 % 250}.{1 + i % 250}"
 
 
 def guesses(port: int, kind: str, seconds: float, connections: int) -> dict[str, float]:
@@ -93,14 +101,19 @@ def guesses(port: int, kind: str, seconds: float, connections: int) -> dict[str,
 
     def attempt_loop() -> list[int]:
         codes = []
+        # One address: one kept-alive connection, as a guessing script would (and no thousands of
+        # closed sockets, which would run this address out of ports).
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         while time.monotonic() < deadline:
             n = next(counter)
             if kind == "account":  # one account, a new address each time
                 codes.append(post_login(port, WRONG, address(n)))
             elif kind == "address":  # one address, a new account each time
-                codes.append(post_login(port, {"email": f"user{n}@example.com", "password": "x"}))
+                credentials = {"email": f"user{n}@example.com", "password": "x"}
+                codes.append(post_login(port, credentials, connection=connection))
             else:  # one account from one address
-                codes.append(post_login(port, WRONG))
+                codes.append(post_login(port, WRONG, connection=connection))
+        connection.close()
         return codes
 
     with concurrent.futures.ThreadPoolExecutor(connections) as pool:
