@@ -20,6 +20,7 @@ from typing import Any
 
 from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
 
+from handlers.throttle import client_block
 from settings import Settings, key_version
 from stores.base import (
     Operation,
@@ -364,7 +365,7 @@ class SessionManager:
         if session.privileged or client is None:
             return True
         budget = self.settings.new_sessions_per_address
-        count = await self.store.count(f"new-session\0{client}", self.settings.new_sessions_window)
+        count = await self.store.count(f"new-session\0{client_block(client)}", self.settings.new_sessions_window)
         if count == budget + 1:
             log.warning(
                 "new-session budget spent: new sessions of this address not stored (address=%s)",

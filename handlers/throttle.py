@@ -19,6 +19,7 @@ and account counters per window.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from settings import Settings
@@ -26,6 +27,22 @@ from stores.base import SessionStore
 from stores.users import normalise_email
 
 TOO_MANY_ATTEMPTS = "Too many login attempts, please retry later."
+# An IPv6 client is usually given a whole /64 and can pick any address in it: budgets per address
+# count the /64, or one host would have 2^64 budgets.
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_block(address: str) -> str:
+    """What a per-address budget counts for ``address``: itself (IPv4), or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,7 @@ async def check_login_attempt(store: SessionStore, settings: Settings, address: 
     Raises `StoreUnavailable` when a count cannot be made: the caller refuses the login.
     """
     account = normalise_email(email)
+    address = client_block(address)
     # The kind leads each key and an address holds no NUL: keys of two kinds or pairs never meet.
     budgets = (
         ("address", f"login\0address\0{address}", settings.login_address_budget, settings.login_address_window),

@@ -13,6 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from handlers.app import SessionApplication
+from handlers.throttle import client_block
 from settings import Settings
 from stores.memory import MemoryStore
 from stores.users import UserDirectory
@@ -156,3 +157,10 @@ async def test_throttled_answers_are_logged_once_per_window(throttled, http_clie
     assert len(lines) == 1
     assert "pair budget" in lines[0].getMessage()
     assert "max@gmail.com" not in lines[0].getMessage()
+
+
+def test_an_ipv6_client_is_budgeted_by_its_64_not_by_each_address():
+    # Any address of one /64 is one client; an IPv4 address (mapped or not) is itself.
+    assert client_block("2001:db8:1:2:aaaa::1") == client_block("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_block("2001:db8:1:3::1") != client_block("2001:db8:1:2::1")
+    assert client_block("::ffff:192.0.2.7") == client_block("192.0.2.7") == "192.0.2.7"
