@@ -116,7 +116,7 @@ def settle_garbage_collector() -> None:
 
 
 def load_users(settings: Settings) -> UserDirectory:
-    return UserDirectory.from_file(settings.users_file or DEMO_USERS_FILE)
+    return UserDirectory.from_file(settings.users_file or DEMO_USERS_FILE, max_waiting=settings.password_queue_size)
 
 
 async def serve(settings: Settings, users: UserDirectory) -> None:

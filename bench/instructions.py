@@ -31,7 +31,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.run import LOGIN, free_port, wait_for  # noqa: E402
+from bench.run import LOGIN, UNLIMITED_CLIENT, free_port, wait_for  # noqa: E402
 from stores.users import hash_password  # noqa: E402
 
 ROUTES = {"ceiling": ("/livez", False), "counter": ("/api", False), "balance": ("/api/balance", True)}
@@ -48,7 +48,13 @@ def measure(root: Path, store: str, requests: int, work: Path, connections: int 
     # A cheap hash: logging in is not what this measures, and it runs under valgrind.
     password_hash = hash_password(LOGIN["password"], cost=(10, 8, 1))
     users.write_text(json.dumps([{"email": LOGIN["email"], "name": "M", "balance": 1, "password_hash": password_hash}]))
-    env = {**os.environ, "SESSION_SECRETS": os.urandom(32).hex(), "USERS_FILE": str(users), "LOG_FORMAT": "text"}
+    env = {
+        **os.environ,
+        "SESSION_SECRETS": os.urandom(32).hex(),
+        "USERS_FILE": str(users),
+        "LOG_FORMAT": "text",
+        **UNLIMITED_CLIENT,
+    }
     memcached = None
     if store == "memcached":
         memcached_port = free_port()

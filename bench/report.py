@@ -134,7 +134,37 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+# Sections other scripts write into BENCHMARKS.md (bench/abuse.py): a full run keeps them.
+ABUSE_SECTION = "## Under abuse"
+KEPT_SECTIONS = (ABUSE_SECTION,)
+
+
+def _section_bounds(lines: list[str], heading: str) -> tuple[int, int] | None:
+    if heading not in lines:
+        return None
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
+def section(text: str, heading: str) -> str | None:
+    """The section of markdown ``text`` under ``heading`` (to the next ``## `` heading), or None."""
+    lines = text.splitlines()
+    bounds = _section_bounds(lines, heading)
+    return None if bounds is None else "\n".join(lines[bounds[0] : bounds[1]]).rstrip() + "\n"
+
+
+def replace_section(text: str, heading: str, new: str) -> str:
+    """``text`` with its section under ``heading`` replaced by ``new`` (appended if there is none)."""
+    lines = text.splitlines()
+    bounds = _section_bounds(lines, heading)
+    if bounds is None:
+        return text.rstrip("\n") + "\n\n" + new.rstrip("\n") + "\n"
+    return "\n".join([*lines[: bounds[0]], *new.rstrip("\n").splitlines(), "", *lines[bounds[1] :]]).rstrip("\n") + "\n"
+
+
 def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
+    kept = [] if not path.exists() else [x for h in KEPT_SECTIONS if (x := section(path.read_text(), h))]
     s = report["settings"]
     lines = [
         "# Benchmarks",
@@ -265,4 +295,5 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
     notes = report.get("notes")
     if notes:
         lines += ["## Notes", "", *notes, ""]
+    lines += kept
     path.write_text("\n".join(lines))

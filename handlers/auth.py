@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
 from typing import Any
+
+from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, SessionHandler, not_logged_in
 from handlers.session import Session
-from stores.users import User
+from handlers.throttle import TOO_MANY_ATTEMPTS, check_login_attempt
+from stores.users import CheckAbandoned, HashingBusy, User
+
+log = logging.getLogger("handlers.auth")
 
 USER_KEY = "user"
 MAX_CREDENTIAL_LENGTH = 1024
+# Seconds a login refused because the hashing queue is full should wait: a hash takes a few
+# hundred milliseconds, so by then the queue has moved.
+HASHING_RETRY_AFTER = "1"
+# What the access log shows for a login whose client left before its password was checked (as
+# nginx logs it); nobody receives the answer.
+CLIENT_GONE = 499
 
 
 class AuthenticatedHandler(SessionHandler):
@@ -57,12 +71,68 @@ def log_in(session: Session, user: User) -> None:
 
 
 class LoginHandler(AuthenticatedHandler):
+    def initialize(self) -> None:
+        super().initialize()
+        # The password check under way, cancelled if the client goes while it waits for a thread.
+        self._check: asyncio.Future[User | None] | None = None
+        self._client_gone = False
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._client_gone = True
+        if self._check is not None:
+            self._check.cancel()
+
+    def _client_still_there(self) -> bool:
+        """Whether the client may still read the answer, asked just before its password is hashed.
+
+        Tornado tells `on_connection_close` only once it has read the end of the stream; a
+        client that wrote its request and closed at once has its end of stream already waiting
+        in the socket, which a non-consuming peek sees without waiting for Tornado.
+        """
+        if self._client_gone:
+            return False
+        connection = self.request.connection
+        if not isinstance(connection, HTTP1Connection) or connection.stream is None:
+            return True
+        if connection.stream.closed():
+            return False
+        try:
+            return connection.stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except (BlockingIOError, InterruptedError, ValueError):  # nothing to read; or TLS, which cannot peek
+            return True
+        except OSError:  # reset by the peer
+            return False
+
     async def get(self) -> None:
         self.write_json({"loggedIn": self.current_user is not None})
 
     async def post(self) -> None:
         email, password = _credentials(self.json_body())
-        user = await self.app.users.authenticate(email, password)
+        # Counted before hashing, the same way for every email: a 429 costs no hash and tells
+        # nothing about which accounts exist.
+        address = self.request.remote_ip or "-"
+        refused = await check_login_attempt(self.app.store, self.app.config, address, email)
+        if refused is not None:
+            if refused.first:
+                log.warning(
+                    "login throttled: %s budget spent (address=%s)",
+                    refused.budget,
+                    address,
+                    extra={"event": "login.throttled", "client": address},
+                )
+            raise ApiError(429, TOO_MANY_ATTEMPTS, {"Retry-After": str(refused.retry_after)})
+        if self._client_gone:
+            raise ApiError(CLIENT_GONE, "Client closed the request.")
+        self._check = asyncio.ensure_future(self.app.users.authenticate(email, password, self._client_still_there))
+        try:
+            user = await self._check
+        except HashingBusy:
+            raise ApiError(
+                503, "Too many logins at once, please retry shortly.", {"Retry-After": HASHING_RETRY_AFTER}
+            ) from None
+        except (asyncio.CancelledError, CheckAbandoned):
+            raise ApiError(CLIENT_GONE, "Client closed the request.") from None
         if user is None:
             raise ApiError(401, "Permission denied!")
         log_in(await self.get_session(), user)

@@ -443,7 +443,7 @@ class SessionHandler(JsonHandler):
         """Save the session now (it is saved automatically when the method returns)."""
         if self._session is None or not self._session.unsaved:
             return
-        change = await self.app.sessions.save(self._session)
+        change = await self.app.sessions.save(self._session, self.request.remote_ip)
         if change is None:
             return
         config = self.app.config

@@ -20,8 +20,19 @@ from typing import Any
 
 from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
 
+from handlers.throttle import client_block
 from settings import Settings, key_version
-from stores.base import STALE_SEAL, Operation, Record, SessionStore, applied, apply_operations, json_value, new_record
+from stores.base import (
+    STALE_SEAL,
+    Operation,
+    Record,
+    SessionStore,
+    applied,
+    apply_operations,
+    is_privileged,
+    json_value,
+    new_record,
+)
 
 log = logging.getLogger("sessions")
 
@@ -64,6 +75,10 @@ class Session:
     recorded as an operation and applied to the newest stored record when the request saves,
     so concurrent requests do not overwrite each other.
     ``regenerate()`` moves the data to a new id; ``destroy()`` ends the session.
+
+    ``privileged``: the session has been regenerated (a login), here or in an earlier request.
+    That is all "logged in" means at this layer; it knows nothing of users. A privileged session
+    keeps the full idle timeout and is never evicted for an anonymous one.
     """
 
     __slots__ = (
@@ -72,6 +87,7 @@ class Session:
         "id",
         "loaded",
         "operations",
+        "privileged",
         "regenerated",
         "resign",
         "retired_ids",
@@ -106,6 +122,7 @@ class Session:
         self.stale_cookie = stale_cookie
         # regenerate() was called (a login): logged as such even when no session existed before.
         self.regenerated = False
+        self.privileged = record is not None and is_privileged(record)
 
     # Reading -------------------------------------------------------------------------------
 
@@ -179,6 +196,7 @@ class Session:
         self.created_at = None
         self.id = new_session_id()
         self.regenerated = True
+        self.privileged = True
 
     def destroy(self) -> None:
         """End the session: its record is deleted and the browser's cookie cleared on save.
@@ -193,6 +211,7 @@ class Session:
         self.id = None
         self._data = {}
         self.operations = []
+        self.privileged = False
 
     def discard(self) -> None:
         """Drop unsaved changes (used when the request fails)."""
@@ -316,19 +335,45 @@ class SessionManager:
 
     # Loading and saving ------------------------------------------------------------------------
 
+    def idle_timeout(self, privileged: bool) -> int:
+        """The idle timeout of a logged-in (privileged) or an anonymous session (never the longer)."""
+        if privileged:
+            return self.settings.idle_timeout
+        return min(self.settings.idle_timeout, self.settings.anonymous_idle_timeout)
+
     def _expired(self, record: Record, now: float) -> str | None:
         if now - record["created_at"] >= self.settings.absolute_timeout:
             return "absolute timeout"
-        if now - record["last_seen"] >= self.settings.idle_timeout:
+        if now - record["last_seen"] >= self.idle_timeout(is_privileged(record)):
             return "idle timeout"
         if record["created_at"] > now + 60:
             return "created in the future"
         return None
 
-    def ttl(self, created_at: float, now: float) -> float:
+    def ttl(self, created_at: float, now: float, privileged: bool = True) -> float:
         """How long the store should keep a record: the sooner of the idle and absolute ends."""
         left = self.settings.absolute_timeout - (now - created_at)
-        return max(1.0, min(float(self.settings.idle_timeout), left))
+        return max(1.0, min(float(self.idle_timeout(privileged)), left))
+
+    async def creation_allowed(self, session: Session, client: str | None) -> bool:
+        """Whether a new anonymous session may be stored for ``client`` (an address) now.
+
+        A login's session always is (logins have budgets of their own). Past the address's
+        budget the request is still answered, but its session is not stored: a client that
+        makes a new session per request keeps no cookie, so storing it would only fill the
+        store. Raises `StoreUnavailable` when the count cannot be made.
+        """
+        if session.privileged or client is None:
+            return True
+        budget = self.settings.new_sessions_per_address
+        count = await self.store.count(f"new-session\0{client_block(client)}", self.settings.new_sessions_window)
+        if count == budget + 1:
+            log.warning(
+                "new-session budget spent: new sessions of this address not stored (address=%s)",
+                client,
+                extra={"event": "session.budget", "client": client},
+            )
+        return count <= budget
 
     async def load(self, cookie: str | None) -> Session:
         """The session a request's cookie names, or a new anonymous one. Never adopts an id.
@@ -365,20 +410,26 @@ class SessionManager:
         touch_due = now - record["last_seen"] >= self.settings.touch_interval or STALE_SEAL in record
         return Session(session_id, record, resign=resign, touch_due=touch_due)
 
-    async def save(self, session: Session) -> CookieChange | None:
+    async def save(self, session: Session, client: str | None = None) -> CookieChange | None:
         """Write what the request changed; return the cookie change the response must carry.
 
+        ``client`` is the request's address: a new anonymous session counts against its budget
+        (see `creation_allowed`); past it, nothing is stored and no cookie is set.
         Every store call completes before this returns, so the response is never sent ahead of
         the save. Raises `StoreUnavailable` (nothing promised to the client) or
         `StoreValueError` (data too large or not JSON).
         """
         now = self.clock()
         change: CookieChange | None = None
+        if session.stored_id is None and session.operations and not await self.creation_allowed(session, client):
+            # Answered as for a client without cookies: this request's writes are seen, not kept.
+            session.operations = []
+            session.id = None
         if session.stored_id is None and session.operations:
             if session.id is None:
                 session.id = new_session_id()
-            record = apply_operations(new_record(now), session.operations, now)
-            await self.store.create(session.id, record, self.ttl(now, now))
+            record = apply_operations(new_record(now, session.privileged), session.operations, now)
+            await self.store.create(session.id, record, self.ttl(now, now, session.privileged))
             event = "regenerated" if session.regenerated else "created"
             hashed = self.log_id(session.id)
             log.info("session %s (session=%s)", event, hashed, extra={"event": f"session.{event}", "session": hashed})
@@ -387,7 +438,11 @@ class SessionManager:
         elif session.stored_id is not None and session.operations:
             assert session.created_at is not None
             merged = await self.store.update(
-                session.stored_id, session.operations, now, self.ttl(session.created_at, now), session.loaded
+                session.stored_id,
+                session.operations,
+                now,
+                self.ttl(session.created_at, now, session.privileged),
+                session.loaded,
             )
             if merged is None:
                 # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
@@ -395,11 +450,13 @@ class SessionManager:
                 log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
                 session.id = new_session_id()
                 session.stored_id = None
-                return await self.save(session)
+                return await self.save(session, client)
             self._adopt(session, session.stored_id, merged)
         elif session.stored_id is not None and session.touch_due:
             assert session.created_at is not None
-            await self.store.touch(session.stored_id, now, self.ttl(session.created_at, now), session.loaded)
+            await self.store.touch(
+                session.stored_id, now, self.ttl(session.created_at, now, session.privileged), session.loaded
+            )
             session.loaded = None  # its version token is spent
             session.touch_due = False
         for old_id in session.retired_ids:

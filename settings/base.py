@@ -53,6 +53,13 @@ class Settings:
     cookie_max_length: int = 512
 
     idle_timeout: int = 30 * MINUTE
+    # Idle timeout of a session no one has logged in to (idle_timeout if that is shorter):
+    # cookieless clients make one per request that writes, and each holds store memory this long.
+    anonymous_idle_timeout: int = 5 * MINUTE
+    # New anonymous sessions stored per client address per window; past it the request is still
+    # answered, but its new session is not stored (as for a client without cookies).
+    new_sessions_per_address: int = 600
+    new_sessions_window: int = MINUTE
     absolute_timeout: int = 12 * HOUR
     # last_seen is written at most this often per session, so a read-only request is usually
     # just a read. The idle timeout is enforced to within this granularity (never later).
@@ -94,6 +101,20 @@ class Settings:
     # Folder (relative to the project) served at / for the demo client; None: not served
     # (in prod nginx serves it).
     static_path: str | None = None
+
+    # Login attempts (right or wrong) allowed per window, counted in the session store, so shared
+    # by every process, before any password is hashed; past one, 429 with Retry-After. A window
+    # starts at its first attempt. Tight per (account, address) pair, looser per address (many
+    # accounts from one host; a NAT shares it), loose per account across addresses, so that an
+    # attacker elsewhere locks its owner out only by spending ten addresses' worth of attempts.
+    login_pair_budget: int = 10
+    login_pair_window: int = 15 * MINUTE
+    login_address_budget: int = 100
+    login_address_window: int = 15 * MINUTE
+    login_account_budget: int = 100
+    login_account_window: int = HOUR
+    # Password hashes waiting for one of the hashing threads; past it a login is 503 at once.
+    password_queue_size: int = 16
 
     # None: the two demo users shipped in settings/demo_users.json (refused in prod).
     users_file: str | None = None

@@ -49,7 +49,35 @@ ENV_VARIABLES: dict[str, str] = {
     "MEMCACHED_THREADS": "memcached_threads",
     "HEADER_TIMEOUT": "header_timeout",
     "BODY_TIMEOUT": "body_timeout",
+    "SESSION_ANONYMOUS_IDLE_TIMEOUT": "anonymous_idle_timeout",
+    "NEW_SESSIONS_PER_ADDRESS": "new_sessions_per_address",
+    "NEW_SESSIONS_WINDOW": "new_sessions_window",
+    "LOGIN_PAIR_BUDGET": "login_pair_budget",
+    "LOGIN_PAIR_WINDOW": "login_pair_window",
+    "LOGIN_ADDRESS_BUDGET": "login_address_budget",
+    "LOGIN_ADDRESS_WINDOW": "login_address_window",
+    "LOGIN_ACCOUNT_BUDGET": "login_account_budget",
+    "LOGIN_ACCOUNT_WINDOW": "login_account_window",
 }
+# The variables that hold a whole number.
+_INT_VARIABLES = (
+    "PORT",
+    "SESSION_IDLE_TIMEOUT",
+    "SESSION_ABSOLUTE_TIMEOUT",
+    "DRAIN_TIMEOUT",
+    "MEMCACHED_THREADS",
+    "HEADER_TIMEOUT",
+    "BODY_TIMEOUT",
+    "SESSION_ANONYMOUS_IDLE_TIMEOUT",
+    "NEW_SESSIONS_PER_ADDRESS",
+    "NEW_SESSIONS_WINDOW",
+    "LOGIN_PAIR_BUDGET",
+    "LOGIN_PAIR_WINDOW",
+    "LOGIN_ADDRESS_BUDGET",
+    "LOGIN_ADDRESS_WINDOW",
+    "LOGIN_ACCOUNT_BUDGET",
+    "LOGIN_ACCOUNT_WINDOW",
+)
 
 
 class SettingsError(Exception):
@@ -105,15 +133,7 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
     ):
         if environ.get(name):
             changes[ENV_VARIABLES[name]] = environ[name]
-    for name in (
-        "PORT",
-        "SESSION_IDLE_TIMEOUT",
-        "SESSION_ABSOLUTE_TIMEOUT",
-        "DRAIN_TIMEOUT",
-        "MEMCACHED_THREADS",
-        "HEADER_TIMEOUT",
-        "BODY_TIMEOUT",
-    ):
+    for name in _INT_VARIABLES:
         if environ.get(name):
             number = _int_variable(name, environ[name], problems)
             if number is not None:
@@ -145,6 +165,18 @@ def _validate(s: Settings, problems: list[str]) -> None:
             "idle_timeout (SESSION_IDLE_TIMEOUT): longer than absolute_timeout "
             "(SESSION_ABSOLUTE_TIMEOUT), so it would never apply"
         )
+    if s.anonymous_idle_timeout <= 0:
+        problems.append("anonymous_idle_timeout (SESSION_ANONYMOUS_IDLE_TIMEOUT): must be positive")
+    for budget, window in (
+        ("new_sessions_per_address", "new_sessions_window"),
+        ("login_pair_budget", "login_pair_window"),
+        ("login_address_budget", "login_address_window"),
+        ("login_account_budget", "login_account_window"),
+    ):
+        if getattr(s, budget) <= 0 or getattr(s, window) <= 0:
+            problems.append(f"{budget} / {window} ({budget.upper()}, {window.upper()}): must be positive")
+    if s.password_queue_size < 0:
+        problems.append("password_queue_size: must not be negative")
     if s.log_format not in ("text", "json"):
         problems.append(f"log_format (LOG_FORMAT): {s.log_format!r} is not text or json")
     if s.drain_timeout < 0:

@@ -4,6 +4,8 @@ A record is a JSON-serialisable dict::
 
     {"data": {...}, "created_at": <epoch seconds>, "last_seen": <epoch seconds>}
 
+plus ``"privileged": true`` on a record the session layer marked as logged in (see `PRIVILEGED`).
+
 Handlers never write a record whole. They record operations (set, delete, increment) and the store
 applies them to the newest stored version, so concurrent requests on one session lose no update.
 Nothing here knows about HTTP; a store does not know how the session id reached it.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -30,6 +33,11 @@ VERSION = "_version"
 # with this (never stored, never shown to handlers): the session manager then writes it again,
 # under the newest key, at once (a touch).
 STALE_SEAL = "_stale_seal"
+# A record carrying this key (always ``true``) belongs to a logged-in session: the session layer
+# sets it on the record a regenerated session is created with, and every later version keeps it.
+# Stores only read it to protect such records (the memory store evicts anonymous ones first); they
+# know nothing of users. Absent: an anonymous record.
+PRIVILEGED = "privileged"
 # The strict encoder a value passes on its way into a session (see `json_value`); records
 # themselves are encoded and decoded with orjson, several times faster on the hot path.
 _STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -67,17 +75,28 @@ def json_value(value: Any) -> Any:
         raise StoreValueError(f"session data is not JSON-serialisable: {e}") from None
 
 
-def new_record(now: float) -> Record:
-    """An empty record created at ``now``."""
-    return {"data": {}, "created_at": now, "last_seen": now}
+def new_record(now: float, privileged: bool = False) -> Record:
+    """An empty record created at ``now``; ``privileged`` marks a logged-in session's."""
+    record: Record = {"data": {}, "created_at": now, "last_seen": now}
+    if privileged:
+        record[PRIVILEGED] = True
+    return record
+
+
+def is_privileged(record: Record) -> bool:
+    """Whether ``record`` belongs to a logged-in session (see `PRIVILEGED`)."""
+    return record.get(PRIVILEGED) is True
 
 
 def apply_operations(record: Record, operations: Sequence[Operation], now: float) -> Record:
     """Return a copy of ``record`` with ``operations`` applied in order and ``last_seen`` = now.
 
-    An increment of a missing or non-numeric value starts from 0.
+    An increment of a missing or non-numeric value starts from 0. The privileged mark is kept.
     """
-    return {"data": applied(record["data"], operations), "created_at": record["created_at"], "last_seen": now}
+    merged = {"data": applied(record["data"], operations), "created_at": record["created_at"], "last_seen": now}
+    if record.get(PRIVILEGED) is True:
+        merged[PRIVILEGED] = True
+    return merged
 
 
 def applied(data: dict[str, Any], operations: Sequence[Operation]) -> dict[str, Any]:
@@ -117,7 +136,16 @@ def parse_record(raw: str | bytes) -> Record | None:
         or not _is_time(record.get("last_seen"))
     ):
         return None
-    return {"data": record["data"], "created_at": record["created_at"], "last_seen": record["last_seen"]}
+    parsed = {"data": record["data"], "created_at": record["created_at"], "last_seen": record["last_seen"]}
+    if record.get(PRIVILEGED) is True:
+        parsed[PRIVILEGED] = True
+    return parsed
+
+
+def counter_digest(key: str) -> str:
+    """The hex SHA-256 a counter is kept under: whatever a caller puts in ``key`` (an email, an
+    address), a store keeps and sends only this, never the text itself."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def dump_record(record: Record, max_size: int | None = None) -> bytes:
@@ -198,6 +226,20 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, session_id: str) -> None:
         """Forget a record. Deleting a missing record is not an error."""
+
+    @abc.abstractmethod
+    async def count(self, key: str, window: float) -> int:
+        """Add one to the counter ``key`` and return its new value, shared by every process.
+
+        A fixed window: the counter starts at 1 on its first hit and is forgotten ``window``
+        seconds later, whatever happens meanwhile; the next hit starts it again at 1. Counters are
+        apart from session records (no id can name one) and kept under `counter_digest` of
+        ``key``, so callers may build keys from client input. A store keeps a bounded number of
+        them (the memory store forgets its least recently used ones first; memcached may evict
+        them like any item): a forgotten counter starts again, so a count is a floor, never more
+        than the hits made. Raises `StoreUnavailable` when the count cannot be confirmed: callers
+        that limit something with it refuse rather than let it through (fail closed).
+        """
 
     @abc.abstractmethod
     async def ready(self) -> bool:

@@ -12,6 +12,9 @@ Node health is kept on the IOLoop thread: a node that fails answers 503 for its 
 session is not silently dropped) until it has failed for ``dead_after`` seconds; it then leaves
 the ring, its sessions count as lost, and a background probe puts it back once it answers.
 
+Counters (`MemcachedStore.count`): ``prefix + "count:" + sha256(key)``, memcached's own ``incr``
+and ``add``; a session key is the prefix and 64 hex digits, so the two never meet.
+
 Keys: ``prefix + sha256(session id)``, so a dump of memcached holds no usable cookie and no client
 input reaches the protocol raw. Values: JSON only, size-limited, behind a MAC bound to the key
 (`stores.sealing`): memcached has no authentication, and a value someone else wrote reads as no
@@ -51,6 +54,7 @@ from stores.base import (
     SessionStore,
     StoreUnavailable,
     apply_operations,
+    counter_digest,
     dump_record,
     parse_record,
 )
@@ -340,6 +344,10 @@ class MemcachedStore(SessionStore):
         """The memcached key for a session id: the prefix and the id's hex SHA-256."""
         return self.prefix + hashlib.sha256(session_id.encode("ascii")).hexdigest()
 
+    def counter_key(self, key: str) -> str:
+        """The memcached key for a counter: the prefix, ``count:`` and the key's hex SHA-256."""
+        return f"{self.prefix}count:{counter_digest(key)}"
+
     def node_name(self, session_id: str) -> str | None:
         """The node a session id lives on now (None when no node is in the ring)."""
         name: str | None = self._ring.get_node(self.key(session_id))
@@ -593,3 +601,24 @@ class MemcachedStore(SessionStore):
         key = self.key(session_id)
         node = self._node_for(key)
         await self._call(node, node.client.delete, key, False)
+
+    # Counters ------------------------------------------------------------------------------
+
+    async def count(self, key: str, window: float) -> int:
+        counter = self.counter_key(key)
+        node = self._node_for(counter)
+        return await self._call(node, _count_blocking, node.client, counter, memcached_exptime(window))
+
+
+def _count_blocking(client: PooledClient, key: str, exptime: int) -> int:
+    """incr; if there is no counter, add one at 1 that expires with its window; if another
+    process added it first, incr again. On a worker thread."""
+    for _ in range(3):
+        value = client.incr(key, 1, noreply=False)
+        if value is not None:
+            return int(value)
+        if client.add(key, b"1", expire=exptime, noreply=False):
+            return 1
+    # Added by someone else and gone again between our calls, three times over: no count to
+    # trust, but no sign of an outage either (the node is not marked as failing).
+    raise StoreUnavailable("counter vanished while counting")

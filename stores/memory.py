@@ -1,5 +1,9 @@
 """The in-process memory store, for development and tests: bounded, LRU-evicting, self-cleaning.
 
+Full, it evicts the least recently used anonymous record first; a logged-in (privileged) record
+goes only when no anonymous one is left, so cookieless traffic cannot push users out. Its
+counters (`MemoryStore.count`) have a bound of their own.
+
 Records are kept as compact JSON, the form the memcached store keeps too, so a handler that
 stores something unserialisable fails the same way on a laptop as in production, and nothing a
 handler holds aliases what is stored.
@@ -21,14 +25,17 @@ from stores.base import (
     Record,
     SessionStore,
     apply_operations,
+    counter_digest,
     dump_record,
+    is_privileged,
 )
 
 log = logging.getLogger("stores.memory")
 
 
 class MemoryStore(SessionStore):
-    """At most ``max_sessions`` records; the least recently used goes first when full.
+    """At most ``max_sessions`` records; when full, the least recently used anonymous record goes
+    first, and the least recently used of all only when every record is privileged.
 
     Expired records are freed on read and by a background sweep that walks from the least
     recently used end and stops at the first live record, in slices of ``sweep_batch`` so that
@@ -43,56 +50,90 @@ class MemoryStore(SessionStore):
         sweep_interval: float = 5.0,
         sweep_batch: int = 2_000,
         max_record_size: int = 64 * 1024,
+        max_counters: int = 100_000,
     ) -> None:
         self.max_sessions = max_sessions
         self.clock = clock
         self.maintenance_interval = sweep_interval
         self.sweep_batch = sweep_batch
         self.max_record_size = max_record_size
-        # session id -> (record as JSON, expiry time). Order: least recently used first.
+        # session id -> (record as JSON, expiry time). Order: least recently used first. Anonymous
+        # records and privileged ones apart, so eviction finds the oldest anonymous one at once
+        # and a record costs no more than one entry.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._privileged: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.max_counters = max_counters
+        # counter digest -> [count, end of its window]. Order: least recently used first.
+        self._counters: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) + len(self._privileged)
 
     async def maintain(self) -> None:
         await self.sweep()
 
     async def sweep(self) -> int:
-        """Free expired records from the least recently used end; return how many were freed."""
+        """Free expired records from the least recently used end; return how many were freed.
+
+        Anonymous and privileged records are walked apart (their ttls differ), so one live
+        logged-in record does not hide the expired anonymous ones behind it.
+        """
         freed = 0
-        while True:
-            now = self.clock()
-            for _ in range(self.sweep_batch):
-                if not self._records:
-                    return freed
-                session_id, (_, expires_at) = next(iter(self._records.items()))
-                if expires_at > now:
-                    return freed
-                del self._records[session_id]
-                freed += 1
-            # Let requests run between slices.
-            await asyncio.sleep(0)
+        for order in (self._records, self._privileged):
+            while True:
+                finished, count = self._sweep_slice(order)
+                freed += count
+                if finished:
+                    break
+                # Let requests run between slices.
+                await asyncio.sleep(0)
+        return freed
+
+    def _sweep_slice(self, order: OrderedDict[str, tuple[str, float]]) -> tuple[bool, int]:
+        """Free up to ``sweep_batch`` expired records from the old end of ``order``: (done, freed)."""
+        now = self.clock()
+        for freed in range(self.sweep_batch):
+            if not order:
+                return True, freed
+            session_id, (_, expires_at) = next(iter(order.items()))
+            if expires_at > now:
+                return True, freed
+            del order[session_id]
+        return False, self.sweep_batch
+
+    def _entry(self, session_id: str) -> tuple[OrderedDict[str, tuple[str, float]], tuple[str, float]] | None:
+        """Where a record is kept, and its entry there."""
+        entry = self._records.get(session_id)
+        if entry is not None:
+            return self._records, entry
+        entry = self._privileged.get(session_id)
+        if entry is not None:
+            return self._privileged, entry
+        return None
 
     def _live(self, session_id: str) -> str | None:
-        entry = self._records.get(session_id)
-        if entry is None:
+        found = self._entry(session_id)
+        if found is None:
             return None
-        text, expires_at = entry
+        table, (text, expires_at) = found
         if expires_at <= self.clock():
-            del self._records[session_id]
+            del table[session_id]
             return None
-        self._records.move_to_end(session_id)
+        table.move_to_end(session_id)
         return text
 
     def _put(self, session_id: str, record: Record, ttl: float) -> None:
         # As text: orjson's bytes keep the 4 KiB buffer they were written into; decoding copies
         # the JSON into an object of its own size (about 150 bytes for the reference app's record).
         text = dump_record(record, self.max_record_size).decode("utf-8")
-        self._records[session_id] = (text, self.clock() + ttl)
-        self._records.move_to_end(session_id)
-        while len(self._records) > self.max_sessions:
-            self._records.popitem(last=False)
+        table, other = (self._privileged, self._records) if is_privileged(record) else (self._records, self._privileged)
+        other.pop(session_id, None)
+        table[session_id] = (text, self.clock() + ttl)
+        table.move_to_end(session_id)
+        while len(self._records) + len(self._privileged) > self.max_sessions:
+            # An anonymous record first, even the one just stored: never a logged-in one while
+            # an anonymous one is left.
+            (self._records or self._privileged).popitem(last=False)
 
     async def load(self, session_id: str) -> Record | None:
         text = self._live(session_id)
@@ -121,7 +162,8 @@ class MemoryStore(SessionStore):
     def _update(
         self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Record | None
     ) -> Record | None:
-        entry = self._records.get(session_id)
+        found = self._entry(session_id)
+        entry = found[1] if found is not None else None
         if loaded is not None and entry is not None and loaded.get(VERSION) is entry[0] and entry[1] > self.clock():
             # Nothing was written since that load: apply to it rather than parse the value again.
             merged = apply_operations(loaded, operations, now)
@@ -144,6 +186,19 @@ class MemoryStore(SessionStore):
 
     async def delete(self, session_id: str) -> None:
         self._records.pop(session_id, None)
+        self._privileged.pop(session_id, None)
+
+    async def count(self, key: str, window: float) -> int:
+        digest = counter_digest(key)
+        now = self.clock()
+        entry = self._counters.get(digest)
+        if entry is None or entry[1] <= now:
+            entry = self._counters[digest] = [0, now + window]
+        entry[0] += 1
+        self._counters.move_to_end(digest)
+        while len(self._counters) > self.max_counters:
+            self._counters.popitem(last=False)
+        return int(entry[0])
 
     async def ready(self) -> bool:
         return True

@@ -3,6 +3,9 @@
 A users file is a JSON list of ``{"email", "name", "balance", "password_hash"}`` objects.
 Hashes look like ``scrypt$<log2 N>$<r>$<p>$<salt>$<key>`` (salt and key base64url, unpadded),
 so their cost can be raised later without invalidating stored ones.
+
+Hashing is bounded: a few threads hash, at most ``max_waiting`` checks wait for one (past that,
+`HashingBusy` at once), and a check whose caller has given up while waiting is dropped unhashed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hmac
 import json
 import math
 import os
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +30,20 @@ MAX_PASSWORD_LENGTH = 1024
 DEMO_USERS_FILE = Path(__file__).resolve().parent.parent / "settings" / "demo_users.json"
 _KEY_BYTES = 32
 _SALT_BYTES = 16
+HASHING_THREADS = 2
+DEFAULT_MAX_WAITING = 16
 
 
 class UsersFileError(Exception):
     """The users file cannot be read or has a malformed entry; the message says which."""
+
+
+class HashingBusy(Exception):
+    """Every hashing thread is busy and ``max_waiting`` checks already wait: try again shortly."""
+
+
+class CheckAbandoned(Exception):
+    """The caller no longer wanted the check when a thread was free for it: nothing was hashed."""
 
 
 def _b64(raw: bytes) -> str:
@@ -82,19 +97,29 @@ class User:
     balance: float
 
 
-def _normalise_email(email: str) -> str:
+def normalise_email(email: str) -> str:
+    """An email as accounts are keyed: trimmed and lower-cased."""
     return email.strip().lower()
 
 
 class UserDirectory:
-    """Looks up users and checks passwords off the IOLoop, at the same cost for unknown emails."""
+    """Looks up users and checks passwords off the IOLoop, at the same cost for unknown emails.
 
-    def __init__(self, entries: list[dict[str, Any]], executor: ThreadPoolExecutor | None = None) -> None:
+    At most ``max_waiting`` checks wait for a hashing thread; see `authenticate`.
+    """
+
+    def __init__(
+        self,
+        entries: list[dict[str, Any]],
+        executor: ThreadPoolExecutor | None = None,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        threads: int = HASHING_THREADS,
+    ) -> None:
         self._users: dict[str, tuple[User, str]] = {}
         costs = set()
         for i, entry in enumerate(entries):
             user, password_hash = self._parse_entry(i, entry)
-            key = _normalise_email(user.email)
+            key = normalise_email(user.email)
             if key in self._users:
                 raise UsersFileError(f"entry {i}: email {user.email!r} appears twice")
             self._users[key] = (user, password_hash)
@@ -102,7 +127,17 @@ class UserDirectory:
         # An unknown email is checked against a hash of the most expensive cost in the file, so
         # the answer takes as long as for a known email with a wrong password.
         self._decoy_hash = hash_password(os.urandom(16).hex(), max(costs, default=DEFAULT_COST))
-        self._executor = executor or ThreadPoolExecutor(max_workers=2, thread_name_prefix="password")
+        self._executor = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="password")
+        self.max_waiting = max_waiting
+        self.threads = threads
+        # The executor is only ever given ``threads`` jobs at once: the queue is kept here, on
+        # the IOLoop, where a waiting check can be dropped when its client goes.
+        self._hashing = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        # Hashes actually run (each a few hundred ms of a core), and checks dropped unhashed
+        # because their caller had gone: what the bounds are judged by.
+        self.hashes_run = 0
+        self.dropped = 0
 
     @staticmethod
     def _parse_entry(i: int, entry: Any) -> tuple[User, str]:
@@ -129,7 +164,7 @@ class UserDirectory:
         return User(email=email, name=name, balance=balance), password_hash
 
     @classmethod
-    def from_file(cls, path: str | Path) -> UserDirectory:
+    def from_file(cls, path: str | Path, max_waiting: int = DEFAULT_MAX_WAITING) -> UserDirectory:
         """Load a users file; raise `UsersFileError` naming the problem."""
         try:
             with open(path, encoding="utf-8") as f:
@@ -140,23 +175,72 @@ class UserDirectory:
             raise UsersFileError(f"users file {str(path)!r} is not valid JSON: {e}") from None
         if not isinstance(entries, list):
             raise UsersFileError(f"users file {str(path)!r} must hold a JSON list")
-        return cls(entries)
+        return cls(entries, max_waiting=max_waiting)
 
     def get(self, email: str) -> User | None:
         """The user with this email (case-insensitive), or None."""
-        found = self._users.get(_normalise_email(email))
+        found = self._users.get(normalise_email(email))
         return found[0] if found else None
 
-    async def authenticate(self, email: str, password: str) -> User | None:
-        """The user if ``password`` is theirs, else None. Runs the hash on a worker thread."""
-        found = self._users.get(_normalise_email(email))
+    async def authenticate(self, email: str, password: str, wanted: Callable[[], bool] = lambda: True) -> User | None:
+        """The user if ``password`` is theirs, else None. Runs the hash on a worker thread.
+
+        Raises `HashingBusy` at once when ``max_waiting`` checks already wait for a thread.
+        ``wanted()`` is asked once a thread is free for this check: False (the client has gone)
+        drops it unhashed with `CheckAbandoned`. Cancelling the task that awaits this while it
+        waits drops it too; once hashing has started, the thread finishes it and frees its place.
+        """
+        found = self._users.get(normalise_email(email))
         password_hash = found[1] if found else self._decoy_hash
         if len(password) > MAX_PASSWORD_LENGTH:
             password = ""
             found = None
+        await self._thread_turn()
+        if not wanted():
+            self.dropped += 1
+            self._next_turn()
+            raise CheckAbandoned
         loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(self._executor, verify_password, password, password_hash)
+        self.hashes_run += 1
+        hashing = loop.run_in_executor(self._executor, verify_password, password, password_hash)
+        # The turn ends when the thread is done, not when a cancelled caller stops waiting for it.
+        hashing.add_done_callback(self._next_turn)
+        matches = await asyncio.shield(hashing)
         return found[0] if found and matches else None
+
+    async def _thread_turn(self) -> None:
+        """Return once a hashing thread is this caller's; `HashingBusy` if too many wait."""
+        if self._hashing < self.threads and not self._waiting:
+            self._hashing += 1
+            return
+        if len(self._waiting) >= self.max_waiting:
+            raise HashingBusy
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                # Handed a thread in the same moment it was cancelled: pass the thread on.
+                self._next_turn()
+            else:
+                self._waiting.remove(turn)
+            self.dropped += 1
+            raise
+
+    def _next_turn(self, _: object = None) -> None:
+        """A thread is free: give it to the longest-waiting check, or count it as idle."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._hashing -= 1
+
+    @property
+    def waiting(self) -> int:
+        """How many checks wait for a hashing thread now."""
+        return len(self._waiting)
 
     def close(self) -> None:
         """Stop the hashing threads."""
