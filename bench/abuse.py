@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import ABUSE_SECTION, replace_section  # noqa: E402
 from bench.run import LOGIN, free_port, wait_for, wait_for_port  # noqa: E402
+from settings.base import DEFAULTS  # noqa: E402
 from stores.users import hash_password  # noqa: E402
 
 WRONG = {"email": LOGIN["email"], "password": "wrong"}
@@ -176,10 +177,18 @@ def _non_2xx(out: str) -> list[str]:
     return [line.split(":")[1].strip() for line in out.splitlines() if "Non-2xx" in line]
 
 
-def memcached_flush(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"flush_all\r\n")
-        sock.recv(64)
+@contextmanager
+def small_memcached() -> Iterator[int]:
+    """memcached with 8 MB (as the issue's flood had it) on a free port; yields the port."""
+    port = free_port()
+    command = [shutil.which("memcached") or "memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "8"]
+    process = subprocess.Popen([*command, "-t", "1", *(["-u", "root"] if os.geteuid() == 0 else [])])
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        process.kill()
+        process.wait()
 
 
 def user_survives(port: int, seconds: int) -> dict[str, Any]:
@@ -277,6 +286,10 @@ UNLIMITED = {"LOGIN_PAIR_BUDGET": "1000000", "LOGIN_ADDRESS_BUDGET": "1000000", 
 
 def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"guesses": {}, "anonymous": {}}
+    if "guesses" in args.parts:
+        result["guess_seconds"] = args.guess_seconds
+    if "anonymous" in args.parts:
+        result["flood_seconds"] = args.flood_seconds
     parts = set(args.parts.split(","))
     for label, env in (("unlimited", UNLIMITED), ("defaults", {})) if "guesses" in parts else ():
         for kind in ("pair", "address", "account"):
@@ -295,24 +308,28 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         for label, env in (("budget lifted", {"NEW_SESSIONS_PER_ADDRESS": "100000000"}), ("defaults", {})):
             with server(root, env, ("--env=test",)) as port:
                 result["anonymous"][f"memory, {label}"] = user_survives(port, args.flood_seconds)
-        memcached = shutil.which("memcached")
-        if memcached:
-            mport = free_port()
-            command = [memcached, "-l", "127.0.0.1", "-p", str(mport), "-U", "0", "-m", "8", "-t", "1"]
-            process = subprocess.Popen([*command, *(["-u", "root"] if os.geteuid() == 0 else [])])
-            try:
-                wait_for_port(mport)
-                env = {"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{mport}"}
-                # memcached knows nothing of privilege: without the budget, its LRU is all there is.
-                for label, extra in (("budget lifted", {"NEW_SESSIONS_PER_ADDRESS": "100000000"}), ("defaults", {})):
-                    memcached_flush(mport)
-                    with server(root, {**env, **extra}) as port:
-                        result["anonymous"][f"memcached -m 8, {label}"] = user_survives(port, args.flood_seconds)
-            finally:
-                process.kill()
-                process.wait()
+        if shutil.which("memcached"):
+            # memcached knows nothing of privilege: without the budget, its LRU is all there is.
+            for label, extra in (("budget lifted", {"NEW_SESSIONS_PER_ADDRESS": "100000000"}), ("defaults", {})):
+                with small_memcached() as mport:
+                    env = {"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{mport}", **extra}
+                    with server(root, env) as port:
+                        survived = user_survives(port, args.flood_seconds)
+                    stats = memcached_stats(mport, b"stats")
+                    survived |= {"stored": stats["total_items"], "evicted": stats["evictions"]}
+                    result["anonymous"][f"memcached -m 8, {label}"] = survived
         print(f"anonymous {result['anonymous']}", flush=True)
     return result
+
+
+def _before(result: dict[str, Any]) -> str:
+    before = result.get("flood_before")
+    if not before:
+        return ""
+    return (
+        f" The code before the hashing bounds (a checkout of it measured with `--root`), the same flood: "
+        f"{before['p50_s']} s ({before['rounds']} round): every abandoned login was hashed first."
+    )
 
 
 def markdown(result: dict[str, Any], when: str) -> str:
@@ -339,6 +356,16 @@ def markdown(result: dict[str, Any], when: str) -> str:
         lines.append(
             f"| {who[kind]} | {label} | {g['attempts']} | {g['checked']} | {g['refused_429']} | {g['checked_per_s']} |"
         )
+    d = DEFAULTS
+    lines += [
+        "",
+        f"Each run lasts {result.get('guess_seconds', 60):g} s, within the budgets' first window. Sustained, the "
+        f"defaults allow {d.login_pair_budget} checks per {d.login_pair_window // 60} minutes per (account, "
+        f"address) pair ({d.login_pair_budget / d.login_pair_window:.3f}/s), {d.login_address_budget} per "
+        f"{d.login_address_window // 60} minutes per address ({d.login_address_budget / d.login_address_window:.2f}/s) "
+        f"and {d.login_account_budget} per {d.login_account_window // 60} minutes per account across addresses "
+        f"({d.login_account_budget / d.login_account_window:.3f}/s). A refused attempt costs no hash.",
+    ]
     flood = result.get("flood")
     lines += (
         []
@@ -347,7 +374,7 @@ def markdown(result: dict[str, Any], when: str) -> str:
             "",
             f"A real login while {flood['flood']} abandoned logins (written and closed at once, from "
             f"{flood['flood']} addresses) arrive: p50 **{flood['p50_s']} s**, slowest {flood['max_s']} s over "
-            f"{flood['rounds']} rounds ({', '.join(str(x) for x in flood['all_s'])}).",
+            f"{flood['rounds']} rounds ({', '.join(str(x) for x in flood['all_s'])})." + _before(result),
             "",
         ]
     )
@@ -360,11 +387,21 @@ def markdown(result: dict[str, Any], when: str) -> str:
             "",
         ]
     if result.get("anonymous"):
-        lines += ["Cookieless `GET /api` from one address after a user logged in:", ""]
-        lines += ["| store | budgets | cookieless requests answered | user still logged in |", "|---|---|---|---|"]
+        lines += [
+            f"Cookieless `GET /api` from one address for {result.get('flood_seconds', 20)} s (wrk, 20 connections) "
+            "after a user logged in; the memory store runs `--env=test`, whose bound is 1,000 sessions. "
+            "memcached has no notion of privilege: without the new-session budget a user stays only as long "
+            "as its LRU happens to keep them.",
+            "",
+        ]
+        lines += [
+            "| store | budgets | cookieless requests answered | user still logged in | memcached items |",
+            "|---|---|---|---|---|",
+        ]
         for key, a in result["anonymous"].items():
             store, label = key.split(", ")
-            lines.append(f"| {store} | {label} | {a['cookieless_hits']} | {a['still_logged_in']} |")
+            stored = f"{a['stored']} stored, {a['evicted']} evicted" if "stored" in a else ""
+            lines.append(f"| {store} | {label} | {a['cookieless_hits']} | {a['still_logged_in']} | {stored} |")
         lines.append("")
     return "\n".join(lines)
 

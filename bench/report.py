@@ -163,8 +163,16 @@ def replace_section(text: str, heading: str, new: str) -> str:
     return "\n".join([*lines[: bounds[0]], *new.rstrip("\n").splitlines(), "", *lines[bounds[1] :]]).rstrip("\n") + "\n"
 
 
+def kept_sections(path: Path) -> list[str]:
+    """The sections of the BENCHMARKS.md at ``path`` that other scripts wrote (`KEPT_SECTIONS`)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [found for heading in KEPT_SECTIONS if (found := section(text, heading))]
+
+
 def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
-    kept = [] if not path.exists() else [x for h in KEPT_SECTIONS if (x := section(path.read_text(), h))]
+    kept = kept_sections(path)
     s = report["settings"]
     lines = [
         "# Benchmarks",

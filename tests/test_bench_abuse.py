@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from bench.abuse import markdown
-from bench.report import ABUSE_SECTION, replace_section, section
+from bench.report import ABUSE_SECTION, kept_sections, replace_section, section
 from tests.services import ROOT
 
 DOC = "# Benchmarks\n\nintro\n\n## Targets\n\n| a | b |\n\n## Notes\n\nlast\n"
@@ -23,6 +23,13 @@ def test_the_abuse_section_is_appended_then_replaced_and_the_rest_kept():
     assert "old figures" not in replaced
     assert replaced.index("## Targets") < replaced.index("new figures") < replaced.index("## Notes\n\nlast")
     assert section(DOC, ABUSE_SECTION) is None
+
+
+def test_a_full_benchmark_run_keeps_the_abuse_section(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    assert kept_sections(path) == []
+    path.write_text(replace_section(DOC, ABUSE_SECTION, f"{ABUSE_SECTION}\n\nfigures\n"))
+    assert kept_sections(path) == [f"{ABUSE_SECTION}\n\nfigures\n"]
 
 
 def test_a_short_flood_round_runs_and_renders(tmp_path):
