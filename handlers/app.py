@@ -14,6 +14,7 @@ from handlers.access import log_request
 from handlers.account import BalanceHandler
 from handlers.auth import LoginHandler, LogoutHandler
 from handlers.base import SecurityHeaders
+from handlers.devices import DeviceCookies
 from handlers.health import LivenessHandler, NotFoundHandler, ReadinessHandler
 from handlers.pages import DemoClientConfigHandler, DemoClientHandler, PageCounterHandler
 from handlers.session import SessionManager
@@ -54,6 +55,7 @@ class SessionApplication(Application):
         self.users = users
         self.clock = clock
         self.sessions = SessionManager(config, store, clock)
+        self.devices = DeviceCookies(config.session_secrets, config.device_cookie_max_age)
         self.in_flight = 0
         routes: list[Any] = [*(extra_routes or []), *API_ROUTES]
         if config.static_path:

@@ -11,8 +11,8 @@ from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, SessionHandler, not_logged_in
 from handlers.session import Session
-from handlers.throttle import TOO_MANY_ATTEMPTS, check_login_attempt
-from stores.users import CheckAbandoned, HashingBusy, User
+from handlers.throttle import TOO_MANY_ATTEMPTS, Refused, check_account_budgets, check_address_budget
+from stores.users import CheckAbandoned, HashingBusy, User, normalise_email
 
 log = logging.getLogger("handlers.auth")
 
@@ -107,24 +107,39 @@ class LoginHandler(AuthenticatedHandler):
     async def get(self) -> None:
         self.write_json({"loggedIn": self.current_user is not None})
 
+    def _throttled(self, refused: Refused, address: str) -> ApiError:
+        if refused.first:
+            log.warning(
+                "login throttled: %s budget spent (address=%s)",
+                refused.budget,
+                address,
+                extra={"event": "login.throttled", "client": address},
+            )
+        return ApiError(429, TOO_MANY_ATTEMPTS, {"Retry-After": str(refused.retry_after)})
+
     async def post(self) -> None:
         email, password = _credentials(self.json_body())
         # Counted before hashing, the same way for every email: a 429 costs no hash and tells
         # nothing about which accounts exist.
         address = self.request.remote_ip or "-"
-        refused = await check_login_attempt(self.app.store, self.app.config, address, email)
+        config = self.app.config
+        account = normalise_email(email)
+        known = self.app.devices.known(self.request_cookie(config.device_cookie_name), account, self.app.clock())
+        refused = await check_address_budget(self.app.store, config, address)
         if refused is not None:
-            if refused.first:
-                log.warning(
-                    "login throttled: %s budget spent (address=%s)",
-                    refused.budget,
-                    address,
-                    extra={"event": "login.throttled", "client": address},
-                )
-            raise ApiError(429, TOO_MANY_ATTEMPTS, {"Retry-After": str(refused.retry_after)})
+            raise self._throttled(refused, address)
         if self._client_gone:
             raise ApiError(CLIENT_GONE, "Client closed the request.")
-        self._check = asyncio.ensure_future(self.app.users.authenticate(email, password, self._client_still_there))
+
+        async def admit() -> None:
+            # Once a hashing thread is this attempt's: a login refused as busy spent no budget.
+            refused = await check_account_budgets(self.app.store, config, address, email, known_device=known)
+            if refused is not None:
+                raise self._throttled(refused, address)
+            if not self._client_still_there():
+                raise CheckAbandoned
+
+        self._check = asyncio.ensure_future(self.app.users.authenticate(email, password, admit, priority=known))
         try:
             user = await self._check
         except HashingBusy:
@@ -137,6 +152,16 @@ class LoginHandler(AuthenticatedHandler):
             raise ApiError(401, "Permission denied!")
         log_in(await self.get_session(), user)
         self.current_user = user
+        self.set_cookie(
+            config.device_cookie_name,
+            self.app.devices.issue(account, self.app.clock()),
+            max_age=config.device_cookie_max_age,
+            path="/",
+            domain=config.cookie_domain,
+            secure=config.cookie_secure,
+            httponly=True,
+            samesite=config.cookie_samesite,
+        )
         self.write_json({"user": {"email": user.email, "name": user.name}})
 
 

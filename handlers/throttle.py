@@ -14,11 +14,18 @@ budgets, each over a fixed window that starts at its first attempt:
 The account is the normalised email, whether or not such an account exists, so a 429 says
 nothing about which accounts exist. Counters are checked in an order that keeps what a client can
 make the store hold bounded: the address first, so one address creates at most its budget of pair
-and account counters per window.
+and account counters per window. The pair and the account are counted only once a hashing thread
+is the attempt's (`check_account_budgets`): an attempt refused because too many logins are being
+checked (503) costs the user nothing. An attempt from a known device (`handlers.devices`) is not
+counted against the account budget at all.
+
+Counter names are keyed digests (HMAC under a key from the session secrets): whoever can write
+to a shared store cannot compute which counter is whose account.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from dataclasses import dataclass
 
@@ -57,22 +64,45 @@ class Refused:
     first: bool
 
 
-async def check_login_attempt(store: SessionStore, settings: Settings, address: str, email: str) -> Refused | None:
-    """Count one login attempt from ``address`` for ``email``; a `Refused` past any budget.
+def counter_name(settings: Settings, *parts: str) -> str:
+    """A counter's name for the store: a keyed digest of ``parts`` (the kind first)."""
+    key = hmac.digest(settings.session_secrets[0].encode("utf-8"), b"budget-counter", "sha256")
+    # The kind leads and no part holds a NUL: names of two kinds or pairs never meet.
+    return hmac.digest(key, "\0".join(parts).encode("utf-8", "surrogatepass"), "sha256").hex()
 
-    Raises `StoreUnavailable` when a count cannot be made: the caller refuses the login.
-    """
-    account = normalise_email(email)
-    address = client_block(address)
-    # The kind leads each key and an address holds no NUL: keys of two kinds or pairs never meet.
-    budgets = (
-        ("address", f"login\0address\0{address}", settings.login_address_budget, settings.login_address_window),
-        ("pair", f"login\0pair\0{address}\0{account}", settings.login_pair_budget, settings.login_pair_window),
-        ("account", f"login\0account\0{account}", settings.login_account_budget, settings.login_account_window),
-    )
+
+async def _spend(store: SessionStore, budgets: tuple[tuple[str, str, int, int], ...]) -> Refused | None:
     for name, key, budget, window in budgets:
         count = await store.count(key, window)
         if count > budget:
             # The window's end is not known here, only that it is at most this far off.
             return Refused(name, window, first=count == budget + 1)
     return None
+
+
+async def check_address_budget(store: SessionStore, settings: Settings, address: str) -> Refused | None:
+    """Count one login attempt from ``address``; a `Refused` past the address budget.
+
+    Raises `StoreUnavailable` when a count cannot be made: the caller refuses the login.
+    """
+    key = counter_name(settings, "login-address", client_block(address))
+    return await _spend(store, (("address", key, settings.login_address_budget, settings.login_address_window),))
+
+
+async def check_account_budgets(
+    store: SessionStore, settings: Settings, address: str, email: str, *, known_device: bool
+) -> Refused | None:
+    """Count one attempt on ``email``'s account from ``address``: the pair, then (unless the
+    attempt comes from a known device) the account. A `Refused` past either budget.
+
+    Raises `StoreUnavailable` when a count cannot be made: the caller refuses the login.
+    """
+    account = normalise_email(email)
+    pair = counter_name(settings, "login-pair", client_block(address), account)
+    budgets: tuple[tuple[str, str, int, int], ...] = (
+        ("pair", pair, settings.login_pair_budget, settings.login_pair_window),
+    )
+    if not known_device:
+        across = counter_name(settings, "login-account", account)
+        budgets += (("account", across, settings.login_account_budget, settings.login_account_window),)
+    return await _spend(store, budgets)

@@ -96,6 +96,10 @@ class Settings:
     cors_max_age: int = 600
 
     xsrf_cookie_name: str = "XSRF-TOKEN"
+    # The known-device cookie a successful login leaves (handlers/devices.py): a login from that
+    # browser to that account skips the account budget and the queue of other logins' hashes.
+    device_cookie_name: str = "device"
+    device_cookie_max_age: int = 90 * 24 * HOUR
     xsrf_header_name: str = "X-XSRF-TOKEN"
 
     # Folder (relative to the project) served at / for the demo client; None: not served

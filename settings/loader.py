@@ -193,11 +193,14 @@ def _validate(s: Settings, problems: list[str]) -> None:
         problems.append(f"cookie_samesite: {s.cookie_samesite!r} is not one of {', '.join(SAMESITE_VALUES)}")
     if s.cookie_samesite == "None" and not s.cookie_secure:
         problems.append("cookie_samesite: SameSite=None requires cookie_secure (browsers drop it otherwise)")
-    for name in (s.cookie_name, s.xsrf_cookie_name):
+    for name in (s.cookie_name, s.xsrf_cookie_name, s.device_cookie_name):
         if not _COOKIE_NAME.match(name):
             problems.append(f"cookie name {name!r}: not a valid cookie name")
-    if s.cookie_name.startswith("__Host-") and (not s.cookie_secure or s.cookie_domain):
-        problems.append("cookie_name: the __Host- prefix needs cookie_secure and no cookie_domain")
+    for field, name in (("cookie_name", s.cookie_name), ("device_cookie_name", s.device_cookie_name)):
+        if name.startswith("__Host-") and (not s.cookie_secure or s.cookie_domain):
+            problems.append(f"{field}: the __Host- prefix needs cookie_secure and no cookie_domain")
+    if s.device_cookie_max_age <= 0:
+        problems.append("device_cookie_max_age: must be positive")
     if s.store not in STORES:
         problems.append(f"store: {s.store!r} is not one of {', '.join(STORES)}")
     if s.store == "memcached" and not s.memcached_servers:

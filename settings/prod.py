@@ -11,6 +11,7 @@ SETTINGS = DEFAULTS.replace(
     port=8000,
     xheaders=True,
     cookie_name="__Host-sid",
+    device_cookie_name="__Host-device",
     cookie_secure=True,
     cookie_samesite="Lax",
     idle_timeout=30 * MINUTE,

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +134,8 @@ class UserDirectory:
         # the IOLoop, where a waiting check can be dropped when its client goes.
         self._hashing = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
+        # Known devices' checks: served before any in ``_waiting``, bounded the same way.
+        self._waiting_first: deque[asyncio.Future[None]] = deque()
         # Hashes actually run (each a few hundred ms of a core), and checks dropped unhashed
         # because their caller had gone: what the bounds are judged by.
         self.hashes_run = 0
@@ -182,24 +184,37 @@ class UserDirectory:
         found = self._users.get(normalise_email(email))
         return found[0] if found else None
 
-    async def authenticate(self, email: str, password: str, wanted: Callable[[], bool] = lambda: True) -> User | None:
+    async def authenticate(
+        self,
+        email: str,
+        password: str,
+        admit: Callable[[], Awaitable[None]] | None = None,
+        *,
+        priority: bool = False,
+    ) -> User | None:
         """The user if ``password`` is theirs, else None. Runs the hash on a worker thread.
 
-        Raises `HashingBusy` at once when ``max_waiting`` checks already wait for a thread.
-        ``wanted()`` is asked once a thread is free for this check: False (the client has gone)
-        drops it unhashed with `CheckAbandoned`. Cancelling the task that awaits this while it
-        waits drops it too; once hashing has started, the thread finishes it and frees its place.
+        Raises `HashingBusy` at once when ``max_waiting`` checks of its kind already wait for a
+        thread. A ``priority`` check (a known device's) waits in a queue of its own that is served
+        first, so a flood of other checks never holds it back. ``admit()`` is awaited once a
+        thread is free for this check: whatever it raises (`CheckAbandoned` when the client has
+        gone, a refusal) drops the check unhashed and frees the thread. Cancelling the task that
+        awaits this while it waits drops it too; once hashing has started, the thread finishes it
+        and frees its place.
         """
         found = self._users.get(normalise_email(email))
         password_hash = found[1] if found else self._decoy_hash
         if len(password) > MAX_PASSWORD_LENGTH:
             password = ""
             found = None
-        await self._thread_turn()
-        if not wanted():
-            self.dropped += 1
-            self._next_turn()
-            raise CheckAbandoned
+        await self._thread_turn(priority)
+        if admit is not None:
+            try:
+                await admit()
+            except BaseException:
+                self.dropped += 1
+                self._next_turn()
+                raise
         loop = asyncio.get_running_loop()
         self.hashes_run += 1
         hashing = loop.run_in_executor(self._executor, verify_password, password, password_hash)
@@ -208,15 +223,16 @@ class UserDirectory:
         matches = await asyncio.shield(hashing)
         return found[0] if found and matches else None
 
-    async def _thread_turn(self) -> None:
-        """Return once a hashing thread is this caller's; `HashingBusy` if too many wait."""
-        if self._hashing < self.threads and not self._waiting:
+    async def _thread_turn(self, priority: bool = False) -> None:
+        """Return once a hashing thread is this caller's; `HashingBusy` if too many of its kind wait."""
+        if self._hashing < self.threads and not self._waiting and not self._waiting_first:
             self._hashing += 1
             return
-        if len(self._waiting) >= self.max_waiting:
+        queue = self._waiting_first if priority else self._waiting
+        if len(queue) >= self.max_waiting:
             raise HashingBusy
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(turn)
+        queue.append(turn)
         try:
             await turn
         except asyncio.CancelledError:
@@ -224,23 +240,24 @@ class UserDirectory:
                 # Handed a thread in the same moment it was cancelled: pass the thread on.
                 self._next_turn()
             else:
-                self._waiting.remove(turn)
+                queue.remove(turn)
             self.dropped += 1
             raise
 
     def _next_turn(self, _: object = None) -> None:
         """A thread is free: give it to the longest-waiting check, or count it as idle."""
-        while self._waiting:
-            turn = self._waiting.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
+        for queue in (self._waiting_first, self._waiting):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    return
         self._hashing -= 1
 
     @property
     def waiting(self) -> int:
         """How many checks wait for a hashing thread now."""
-        return len(self._waiting)
+        return len(self._waiting) + len(self._waiting_first)
 
     def close(self) -> None:
         """Stop the hashing threads."""

@@ -98,8 +98,11 @@ async def test_memcached_counter_outage_raises_store_unavailable(memcached: Memc
         store.shutdown()
 
 
-def memcached_app(server: Memcached, users: UserDirectory, clock: FakeClock, **changes: object) -> SessionApplication:
-    config: Settings = load_settings("test", environ={}, session_secrets=(test_secret(),), store="memcached", **changes)
+def memcached_app(
+    server: Memcached, users: UserDirectory, clock: FakeClock, secret: str | None = None, **changes: object
+) -> SessionApplication:
+    secrets = (secret or test_secret(),)
+    config: Settings = load_settings("test", environ={}, session_secrets=secrets, store="memcached", **changes)
     return SessionApplication(config, memcached_store(server), users, clock=clock)
 
 
@@ -107,8 +110,10 @@ def memcached_app(server: Memcached, users: UserDirectory, clock: FakeClock, **c
 async def test_processes_on_one_memcached_share_the_login_budget(
     http_server, http_client, base_url, memcached: Memcached, users: UserDirectory, clock: FakeClock
 ):
-    # Two applications (two processes' worth of state) on one memcached: attempts on either count.
-    apps = [memcached_app(memcached, users, clock, login_pair_budget=4) for _ in range(2)]
+    # Two applications (two processes' worth of state, one deployment's secrets) on one memcached:
+    # attempts on either count.
+    secret = test_secret()
+    apps = [memcached_app(memcached, users, clock, secret, login_pair_budget=4) for _ in range(2)]
     codes = []
     try:
         for i in range(6):

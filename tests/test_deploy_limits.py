@@ -198,3 +198,33 @@ def test_nginx_closes_a_stalled_body_and_the_app_never_sees_it(shared):
     # nginx answers 408 (or just closes); the request never reached either process.
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
     assert sum(logged_requests(app, "POST", "/api/login") for app in shared.apps) == logins_before
+
+
+def test_one_address_holds_at_most_32_requests_in_nginx_at_once(own):
+    # Each held request has sent its whole header and waits for its body: nginx is processing it.
+    head = (
+        b"POST /api/logout HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    held = []
+    try:
+        for _ in range(32):
+            sock = tls_connection(own)
+            sock.sendall(head)
+            held.append(sock)
+        answers = []
+        for _ in range(20):  # nginx counts each held request once it has read its header
+            with tls_connection(own) as sock:
+                sock.sendall(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                answers.append(read_until_closed(sock).split(b"\r\n", 1)[0])
+            if answers[-1] == b"HTTP/1.1 429 Too Many Requests":
+                break
+        assert answers[-1] == b"HTTP/1.1 429 Too Many Requests", answers
+    finally:
+        for sock in held:
+            sock.close()
+    for _ in range(50):  # the closed connections leave nginx's count as it notices them
+        with tls_connection(own) as sock:
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            if read_until_closed(sock).startswith(b"HTTP/1.1 200"):
+                return
+    pytest.fail("nginx kept refusing after the held requests closed")

@@ -1,0 +1,51 @@
+"""Known devices: a browser that has logged in to an account before keeps logging in to it.
+
+The account budget (see `handlers.throttle`) stops many addresses guessing one account, and so
+would also stop its owner logging in from anywhere. OWASP's answer is a device cookie: after a
+successful login the browser gets a signed, HttpOnly cookie naming (a keyed digest of) that
+account. A login attempt for the account that carries it is not counted against the account
+budget, and waits for a hashing thread ahead of attempts without one: an attacker who floods the
+account or the hashing queue from elsewhere never locks the owner's own browser out. The pair
+budget (account and address) still applies to it.
+
+A value is ``<issued at>.<MAC>``: the MAC (HMAC-SHA256, truncated to 128 bits) covers the
+account and the time, under a key derived from each session secret (the newest signs, every one
+verifies), and a value older than ``device_cookie_max_age`` no longer counts.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+_MAC_HEX = 32
+
+
+class DeviceCookies:
+    """Issues and checks device cookie values for the server's session secrets."""
+
+    def __init__(self, secrets: Sequence[str], max_age: int) -> None:
+        self._keys = [hmac.digest(s.encode("utf-8"), b"device-cookie", "sha256") for s in secrets]
+        self.max_age = max_age
+
+    @staticmethod
+    def _mac(key: bytes, account: str, issued_at: int) -> str:
+        message = f"{issued_at}\0{account}".encode("utf-8", "surrogatepass")
+        return hmac.digest(key, message, "sha256").hex()[:_MAC_HEX]
+
+    def issue(self, account: str, now: float) -> str:
+        """A value naming ``account`` (normalised email), issued at ``now``."""
+        issued_at = int(now)
+        return f"{issued_at}.{self._mac(self._keys[0], account, issued_at)}"
+
+    def known(self, value: str | None, account: str, now: float) -> bool:
+        """Whether ``value`` is a device cookie we issued for ``account`` and still within its age."""
+        if not value or len(value) > 64:
+            return False
+        issued, _, mac = value.partition(".")
+        if not issued.isdigit() or len(mac) != _MAC_HEX:
+            return False
+        issued_at = int(issued)
+        if not 0 <= now - issued_at <= self.max_age:
+            return False
+        return any(hmac.compare_digest(mac, self._mac(key, account, issued_at)) for key in self._keys)

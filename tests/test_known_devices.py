@@ -1,0 +1,134 @@
+"""Known devices: a flood against an account or against the hashing queue never locks the owner's
+own browser out, and a login refused as busy costs the user none of their budget.
+
+Attackers are clients bound to their own loopback addresses; hashing threads are held busy by a
+gate where the order matters, so outcomes are decided by events, not timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from handlers.app import SessionApplication
+from handlers.devices import DeviceCookies
+from settings import Settings
+from stores.memory import MemoryStore
+from stores.users import DEMO_USERS_FILE, UserDirectory
+from tests.conftest import LILY, MAX, Browser, FakeClock, body_json, serve
+from tests.test_hashing_bounds import Gate, directory, until
+from tests.test_login_throttle import attempt
+
+WRONG = {"email": "max@gmail.com", "password": "wrong"}
+BUDGETS = {"login_pair_budget": 3, "login_address_budget": 50, "login_account_budget": 7}
+
+
+@pytest.fixture
+def gate() -> Any:
+    gate = Gate(1)
+    yield gate
+    gate.open()
+    gate.executor.shutdown(wait=True)
+
+
+def app_with(http_server: Any, config: Settings, store: MemoryStore, users: UserDirectory, clock: FakeClock):
+    return serve(http_server, SessionApplication(config.replace(**BUDGETS), store, users, clock=clock))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_account_locked_from_many_addresses_still_lets_the_owners_browser_in(
+    http_server, http_client, base_url, config, store, users, clock, browser: Browser, make_browser
+):
+    app_with(http_server, config, store, users, clock)
+    assert (await browser.login()).code == 200
+    assert "device" in browser.cookies
+    assert (await browser.post("/api/logout", {})).code == 200
+    # Three addresses spend the account budget (3 + 3 + 1 wrong passwords, then refused).
+    for n in range(1, 4):
+        for _ in range(3):
+            await attempt(http_client, base_url, WRONG, f"127.0.40.{n}")
+    assert (await attempt(http_client, base_url, MAX, "127.0.40.9")).code == 429  # a new device: locked
+    assert (await make_browser().login()).code == 429
+    r = await browser.login()  # the owner's own browser, with its device cookie
+    assert (r.code, body_json(r)["user"]["name"]) == (200, "Max Miller")
+    # The cookie names one account: it does not open another locked account.
+    for n in range(1, 4):
+        for _ in range(3):
+            await attempt(http_client, base_url, {**LILY, "password": "x"}, f"127.0.41.{n}")
+    assert (await browser.login(LILY)).code == 429
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_device_cookie_is_bound_to_its_account_and_signed(clock: FakeClock, config: Settings):
+    devices = DeviceCookies(config.session_secrets, 3600)
+    value = devices.issue("max@gmail.com", clock())
+    assert devices.known(value, "max@gmail.com", clock())
+    assert not devices.known(value, "lily@gmail.com", clock())
+    assert not devices.known(value[:-1] + ("0" if value[-1] != "0" else "1"), "max@gmail.com", clock())
+    issued, _, mac = value.partition(".")
+    assert not devices.known(f"{int(issued) + 1}.{mac}", "max@gmail.com", clock())
+    assert not devices.known(value, "max@gmail.com", clock() + 3601)  # too old
+    assert not DeviceCookies(("another secret",), 3600).known(value, "max@gmail.com", clock())
+    rotated = DeviceCookies(("a newer secret", *config.session_secrets), 3600)
+    assert rotated.known(value, "max@gmail.com", clock())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_logins_refused_as_busy_spend_no_budget_and_a_known_device_goes_first(
+    http_server, config, store, clock, browser: Browser, make_browser, gate: Gate
+):
+    # The owner logged in once before: their browser holds a device cookie.
+    users = directory(max_waiting=2)
+    app_with(http_server, config, store, users, clock)
+    assert (await browser.login()).code == 200
+    users.close()
+
+    # One hashing thread, held busy; a flood takes it and fills the queue of other logins.
+    users = UserDirectory(json.loads(DEMO_USERS_FILE.read_text()), executor=gate.executor, max_waiting=2, threads=1)
+    app_with(http_server, config, store, users, clock)
+    guesses = [{"email": f"someone{i}@example.com", "password": "guess"} for i in range(3)]
+    flood = [asyncio.ensure_future(make_browser().login(guess)) for guess in guesses]
+    await until(lambda: users.waiting == 2)
+    # A new device is refused as busy, more often than its pair budget allows wrong passwords...
+    stranger = make_browser()
+    for _ in range(BUDGETS["login_pair_budget"] + 2):
+        r = await stranger.login(LILY)
+        assert (r.code, r.headers["Retry-After"]) == (503, "1")
+    # ... while the owner's known browser is queued ahead of the flood, not refused.
+    owner = asyncio.ensure_future(browser.login())
+    await until(lambda: users.waiting == 3)
+    finished: list[str] = []
+    owner.add_done_callback(lambda _: finished.append("owner"))
+    for task in flood:
+        task.add_done_callback(lambda _: finished.append("flood"))
+    gate.open()
+    assert (await owner).code == 200
+    assert [r.code for r in await asyncio.gather(*flood)] == [401, 401, 401]
+    # The thread went to the flood's first login before the owner came; then to the owner first.
+    assert finished == ["flood", "owner", "flood", "flood"]
+    # The busy refusals cost the stranger nothing: the pair budget is whole.
+    assert (await stranger.login(LILY)).code == 200
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_device_cookie_is_httponly_and_lasts_its_max_age(
+    http_server, config, store, users, clock, browser: Browser
+):
+    app_with(http_server, config, store, users, clock)
+    assert (await browser.login()).code == 200
+    morsel = browser.last_set_cookies["device"]
+    assert morsel["httponly"] and morsel["path"] == "/"
+    assert morsel["max-age"] == str(config.device_cookie_max_age)
+    assert "max@gmail.com" not in morsel.value
+
+
+def test_counter_names_are_keyed_digests(config: Settings):
+    from handlers.throttle import counter_name
+
+    name = counter_name(config, "login-account", "max@gmail.com")
+    assert "max@gmail.com" not in name and len(name) == 64
+    assert name != counter_name(config.replace(session_secrets=("another secret",)), "login-account", "max@gmail.com")
+    assert json.dumps(name)  # plain text for any store
