@@ -16,7 +16,7 @@ from handlers.auth import LoginHandler, LogoutHandler
 from handlers.base import SecurityHeaders
 from handlers.health import LivenessHandler, NotFoundHandler, ReadinessHandler
 from handlers.pages import DemoClientConfigHandler, DemoClientHandler, PageCounterHandler
-from handlers.session import SessionManager
+from handlers.session_manager import SessionManager
 from settings import Settings
 from stores.base import SessionStore
 from stores.users import UserDirectory
