@@ -25,7 +25,7 @@ AREAS = [
     (
         "session layer (ours)",
         (
-            "/handlers/session.py",
+            "/handlers/session",
             "/handlers/base.py",
             "/stores/",
             "/handlers/pages.py",

@@ -17,7 +17,7 @@ from handlers.base import SecurityHeaders
 from handlers.devices import DeviceCookies
 from handlers.health import LivenessHandler, NotFoundHandler, ReadinessHandler
 from handlers.pages import DemoClientConfigHandler, DemoClientHandler, PageCounterHandler
-from handlers.session import SessionManager
+from handlers.session_manager import SessionManager
 from settings import Settings
 from stores.base import SessionStore
 from stores.users import UserDirectory

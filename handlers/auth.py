@@ -10,7 +10,7 @@ from typing import Any
 from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, SessionHandler, not_logged_in
-from handlers.session import Session
+from handlers.session_object import Session
 from handlers.throttle import TOO_MANY_ATTEMPTS, Refused, check_account_budgets, check_address_budget
 from stores.users import CheckAbandoned, HashingBusy, User, normalise_email
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, format_timestamp, parse_cookie
 from tornado.web import HTTPError, OutputTransform, RequestHandler, stream_request_body
 
-from handlers.session import Remembered, Session
+from handlers.remembered import Remembered
+from handlers.session_object import Session
 from stores.base import StoreUnavailable, StoreValueError
 
 if TYPE_CHECKING:

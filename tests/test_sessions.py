@@ -14,7 +14,7 @@ import pytest
 from tornado.web import create_signed_value
 
 from handlers.app import SessionApplication
-from handlers.session import Session
+from handlers.session_object import Session
 from settings import Settings, key_version
 from stores.base import Operation, Record
 from stores.memory import MemoryStore
@@ -184,7 +184,7 @@ async def test_key_rotation_keeps_old_cookies_and_re_signs_them(browser: Browser
     old_cookie = browser.cookies["sid"]
     session_id = cookie_id(browser, app)
     # Rotate: a new secret in front. The running app is rebuilt with the new list.
-    from handlers.session import SessionManager
+    from handlers.session_manager import SessionManager
 
     app.config = rotated(app.config, test_secret())
     app.sessions = SessionManager(app.config, store, app.clock)
@@ -208,7 +208,7 @@ async def test_key_rotation_keeps_old_cookies_and_re_signs_them(browser: Browser
 
 @pytest.mark.gen_test
 async def test_cookie_signed_before_two_prepends_still_verifies(browser: Browser, app: SessionApplication, store):
-    from handlers.session import SessionManager
+    from handlers.session_manager import SessionManager
 
     await browser.login()
     app.config = rotated(app.config, test_secret(), test_secret())
@@ -405,7 +405,7 @@ def test_a_remembered_xsrf_token_is_valid_for_its_own_session_only(app: SessionA
 
 
 def test_remembered_maps_stay_bounded_and_keep_the_newest():
-    from handlers.session import Remembered
+    from handlers.remembered import Remembered
 
     remembered = Remembered(10)
     for i in range(100):
