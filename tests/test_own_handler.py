@@ -189,6 +189,7 @@ TORNADO_HOOKS = {
     "write_error",
     "send_error",
     "finish",
+    "flush",
     "log_exception",
     "compute_etag",
     "get_current_user",

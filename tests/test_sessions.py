@@ -393,7 +393,7 @@ def test_a_remembered_cookie_still_expires_with_its_age(app: SessionApplication,
 def test_failed_verifications_are_not_remembered(app: SessionApplication):
     for i in range(50):
         assert app.sessions.verify(tamper(forge(app, f"{i:043d}"))) == (None, False)
-    assert len(app.sessions._verified) == 0
+    assert len(app.sessions.signer._verified) == 0
 
 
 def test_a_remembered_xsrf_token_is_valid_for_its_own_session_only(app: SessionApplication):
@@ -423,7 +423,7 @@ def test_increments_are_integers_only(amount):
 
 
 def test_cookie_headers_are_parsed_once_and_remembered_within_bounds():
-    from handlers import base
+    from handlers import cookies as base
 
     header = 'sid="2|1:0|10:1|3:sid|4:YWJj|ff"; XSRF-TOKEN=abc.def'
     first = base.parse_cookie_header(header)
