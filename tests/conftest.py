@@ -76,6 +76,13 @@ def test_secret() -> str:
 test_secret.__test__ = False  # type: ignore[attr-defined]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that starts memcached is in the slow tier with the other process tests.
+    for item in items:
+        if item.get_closest_marker("memcached") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -466,3 +466,17 @@ async def test_writes_leave_the_loaded_record_as_it_was(app: SessionApplication,
     del session["page_views"]
     assert session.loaded["data"] == loaded_data == {"page_views": 1}
     assert "other" in session and "page_views" not in session
+
+
+@pytest.mark.gen_test
+async def test_a_stale_cookie_is_cleared_on_a_401_too(app: SessionApplication, browser):
+    await browser.login()
+    await browser.get("/api/balance")
+    stale = dict(browser.cookies)
+    await browser.post("/api/logout", {})
+    browser.cookies.update(stale)  # a client that kept the old cookie
+    r = await browser.get("/api/balance")
+    assert r.code == 401
+    cleared = browser.last_set_cookies["sid"]
+    assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == "/"
+    assert "sid" not in browser.cookies

@@ -27,6 +27,8 @@ from settings import SettingsError, load_settings
 from tests.conftest import FakeClock
 from tests.services import AppProcess
 
+pytestmark = pytest.mark.slow  # server processes held by slow clients
+
 # Short timeouts, so a test sees them end; a test that needs connections held sets its own.
 FAST = {"HEADER_TIMEOUT": "1", "BODY_TIMEOUT": "1"}
 # How long a client keeps trickling before the test gives up on the server: far beyond the
