@@ -35,7 +35,8 @@ def code_block(after_heading: str, language: str) -> str:
 def curl_tour() -> tuple[str, list[tuple[str, str]]]:
     """The tour's set-up line and its (command, expected output) pairs."""
     lines = code_block("## A session, step by step, with curl", "sh").splitlines()
-    setup, steps = lines[0], []
+    setup = lines[0]
+    steps: list[tuple[str, str]] = []
     command = ""
     for line in lines[1:]:
         if line.strip().startswith("#"):  # the expected output of the command above, on its own line
