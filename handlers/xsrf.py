@@ -18,7 +18,7 @@ from handlers.remembered import Remembered
 from stores.users import b64url
 
 if TYPE_CHECKING:
-    from handlers.base import JsonHandler
+    from handlers.json_handler import JsonHandler
 
 MAX_TOKEN_LENGTH = 128
 

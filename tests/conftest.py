@@ -76,10 +76,15 @@ def test_secret() -> str:
 test_secret.__test__ = False  # type: ignore[attr-defined]
 
 
+# Fixtures that start a memcached process (tests/services.Memcached) for the test using them.
+MEMCACHED_FIXTURES = frozenset({"memcached", "small_memcached", "tls_memcached"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that starts memcached is in the slow tier with the other process tests.
     for item in items:
-        if item.get_closest_marker("memcached") and not item.get_closest_marker("slow"):
+        starts_memcached = MEMCACHED_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if (item.get_closest_marker("memcached") or starts_memcached) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
 
 

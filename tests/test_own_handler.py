@@ -208,7 +208,7 @@ TORNADO_HOOKS = {
 
 def handler_classes() -> list[type]:
     found: set[type] = set()
-    for module in ("account", "app", "auth", "base", "health", "pages"):
+    for module in ("account", "app", "auth", "base", "health", "json_handler", "pages", "session_handler"):
         namespace = vars(__import__(f"handlers.{module}", fromlist=["_"]))
         found.update(c for c in namespace.values() if isinstance(c, type) and issubclass(c, RequestHandler))
     return sorted((c for c in found if c.__module__.startswith("handlers.")), key=lambda c: c.__qualname__)
