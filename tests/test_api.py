@@ -8,7 +8,7 @@ import pytest
 
 from handlers.app import SessionApplication
 from stores.users import DEMO_USERS_FILE, UserDirectory, _parse_hash
-from tests.conftest import LILY, MAX, Browser, CountingStore, body_json
+from tests.conftest import LILY, MAX, Browser, CountingStore, body_json, serve
 
 
 @pytest.mark.gen_test
@@ -83,20 +83,25 @@ async def test_unknown_email_and_wrong_password_cost_the_same_hash(make_browser,
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_password_checks_do_not_block_the_event_loop(make_browser, users: UserDirectory):
-    # While two logins hash, a sessionless request is answered: were hashing on the event loop,
-    # both logins would be done before /livez could be.
-    before = users.hashes_run
-    logins = [asyncio.ensure_future(make_browser().login()) for _ in range(2)]
-    for _ in range(5000):  # bounded: until both checks have gone to the hashing threads
-        if users.hashes_run == before + 2:
-            break
-        await asyncio.sleep(0.001)
-    r = await make_browser().get("/livez")
-    assert r.code == 200
-    assert not all(login.done() for login in logins)
-    results = await asyncio.gather(*logins)
-    assert all(x.code == 200 for x in results)
+async def test_password_checks_do_not_block_the_event_loop(http_server, make_browser, config, store, clock):
+    # While two logins hash (at the shipped users' cost), a sessionless request is answered:
+    # were hashing on the event loop, both logins would be done before /livez could be.
+    users = UserDirectory.from_file(DEMO_USERS_FILE)
+    serve(http_server, SessionApplication(config, store, users, clock=clock))
+    try:
+        before = users.hashes_run
+        logins = [asyncio.ensure_future(make_browser().login()) for _ in range(2)]
+        for _ in range(5000):  # bounded: until both checks have gone to the hashing threads
+            if users.hashes_run == before + 2:
+                break
+            await asyncio.sleep(0.001)
+        r = await make_browser().get("/livez")
+        assert r.code == 200
+        assert not all(login.done() for login in logins)
+        results = await asyncio.gather(*logins)
+        assert all(x.code == 200 for x in results)
+    finally:
+        users.close()
 
 
 @pytest.mark.gen_test
