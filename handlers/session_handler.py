@@ -116,9 +116,10 @@ class SessionHandler(JsonHandler):
         # command (-b jar -c jar), brings a cleared cookie back when another Set-Cookie follows it
         # in the response (the next cookie purges the expired one from memory, then the jar file
         # is read again), so the README's curl walk-through would keep a dead session cookie.
-        for header, _ in sorted(self._cookies.values(), key=lambda cookie: cookie[1]):
-            self.add_header("Set-Cookie", header)
-        self._cookies.clear()
+        if self._cookies:
+            for header, _ in sorted(self._cookies.values(), key=lambda cookie: cookie[1]):
+                self.add_header("Set-Cookie", header)
+            self._cookies.clear()
         return super().flush(include_footers)
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:

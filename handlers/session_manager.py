@@ -164,7 +164,8 @@ class SessionManager:
             change = await self._create(session, client, now)
         elif session.stored_id is not None and session.touch_due:
             await self._touch(session, now)
-        await self._delete_retired(session)
+        if session.retired_ids:
+            await self._delete_retired(session)
         if change is None and session.id is not None and session.stored_id == session.id and session.resign:
             change = CookieChange(self.sign(session.id))
         elif change is None and session.id is None and session.stale_cookie:
