@@ -191,7 +191,7 @@ def memory_sessions(*args: str) -> subprocess.CompletedProcess[str]:
 def test_free_ports_are_never_handed_out_twice():
     # Chosen ports are bound later (memcached, the delaying proxy, each server): a port handed out
     # twice put memcached itself where the 20 ms proxy should have been, in a published run.
-    from ports import free_port
+    from harness import free_port
 
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)

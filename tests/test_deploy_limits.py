@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from bench.run import cpu_seconds
+from harness import cpu_seconds
 from tests.services import AppProcess
 from tests.test_deploy import FAST_USER, SLOW_USER, Deployment, deployed, fetch, login, session_cookie
 

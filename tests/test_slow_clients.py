@@ -20,9 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.run import cpu_seconds
-from bench.slow_clients import partial_header_flood
 from connections import DESCRIPTOR_RESERVE, LogThrottle, ThrottledLines, ThrottledWarning, connection_cap
+from harness import cpu_seconds, partial_header_flood
 from settings import SettingsError, load_settings
 from tests.conftest import FakeClock
 from tests.services import AppProcess
