@@ -19,11 +19,10 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
 
 from connections import CappedHTTPServer, ThrottledLines, connection_cap
-from handlers.access import configure_logging
 from handlers.app import SessionApplication
+from handlers.logging_setup import configure_logging
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
 from stores import build_store
 from stores.users import DEMO_USERS_FILE, UserDirectory, UsersFileError, hash_password
@@ -40,11 +39,10 @@ TORNADO_MAX_BODY = 16 * 1024 * 1024
 # what is alive, not what was freed, so at 20,000 the same work is done about 28 times less
 # often; garbage in reference cycles waits a little longer for it (a few MiB at most).
 GC_YOUNG_THRESHOLD = 20_000
-# Bytes a connection asks the socket for at a time. Tornado's default, 64 KiB, is allocated and
-# zero-filled afresh for every read, at least two per request (the request, then the read that
-# finds nothing more): 128 KiB of memset per request, 15% of a sessionless request's
-# instructions, and the writes push the session state out of the CPU caches between requests.
-# A request's head fits in 4 KiB; a larger one takes a few more reads.
+# Bytes a connection asks the socket for at a time (Tornado's ``chunk_size``). Tornado's default,
+# 64 KiB, is allocated and zero-filled afresh for every read, at least two per request: 128 KiB
+# of memset per request, 15% of a sessionless request's instructions. A request's head fits in
+# 4 KiB; a larger one takes a few more reads.
 READ_CHUNK_SIZE = 4096
 
 
@@ -53,26 +51,6 @@ def store_connections(settings: Settings) -> int:
     if settings.store == "memcached":
         return settings.memcached_threads * len(settings.memcached_servers)
     return 0
-
-
-class SessionHTTPServer(CappedHTTPServer):
-    """The capped HTTP server, with Nagle's algorithm off for the whole life of a connection, and
-    reads of ``READ_CHUNK_SIZE``.
-
-    Tornado turns Nagle off before each response and on again after it: two setsockopt calls per
-    request, about 4% of a bare request's time here. A JSON API writes each response whole, so
-    the connection keeps TCP_NODELAY from the start, as nginx and Node.js do by default.
-    """
-
-    def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
-        stream.read_chunk_size = READ_CHUNK_SIZE
-        stream.set_nodelay(True)
-        stream.set_nodelay = _keep_nodelay  # type: ignore[method-assign]
-        super().handle_stream(stream, address)
-
-
-def _keep_nodelay(value: bool) -> None:
-    """Stands in for IOStream.set_nodelay once the connection has TCP_NODELAY for good."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +100,10 @@ def load_users(settings: Settings) -> UserDirectory:
 async def serve(settings: Settings, users: UserDirectory) -> None:
     store = build_store(settings)
     app = SessionApplication(settings, store, users)
-    server = SessionHTTPServer(
+    server = CappedHTTPServer(
         app,
         xheaders=settings.xheaders,
+        chunk_size=READ_CHUNK_SIZE,
         max_body_size=TORNADO_MAX_BODY,
         # Tornado's name for what bounds the wait for a request's complete headers (an hour by
         # default), idle kept-alive connections included; see Settings.header_timeout.
@@ -158,12 +137,12 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
 async def drain(server: HTTPServer, app: SessionApplication, timeout: float) -> None:
     """Stop accepting, let requests in flight finish (and save their sessions), then close.
 
-    Keep-alive is switched off first, so a request still arriving on an open connection is
-    answered with ``Connection: close`` instead of keeping the connection around.
+    Each answer given while draining says ``Connection: close`` and closes its connection once
+    written (see `JsonHandler.finish`), instead of keeping the connection around.
     """
     log.info("stopping: no new connections; draining %d request(s) for up to %.1fs", app.in_flight, timeout)
     server.stop()
-    server.conn_params.no_keep_alive = True
+    app.draining = True
     deadline = time.monotonic() + timeout
     while app.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.02)

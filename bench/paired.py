@@ -36,6 +36,7 @@ from bench.run import (
     LOGIN,
     ROOT,
     SCENARIOS,
+    UNLIMITED_CLIENT,
     Server,
     free_port,
     prepare_browsers,
@@ -97,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     memcached_port = free_port()
     memcached = [shutil.which("memcached") or "/usr/bin/memcached", "-l", "127.0.0.1", "-p", str(memcached_port)]
     memcached += ["-U", "0", "-m", "512", "-t", "1"] + (["-u", "root"] if os.geteuid() == 0 else [])
-    base_env = {"SESSION_SECRETS": os.urandom(32).hex(), "USERS_FILE": str(users), "LOG_FORMAT": "text"}
+    base_env = {
+        "SESSION_SECRETS": os.urandom(32).hex(),
+        "USERS_FILE": str(users),
+        "LOG_FORMAT": "text",
+        **UNLIMITED_CLIENT,
+    }
     store_env = {
         "memory": base_env,
         "memcached": {**base_env, "SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached_port}"},

@@ -22,19 +22,8 @@ sys.path.insert(0, str(ROOT))
 # Area of a function, by where it is defined (first match wins).
 AREAS = [
     ("cookie signing (HMAC)", ("signed_value", "signature", "_decode_fields", "_consume_field", "hmac")),
-    (
-        "session layer (ours)",
-        (
-            "/handlers/session",
-            "/handlers/base.py",
-            "/stores/",
-            "/handlers/pages.py",
-            "/handlers/auth.py",
-            "/handlers/account.py",
-            "/handlers/health.py",
-        ),
-    ),
-    ("logging", ("/logging/", "/handlers/access.py")),
+    ("logging", ("/logging/", "/handlers/logging_setup.py")),
+    ("session layer (ours)", ("/handlers/", "/stores/")),
     ("JSON", ("/json/", "_json")),
     ("memcached client hand-off", ("/pymemcache/", "/concurrent/", "/threading.py", "run_in_executor")),
     ("socket I/O", ("method 'send'", "method 'recv", "socket")),

@@ -136,7 +136,9 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
 
 # Sections other scripts write into BENCHMARKS.md (bench/abuse.py): a full run keeps them.
 ABUSE_SECTION = "## Under abuse"
-KEPT_SECTIONS = (ABUSE_SECTION,)
+# Written by hand: how the benchmark works, earlier runs' figures, paired measurements of changes.
+HISTORY_SECTION = "## How the benchmark runs, and earlier runs"
+KEPT_SECTIONS = (ABUSE_SECTION, HISTORY_SECTION)
 
 
 def _section_bounds(lines: list[str], heading: str) -> tuple[int, int] | None:

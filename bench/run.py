@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
+from harness import cpu_seconds as cpu_seconds  # noqa: E402  (shared with the tests)
+from harness import free_port as free_port  # noqa: E402
 from stores.users import hash_password  # noqa: E402
 
 SCENARIOS = {
@@ -75,20 +77,6 @@ def pin(pid: int, cpus: set[int]) -> None:
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             os.sched_setaffinity(int(task.name), cpus)
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one handed out before: those may not be bound yet."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def wait_for(url: str, timeout: float = 30) -> None:
@@ -185,26 +173,6 @@ def wrk(url: str, path: str, cookies: Path, concurrency: int, duration: int) -> 
         "p99_ms": raw["p99_us"] / 1000,
         "errors": raw["non_2xx"] + raw["socket_errors"],
     }
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """The CPU time (user and system) a process has used so far: its main thread's, and its other
-    threads' together. For our server the main thread is the IOLoop; the others are the store's
-    workers. Counted in clock ticks (10 ms), so only a run's whole is meaningful, not a request."""
-    tick = os.sysconf("SC_CLK_TCK")
-    main = others = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            # The fields after the command name, which may itself hold spaces and parentheses.
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # a thread that ended meanwhile
-            continue
-        used = (int(fields[11]) + int(fields[12])) / tick
-        if task.name == str(pid):
-            main += used
-        else:
-            others += used
-    return main, others
 
 
 def cpu_per_request(before: tuple[float, float], after: tuple[float, float], run: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handlers.base import parse_cookie_header
+from handlers.cookies import parse_cookie_header
 from handlers.session_manager import SessionManager
 from settings import load_settings
 from stores.base import dump_record, parse_record

@@ -14,9 +14,7 @@ server has to end them itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import resource
-import select
 import socket
 import subprocess
 import sys
@@ -27,36 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import cpu_seconds, free_port, wait_for  # noqa: E402
+from bench.run import wait_for  # noqa: E402
+from harness import cpu_seconds, free_port, partial_header_flood  # noqa: E402
 
-PARTIAL_HEADERS = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-# Enough for the kernel's retries of a connection first refused for a full queue (1 s, then 3 s).
-ESTABLISH_WITHIN = 5.0
 LIVEZ = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-
-
-def partial_header_flood(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections to ``port`` that send a request line and one header, and no more.
-
-    Non-blocking: a connection the server has not accepted is still established (the kernel
-    queues it) and holds its place while the server is busy or out of descriptors. Returns once
-    every one is established (a connect refused for a full queue is retried by the kernel), or
-    after ``ESTABLISH_WITHIN`` seconds with those that are.
-    """
-    flood = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        flood.append(sock)
-    waiting, deadline = list(flood), time.monotonic() + ESTABLISH_WITHIN
-    while waiting and time.monotonic() < deadline:
-        _, established, _ = select.select([], waiting, [], deadline - time.monotonic())
-        for sock in established:
-            waiting.remove(sock)
-            with contextlib.suppress(OSError):
-                sock.send(PARTIAL_HEADERS)
-    return flood
 
 
 def livez_answers(port: int, wait: float) -> bool:

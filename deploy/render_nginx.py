@@ -53,14 +53,22 @@ def render(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render the nginx site for the session server.")
-    parser.add_argument("--server-name", required=True)
+    parser.add_argument("--server-name", required=True, help="the site's host name, as in its certificate")
     parser.add_argument("--app-ports", required=True, help="comma-separated loopback ports of the app processes")
-    parser.add_argument("--certificate", required=True)
-    parser.add_argument("--certificate-key", required=True)
-    parser.add_argument("--static-root", required=True)
-    parser.add_argument("--http-listen", default="80")
-    parser.add_argument("--https-listen", default="443")
-    parser.add_argument("--proxy-params", default=str(HERE / "nginx" / "proxy_params.conf"))
+    parser.add_argument("--certificate", required=True, help="the TLS certificate chain file (PEM)")
+    parser.add_argument("--certificate-key", required=True, help="the TLS certificate's private key file (PEM)")
+    parser.add_argument("--static-root", required=True, help="the demo client's folder (static/), served at /")
+    parser.add_argument(
+        "--http-listen", default="80", help="nginx's listen for plain HTTP: a port or address:port (default: 80)"
+    )
+    parser.add_argument(
+        "--https-listen", default="443", help="nginx's listen for HTTPS: a port or address:port (default: 443)"
+    )
+    parser.add_argument(
+        "--proxy-params",
+        default=str(HERE / "nginx" / "proxy_params.conf"),
+        help="the proxy parameters file the site includes (default: deploy/nginx/proxy_params.conf)",
+    )
     args = parser.parse_args(argv)
     try:
         ports = [int(p) for p in args.app_ports.split(",") if p.strip()]

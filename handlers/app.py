@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tornado.routing import _RuleList
+from tornado.routing import Rule
 from tornado.web import Application
 
-from handlers.access import log_request
 from handlers.account import BalanceHandler
 from handlers.auth import LoginHandler, LogoutHandler
-from handlers.base import SecurityHeaders
 from handlers.devices import DeviceCookies
 from handlers.health import LivenessHandler, NotFoundHandler, ReadinessHandler
+from handlers.logging_setup import log_request
 from handlers.pages import DemoClientConfigHandler, DemoClientHandler, PageCounterHandler
+from handlers.security_headers import SecurityHeaders
 from handlers.session_manager import SessionManager
 from settings import Settings
 from stores.base import SessionStore
 from stores.users import UserDirectory
 
 ROOT = Path(__file__).resolve().parent.parent
+# Routes as Tornado's Application takes them: (pattern, handler[, kwargs[, name]]) or a Rule.
+Routes = Sequence[Rule | tuple[Any, ...]]
 
-API_ROUTES: _RuleList = [
+API_ROUTES: Routes = [
     (r"/api", PageCounterHandler),
     (r"/api/login", LoginHandler),
     (r"/api/logout", LogoutHandler),
@@ -47,7 +49,7 @@ class SessionApplication(Application):
         store: SessionStore,
         users: UserDirectory,
         clock: Callable[[], float] = time.time,
-        extra_routes: _RuleList | None = None,
+        extra_routes: Routes | None = None,
         **tornado_settings: Any,
     ) -> None:
         self.config = config
@@ -57,6 +59,8 @@ class SessionApplication(Application):
         self.sessions = SessionManager(config, store, clock)
         self.devices = DeviceCookies(config.session_secrets, config.device_cookie_max_age)
         self.in_flight = 0
+        # Set when the process stops: every answer from then on closes its connection.
+        self.draining = False
         routes: list[Any] = [*(extra_routes or []), *API_ROUTES]
         if config.static_path:
             # The client's own files at the top level (index.html, app.js, ...), as nginx serves

@@ -9,12 +9,17 @@ class LivenessHandler(JsonHandler):
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
+    # Load balancers often probe with HEAD: the same answer, without its body.
+    head = get
+
 
 class ReadinessHandler(JsonHandler):
     async def get(self) -> None:
         if not await self.app.store.ready():
             raise store_unavailable()
         self.write_json({"status": "ready"})
+
+    head = get
 
 
 class NotFoundHandler(JsonHandler):

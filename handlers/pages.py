@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from http.client import responses
 from typing import Any
 
 from tornado.web import StaticFileHandler
 
 from handlers.base import JsonHandler, SessionHandler
+from handlers.json_api import JSON_CONTENT_TYPE, error_body
 
 PAGE_VIEWS = "page_views"
 # The first of the shipped demo users (settings/demo_users.json), as the README lists them.
@@ -23,7 +25,7 @@ class PageCounterHandler(SessionHandler):
         # Save first so the text shows the stored total, not this request's guess.
         await self.save_session()
         views = session[PAGE_VIEWS]
-        self._headers["Content-Type"] = "text/plain; charset=UTF-8"  # a constant: set_header's checks are moot
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
         if views == 1:
             self.write("Welcome to this page for the first time!")
         else:
@@ -53,5 +55,5 @@ class DemoClientHandler(StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"errorMessage": "Not found." if status_code == 404 else self._reason}))
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
+        self.finish(error_body("Not found." if status_code == 404 else responses.get(status_code, "Unknown")))

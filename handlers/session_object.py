@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from stores.base import Operation, Record, applied, is_privileged, json_value
@@ -22,13 +22,13 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(_ID_BYTES)
 
 
-class Session:
-    """One browser session for the length of a request.
+class Session(MutableMapping[str, Any]):
+    """One browser session for the length of a request: a `MutableMapping` of JSON values.
 
-    Reading: ``session["k"]``, ``session.get("k")``, ``"k" in session``.
-    Writing: ``session["k"] = v``, ``del session["k"]``, ``session.increment("k")``; each is
-    recorded as an operation and applied to the newest stored record when the request saves,
-    so concurrent requests do not overwrite each other.
+    Reading: ``session["k"]``, ``session.get("k")``, ``"k" in session``, ``dict(session)``.
+    Writing: ``session["k"] = v``, ``del session["k"]``, ``update``, ``pop``, ``setdefault``,
+    ``session.increment("k")``; each is recorded as an operation and applied to the newest
+    stored record when the request saves, so concurrent requests do not overwrite each other.
     ``regenerate()`` moves the data to a new id; ``destroy()`` ends the session.
 
     ``privileged``: the session has been regenerated (a login), here or in an earlier request.

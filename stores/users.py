@@ -46,11 +46,13 @@ class CheckAbandoned(Exception):
     """The caller no longer wanted the check when a thread was free for it: nothing was hashed."""
 
 
-def _b64(raw: bytes) -> str:
+def b64url(raw: bytes) -> str:
+    """``raw`` as unpadded URL-safe base64, the form every token and hash here is written in."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
+def unb64url(text: str) -> bytes:
+    """The bytes an unpadded URL-safe base64 text (see `b64url`) spells."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -65,7 +67,7 @@ def hash_password(password: str, cost: tuple[int, int, int] = DEFAULT_COST) -> s
     """A new salted scrypt hash of ``password`` in this module's text format."""
     log_n, r, p = cost
     salt = os.urandom(_SALT_BYTES)
-    return f"scrypt${log_n}${r}${p}${_b64(salt)}${_b64(_scrypt(password, salt, log_n, r, p))}"
+    return f"scrypt${log_n}${r}${p}${b64url(salt)}${b64url(_scrypt(password, salt, log_n, r, p))}"
 
 
 def _parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
@@ -76,7 +78,7 @@ def _parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
     # Bounds keep a mistyped file from asking for gigabytes per login.
     if not (10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
         raise ValueError("scrypt cost out of range")
-    salt, key = _unb64(parts[4]), _unb64(parts[5])
+    salt, key = unb64url(parts[4]), unb64url(parts[5])
     if len(salt) < 8 or len(key) != _KEY_BYTES:
         raise ValueError("salt or key of the wrong length")
     return log_n, r, p, salt, key

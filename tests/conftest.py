@@ -18,7 +18,7 @@ from handlers.app import SessionApplication
 from settings import Settings, load_settings
 from stores.base import Operation, Record
 from stores.memory import MemoryStore
-from stores.users import DEMO_USERS_FILE, UserDirectory
+from stores.users import DEMO_USERS_FILE, UserDirectory, hash_password
 
 START = 1_800_000_000.0
 MAX = {"email": "max@gmail.com", "password": "1234"}
@@ -76,6 +76,18 @@ def test_secret() -> str:
 test_secret.__test__ = False  # type: ignore[attr-defined]
 
 
+# Fixtures that start a memcached process (tests/services.Memcached) for the test using them.
+MEMCACHED_FIXTURES = frozenset({"memcached", "small_memcached", "tls_memcached"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that starts memcached is in the slow tier with the other process tests.
+    for item in items:
+        starts_memcached = MEMCACHED_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if (item.get_closest_marker("memcached") or starts_memcached) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -91,9 +103,21 @@ def store(config: Settings, clock: FakeClock) -> CountingStore:
     return CountingStore(config.memory_max_sessions, clock=clock)
 
 
+# scrypt's cheapest cost the users file accepts: a login's check takes a millisecond.
+CHEAP_HASH_COST = (10, 8, 1)
+
+
 @pytest.fixture(scope="session")
 def users() -> UserDirectory:
-    return UserDirectory.from_file(DEMO_USERS_FILE)
+    """The demo users with their documented passwords, hashed at `CHEAP_HASH_COST` instead of the
+    shipped file's cost (a tenth of a second a login), so the many logins of the fast tier stay
+    fast. Tests about what hashing costs use DEMO_USERS_FILE itself."""
+    passwords = {MAX["email"]: MAX["password"], LILY["email"]: LILY["password"]}
+    entries = [
+        {**entry, "password_hash": hash_password(passwords[entry["email"]], cost=CHEAP_HASH_COST)}
+        for entry in json.loads(DEMO_USERS_FILE.read_text())
+    ]
+    return UserDirectory(entries)
 
 
 @pytest.fixture

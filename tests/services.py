@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import free_port as free_port  # one record of the ports handed out, for tests and benchmark alike
+from harness import free_port as free_port  # one record of the ports handed out, for tests and benchmark alike
 
 ROOT = Path(__file__).resolve().parent.parent
 

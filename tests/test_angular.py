@@ -42,7 +42,7 @@ from tests.test_browser_e2e import CHROMIUM_FLAGS
 sys.path.insert(0, str(ROOT / "deploy"))
 from render_nginx import render
 
-pytestmark = pytest.mark.memcached
+pytestmark = [pytest.mark.memcached, pytest.mark.slow]  # an Angular build, Chromium and nginx
 
 EXAMPLE = ROOT / "examples" / "angular"
 MIN_NODE = (20, 19)  # Angular 21's engines: ^20.19.0 || ^22.12.0 || >=24.0.0

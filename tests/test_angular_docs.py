@@ -35,6 +35,6 @@ def test_every_quote_is_its_file_as_it_is():
 
 def test_the_readme_sends_angular_readers_to_the_doc():
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### For Angular apps", 1)[1].split("\n#", 1)[0]
+    section = readme.split("## The demo client, and Angular", 1)[1].split("\n#", 1)[0]
     assert "(docs/ANGULAR.md)" in section
     assert "```" not in section  # the code lives in the doc, where it is checked

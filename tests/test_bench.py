@@ -11,6 +11,8 @@ import pytest
 
 from tests.services import ROOT, require_binary
 
+pytestmark = pytest.mark.slow  # the benchmark's machinery, valgrind included
+
 
 def test_bench_smoke_run_measures_every_scenario(tmp_path):
     require_binary("wrk")
@@ -189,7 +191,7 @@ def memory_sessions(*args: str) -> subprocess.CompletedProcess[str]:
 def test_free_ports_are_never_handed_out_twice():
     # Chosen ports are bound later (memcached, the delaying proxy, each server): a port handed out
     # twice put memcached itself where the 20 ms proxy should have been, in a published run.
-    from bench.run import free_port
+    from harness import free_port
 
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)

@@ -7,9 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.abuse import markdown
 from bench.report import ABUSE_SECTION, kept_sections, replace_section, section
 from tests.services import ROOT
+
+pytestmark = pytest.mark.slow  # the benchmark's machinery
 
 DOC = "# Benchmarks\n\nintro\n\n## Targets\n\n| a | b |\n\n## Notes\n\nlast\n"
 

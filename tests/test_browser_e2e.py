@@ -23,6 +23,8 @@ from tests.services import ROOT, AppProcess, free_port, listening_addresses, req
 sys.path.insert(0, str(ROOT / "deploy"))
 from render_client import render as render_client
 
+pytestmark = pytest.mark.slow  # Chromium and server processes
+
 DEV_CLIENT_PORT = 4736  # the origin the dev settings allow, as the reference app did
 README_PORT = 3000  # the README's address for the demo client, http://127.0.0.1:3000/
 ARTIFACTS = ROOT / "tests" / "artifacts"

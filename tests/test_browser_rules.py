@@ -371,7 +371,7 @@ async def test_session_responses_are_not_cached(browser: Browser):
     ],
 )
 def test_origins_compare_without_their_default_port(origin, normalised):
-    from handlers.base import normalise_origin
+    from handlers.cors import normalise_origin
 
     assert normalise_origin(origin) == normalised
 

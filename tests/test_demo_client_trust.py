@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "deploy"))
 from render_client import render
 from render_nginx import render as render_nginx
 
+pytestmark = pytest.mark.slow  # Chromium, nginx and server processes
+
 __all__ = ["chromium"]  # the browser fixture of the other browser tests, used here too
 
 

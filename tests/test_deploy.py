@@ -28,7 +28,7 @@ from tests.services import AppProcess, Memcached, Nginx, TestPKI, free_port, lis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy"))
 from render_nginx import render
 
-pytestmark = pytest.mark.memcached
+pytestmark = [pytest.mark.memcached, pytest.mark.slow]  # nginx and several server processes
 SLOW_USER = {"email": "slow@example.com", "password": "patience"}
 FAST_USER = {"email": "ann@example.com", "password": "pw"}
 
@@ -256,6 +256,15 @@ async def test_spoofed_forwarding_headers_change_nothing(client, deployment):
     assert lines[0]["status"] == 404
 
 
+def login_counts(memcached: Memcached) -> int:
+    """How many counter increments memcached has answered (each login attempt makes three)."""
+    stats = memcached._exchange(b"stats\r\n", b"END\r\n").decode().split()
+    return sum(int(stats[i + 2]) for i, word in enumerate(stats) if word == "STAT" and stats[i + 1] in COUNTS)
+
+
+COUNTS = ("incr_hits", "incr_misses")
+
+
 def test_app_processes_listen_on_loopback_only(deployment):
     for app in deployment.apps:
         addresses = listening_addresses(app.pid)
@@ -268,8 +277,13 @@ def test_app_processes_listen_on_loopback_only(deployment):
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_sigterm_lets_a_slow_request_finish_and_keeps_its_session(client, deployment, stop_signal):
     with AppProcess(deployment.env, args=("--env=prod",)) as draining:
+        counted = login_counts(deployment.memcached)
         pending = asyncio.ensure_future(login(client, deployment, SLOW_USER, base=draining.base_url))
-        await asyncio.sleep(0.15)  # the scrypt check is now running
+        # The login is in flight once its attempt is counted: its scrypt check starts right after.
+        for _ in range(1000):
+            if login_counts(deployment.memcached) >= counted + 3:
+                break
+            await asyncio.sleep(0.01)
         draining.send_signal(stop_signal)
         r = await pending
         assert r.code == 200, r.body
@@ -319,11 +333,15 @@ def test_a_draining_process_closes_kept_alive_connections_after_answering(deploy
         slow = http.client.HTTPConnection("127.0.0.1", draining.port, timeout=10)
         body = json.dumps(SLOW_USER)
         headers = {"Content-Type": "application/json", "Origin": draining.base_url}
+        counted = login_counts(deployment.memcached)
         worker = threading.Thread(target=lambda: slow.request("POST", "/api/login", body, headers))
         worker.start()
-        time.sleep(0.15)
+        for _ in range(1000):  # until the login is in flight (its attempt counted)
+            if login_counts(deployment.memcached) >= counted + 3:
+                break
+            time.sleep(0.01)
         draining.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
+        draining.wait_for_output("stopping: no new connections")
         kept.request("GET", "/livez")
         second = kept.getresponse()
         second.read()

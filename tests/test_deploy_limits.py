@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from bench.run import cpu_seconds
+from harness import cpu_seconds
 from tests.services import AppProcess
 from tests.test_deploy import FAST_USER, SLOW_USER, Deployment, deployed, fetch, login, session_cookie
 
-pytestmark = pytest.mark.memcached
+pytestmark = [pytest.mark.memcached, pytest.mark.slow]  # nginx and server processes
 NGINX_UNAVAILABLE = {"errorMessage": "Service temporarily unavailable."}
 NGINX_TOO_MANY = {"errorMessage": "Too many login attempts, please wait a moment."}
 STORE_UNAVAILABLE = {"errorMessage": "Session store unavailable, please retry shortly."}

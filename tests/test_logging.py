@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from handlers.access import TEXT_FORMAT, AccessLines, LogHandler
+from handlers.logging_setup import TEXT_FORMAT, AccessLines, LogHandler
 from tests.conftest import test_secret
 from tests.services import AppProcess
 

@@ -6,6 +6,7 @@ import datetime
 import inspect
 import math
 import types
+from collections.abc import MutableMapping
 
 import pytest
 import tornado.web
@@ -15,6 +16,7 @@ from tornado.web import RequestHandler
 from handlers.app import SessionApplication
 from handlers.auth import AuthenticatedHandler
 from handlers.base import ApiError, JsonHandler, SessionHandler
+from handlers.session_object import Session
 from tests.conftest import Browser, body_json
 
 
@@ -92,9 +94,24 @@ class UserlessHandler(SessionHandler):
         self.write_json({"secret": True})
 
 
+class MappingHandler(SessionHandler):
+    """Uses the session as the MutableMapping it is: update, setdefault, pop, dict()."""
+
+    async def get(self) -> None:
+        self.write_json(dict(await self.get_session()))
+
+    async def post(self) -> None:
+        session = await self.get_session()
+        session.update(self.json_body())
+        session.setdefault("seen", 0)
+        session.pop("drop", None)
+        self.write_json({"keys": sorted(session), "length": len(session)})
+
+
 @pytest.fixture
 def app(config, store, users, clock) -> SessionApplication:
     routes = [
+        (r"/api/mapping", MappingHandler),
         (r"/api/cart", CartHandler),
         (r"/api/odd", OddValueHandler),
         (r"/api/restart", RestartHandler),
@@ -102,6 +119,15 @@ def app(config, store, users, clock) -> SessionApplication:
         (r"/api/userless", UserlessHandler),
     ]
     return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
+
+
+@pytest.mark.gen_test
+async def test_the_session_is_a_mutable_mapping_whose_changes_are_stored(browser: Browser):
+    assert isinstance(Session(None, None), MutableMapping)
+    r = await browser.post("/api/mapping", {"a": 1, "drop": True})
+    assert body_json(r) == {"keys": ["a", "seen"], "length": 2}
+    await browser.post("/api/mapping", {"b": [2]})
+    assert body_json(await browser.get("/api/mapping")) == {"a": 1, "seen": 0, "b": [2]}
 
 
 @pytest.mark.gen_test
@@ -189,6 +215,7 @@ TORNADO_HOOKS = {
     "write_error",
     "send_error",
     "finish",
+    "flush",
     "log_exception",
     "compute_etag",
     "get_current_user",
@@ -207,7 +234,7 @@ TORNADO_HOOKS = {
 
 def handler_classes() -> list[type]:
     found: set[type] = set()
-    for module in ("account", "app", "auth", "base", "health", "pages"):
+    for module in ("account", "app", "auth", "base", "health", "json_handler", "pages", "session_handler"):
         namespace = vars(__import__(f"handlers.{module}", fromlist=["_"]))
         found.update(c for c in namespace.values() if isinstance(c, type) and issubclass(c, RequestHandler))
     return sorted((c for c in found if c.__module__.startswith("handlers.")), key=lambda c: c.__qualname__)

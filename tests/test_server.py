@@ -5,51 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import http.client
 import socket
 from collections.abc import Iterator
 
 import pytest
 from tornado.web import Application, RequestHandler
 
-from server import GC_YOUNG_THRESHOLD, READ_CHUNK_SIZE, SessionHTTPServer, settle_garbage_collector
+from connections import CappedHTTPServer
+from server import GC_YOUNG_THRESHOLD, READ_CHUNK_SIZE, settle_garbage_collector
 from tests.services import free_port
 
 
 @contextlib.contextmanager
 def serving(handler: type[RequestHandler]) -> Iterator[int]:
-    """A SessionHTTPServer for ``handler`` at ``/`` on a free loopback port, stopped afterwards."""
+    """server.py's HTTP server for ``handler`` at ``/`` on a free loopback port, stopped afterwards."""
     port = free_port()
-    server = SessionHTTPServer(Application([(r"/", handler)]))
+    server = CappedHTTPServer(Application([(r"/", handler)]), chunk_size=READ_CHUNK_SIZE)
     server.listen(port, "127.0.0.1")
     try:
         yield port
     finally:
         server.stop()
-
-
-class NoDelayReport(RequestHandler):
-    def get(self) -> None:
-        stream = self.request.connection.stream  # type: ignore[union-attr]
-        self.write(str(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
-
-
-@pytest.mark.gen_test
-async def test_connections_keep_tcp_nodelay_for_every_request():
-    with serving(NoDelayReport) as port:
-
-        def three_requests_on_one_connection() -> list[bytes]:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            answers = []
-            for _ in range(3):
-                connection.request("GET", "/")
-                answers.append(connection.getresponse().read())
-            connection.close()
-            return answers
-
-        # Nagle stays off throughout, not only while Tornado finishes a response.
-        answers = await asyncio.get_running_loop().run_in_executor(None, three_requests_on_one_connection)
-        assert answers == [b"1", b"1", b"1"]
 
 
 class SizeReport(RequestHandler):

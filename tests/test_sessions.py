@@ -393,7 +393,7 @@ def test_a_remembered_cookie_still_expires_with_its_age(app: SessionApplication,
 def test_failed_verifications_are_not_remembered(app: SessionApplication):
     for i in range(50):
         assert app.sessions.verify(tamper(forge(app, f"{i:043d}"))) == (None, False)
-    assert len(app.sessions._verified) == 0
+    assert len(app.sessions.signer._verified) == 0
 
 
 def test_a_remembered_xsrf_token_is_valid_for_its_own_session_only(app: SessionApplication):
@@ -423,7 +423,7 @@ def test_increments_are_integers_only(amount):
 
 
 def test_cookie_headers_are_parsed_once_and_remembered_within_bounds():
-    from handlers import base
+    from handlers import cookies as base
 
     header = 'sid="2|1:0|10:1|3:sid|4:YWJj|ff"; XSRF-TOKEN=abc.def'
     first = base.parse_cookie_header(header)
@@ -466,3 +466,17 @@ async def test_writes_leave_the_loaded_record_as_it_was(app: SessionApplication,
     del session["page_views"]
     assert session.loaded["data"] == loaded_data == {"page_views": 1}
     assert "other" in session and "page_views" not in session
+
+
+@pytest.mark.gen_test
+async def test_a_stale_cookie_is_cleared_on_a_401_too(app: SessionApplication, browser):
+    await browser.login()
+    await browser.get("/api/balance")
+    stale = dict(browser.cookies)
+    await browser.post("/api/logout", {})
+    browser.cookies.update(stale)  # a client that kept the old cookie
+    r = await browser.get("/api/balance")
+    assert r.code == 401
+    cleared = browser.last_set_cookies["sid"]
+    assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == "/"
+    assert "sid" not in browser.cookies

@@ -20,12 +20,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.run import cpu_seconds
-from bench.slow_clients import partial_header_flood
 from connections import DESCRIPTOR_RESERVE, LogThrottle, ThrottledLines, ThrottledWarning, connection_cap
+from harness import cpu_seconds, partial_header_flood
 from settings import SettingsError, load_settings
 from tests.conftest import FakeClock
 from tests.services import AppProcess
+
+pytestmark = pytest.mark.slow  # server processes held by slow clients
 
 # Short timeouts, so a test sees them end; a test that needs connections held sets its own.
 FAST = {"HEADER_TIMEOUT": "1", "BODY_TIMEOUT": "1"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -39,23 +38,26 @@ async def test_errors_are_raised_in_the_caller_and_others_still_succeed():
 async def test_calls_run_off_the_event_loop_thread_and_in_parallel():
     workers = Workers(4, chunk=1)
     loop_thread = threading.get_ident()
+    # Four calls meet at a barrier: run one after another, the first would wait there alone
+    # and the barrier break (BrokenBarrierError in the caller).
+    together = threading.Barrier(4, timeout=10)
     try:
-        started = time.monotonic()
 
-        def nap_and_tell() -> int:
-            time.sleep(0.2)
+        def meet_and_tell() -> int:
+            together.wait()
             return threading.get_ident()
 
-        threads = await asyncio.gather(*(workers.run(nap_and_tell) for _ in range(4)))
+        threads = await asyncio.gather(*(workers.run(meet_and_tell) for _ in range(4)))
         assert loop_thread not in threads
         assert len(set(threads)) == 4
-        assert time.monotonic() - started < 0.6  # four 0.2 s calls at once, not one after another
-        # The loop stays free meanwhile.
-        slow = workers.run(time.sleep, 0.3)
-        t0 = time.monotonic()
-        await asyncio.sleep(0.01)
-        assert time.monotonic() - t0 < 0.1
-        await slow
+        # The loop stays free while a call blocks: it runs on, and the call is still waiting.
+        gate = threading.Event()
+        blocked = workers.run(gate.wait, 10)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        gate.set()
+        assert await blocked is True
     finally:
         workers.shutdown()
 

@@ -1,4 +1,5 @@
-"""Logging: one access line per request and session life-cycle events, as text or JSON lines.
+"""Logging set-up for the whole process: every line to standard error as text or JSON lines, the
+access line each request writes, and session life-cycle events.
 
 Session ids never reach a log line: lines carry ``session``, a short keyed hash of the id (see
 `SessionManager.log_id`), which is enough to follow one session through the log.
@@ -38,22 +39,26 @@ def json_time(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created % 1) * 1000):03d}Z"
 
 
+def json_line(created: float, level: int, logger: str, message: str, fields: dict[str, Any]) -> str:
+    """One log line as a JSON object: time, level, logger, message, then ``fields``."""
+    line = {
+        "time": json_time(created),
+        "level": logging.getLevelName(level).lower(),
+        "logger": logger,
+        "message": message,
+        **fields,
+    }
+    return json.dumps(line, separators=(",", ":"))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any known extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": json_time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for field in FIELDS:
-            if hasattr(record, field):
-                line[field] = getattr(record, field)
+        fields = {field: getattr(record, field) for field in FIELDS if hasattr(record, field)}
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"))
+            fields["exception"] = self.formatException(record.exc_info)
+        return json_line(record.created, record.levelno, record.name, record.getMessage(), fields)
 
 
 class AccessLines:
@@ -78,8 +83,7 @@ class AccessLines:
     def add(self, level: int, message: str, fields: dict[str, Any]) -> None:
         now = time.time()
         if self.json:
-            record = {"time": json_time(now), "level": logging.getLevelName(level).lower(), "logger": "access"}
-            line = json.dumps({**record, "message": message, **fields}, separators=(",", ":"))
+            line = json_line(now, level, "access", message, fields)
         else:
             line = f"{self._text_time(now)} {logging.getLevelName(level)} access: {message}"
         self._pending.append(line + "\n")

@@ -1,0 +1,180 @@
+"""`JsonHandler`: the base of every route, with or without a session.
+
+It applies the browser-facing rules (CORS from handlers.cors, CSRF from handlers.xsrf, JSON bodies
+and errors from handlers.json_api) and counts requests in flight for the drain.
+"""
+
+from __future__ import annotations
+
+from asyncio import Future
+from collections.abc import Awaitable
+from http.client import responses
+from typing import TYPE_CHECKING, Any
+
+from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPServerRequest
+from tornado.web import RequestHandler, stream_request_body
+
+from handlers.cookies import cookie_values, parse_cookie_header
+from handlers.cors import add_cors_headers, answer_options, own_origin
+from handlers.json_api import (
+    JSON,
+    JSON_CONTENT_TYPE,
+    STATUS_MESSAGES,
+    ApiError,
+    body_too_large,
+    error_body,
+    parse_json_body,
+)
+from handlers.xsrf import check_csrf
+
+if TYPE_CHECKING:
+    from handlers.app import SessionApplication
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+@stream_request_body
+class JsonHandler(RequestHandler):
+    """JSON errors, CORS, CSRF and a bounded JSON body. Derive from this for sessionless routes."""
+
+    def __init__(self, application: Any, request: HTTPServerRequest, **kwargs: Any) -> None:
+        # The application, with its settings, session manager and users; set before Tornado's
+        # __init__, whose clear() already calls set_default_headers().
+        self.app: SessionApplication = application
+        super().__init__(application, request, **kwargs)
+
+    def initialize(self) -> None:
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self._request_cookies: dict[str, str] | None = None
+        # Counted so a shutdown can wait for requests in flight.
+        self._counted = True
+        self.app.in_flight += 1
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.app.in_flight -= 1
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        self._uncount()
+
+    # Headers ---------------------------------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        # Runs again on every clear(), so error responses carry the same CORS answer.
+        self.set_header("Vary", "Origin")
+        add_cors_headers(self, self.app.config)
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements (for Allow and preflight answers)."""
+        return [m for m in _METHODS if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+
+    def request_cookie(self, name: str) -> str | None:
+        """The request cookie ``name``, like ``get_cookie`` but parsed once and without Morsels."""
+        if self._request_cookies is None:
+            header = self.request.headers.get("Cookie")
+            self._request_cookies = parse_cookie_header(header) if header else {}
+        return self._request_cookies.get(name)
+
+    def request_cookie_values(self, name: str) -> list[str]:
+        """Every value the request's Cookie header gives ``name`` (see `cookie_values`)."""
+        header = self.request.headers.get("Cookie")
+        return cookie_values(header, name) if header else []
+
+    def own_origin(self) -> str:
+        """This server's origin as the browser sees it (the forwarded scheme behind a proxy)."""
+        return own_origin(self)
+
+    # Request checks --------------------------------------------------------------------------
+
+    def prepare(self) -> Awaitable[None] | None:
+        if self.request.method == "OPTIONS":
+            return None
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise ApiError(400, "Invalid Content-Length.")
+            if int(declared) > self.app.config.max_body_size:
+                raise body_too_large(self.app.config.max_body_size)
+        if self.request.method in UNSAFE_METHODS:
+            self.check_csrf()
+        return None
+
+    def check_csrf(self) -> None:
+        """Refuse a state-changing request that a third-party page could have sent (403)."""
+        check_csrf(self)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        # Past the limit, count but keep nothing: the request is answered 413.
+        if self._body_size <= self.app.config.max_body_size:
+            self._body_chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        """The request body; raises 413 if it was larger than the configured limit."""
+        if self._body_size > self.app.config.max_body_size:
+            raise body_too_large(self.app.config.max_body_size)
+        return b"".join(self._body_chunks)
+
+    def json_body(self, *, allow_empty: bool = False) -> Any:
+        """The request body parsed as JSON: 415 for another media type, 400 if malformed.
+
+        With ``allow_empty``, an empty body reads as ``{}`` whatever its declared type.
+        """
+        body = self.body
+        if allow_empty and not body:
+            return {}
+        return parse_json_body(body, self.request.headers.get("Content-Type", ""))
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        if not self.app.draining:
+            return super().finish(chunk)
+        # The process is stopping: this is the connection's last answer.
+        self.set_header("Connection", "close")
+        written = super().finish(chunk)
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            written.add_done_callback(lambda _: connection.close())
+        return written
+
+    def compute_etag(self) -> None:
+        # API answers depend on the session; a validator would only invite stale 304s.
+        return None
+
+    # Responses -------------------------------------------------------------------------------
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        """Send ``value`` as the JSON response body."""
+        self.set_status(status)
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
+        self.write(JSON.encode(value))
+
+    def options(self, *args: str) -> None:
+        """Answer a CORS preflight (no session is touched) or plain OPTIONS with Allow."""
+        answer_options(self, self.app.config, self.allowed_methods())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            message = error.message
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        else:
+            message = STATUS_MESSAGES.get(status_code) or responses.get(status_code, "Unknown")
+        if status_code == 405:
+            self.set_header("Allow", ", ".join([*self.allowed_methods(), "OPTIONS"]))
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
+        self.finish(error_body(message))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Errors we answered on purpose are not worth a traceback.
+        if isinstance(value, ApiError):
+            return
+        super().log_exception(typ, value, tb)

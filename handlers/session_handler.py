@@ -1,0 +1,151 @@
+"""`SessionHandler`: a handler with a session, loaded lazily on first use and saved after the
+handler method returns and before the response is sent, with the cookie set only once the store
+confirmed.
+"""
+
+from __future__ import annotations
+
+import functools
+from asyncio import Future
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tornado.web import HTTPError
+
+from handlers.cookies import set_cookie_header
+from handlers.json_api import ApiError, not_logged_in, store_unavailable
+from handlers.json_handler import JsonHandler
+from handlers.session_object import Session
+from handlers.xsrf import xsrf_cookie_needed
+from stores.base import StoreUnavailable, StoreValueError
+
+
+def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+    """Wrap an HTTP method so the session is saved after it returns, before the response goes.
+
+    Store outages become 503 and unstorable data 413, never a 500. An anonymous request that
+    ``@tornado.web.authenticated`` refuses is a 401 (the decorator itself raises 403 for methods
+    other than GET and HEAD, and redirects those through `SessionHandler.get_login_url`).
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: SessionHandler, *args: Any, **kwargs: Any) -> None:
+        try:
+            result = method(self, *args, **kwargs)
+            if result is not None:  # as Tornado does: a coroutine, or None from a plain method
+                await result
+            if not self._response_finished:
+                await self.save_session()
+        except StoreUnavailable:
+            raise store_unavailable() from None
+        except StoreValueError as e:
+            raise ApiError(413, f"Session data refused: {e}.") from None
+        except HTTPError as e:
+            if type(e) is HTTPError and e.status_code == 403 and not self.current_user:
+                raise not_logged_in() from None
+            raise
+
+    wrapper._saves_session = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class SessionHandler(JsonHandler):
+    """A handler with ``await self.get_session()``; the session is saved before the response.
+
+    Writing your own: derive from this, implement ``get``/``post``/..., read and write the
+    session; return normally and the session is saved, the cookie set or cleared, then the
+    response sent. To show a value only the save knows (a counter's stored total), call
+    ``await self.save_session()`` first. Raise `ApiError` for an error the client should see.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("get", "head", "post", "put", "patch", "delete"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_saves_session", False):
+                setattr(cls, name, _saves_session(method))
+
+    def initialize(self) -> None:
+        super().initialize()
+        self._session: Session | None = None
+        # finish() was called (by the method itself, say): there is nothing left to save for.
+        self._response_finished = False
+        # The request's session cookie named no stored session (bad, expired or unknown).
+        self._stale_cookie_at_load = False
+        # Set-Cookie values by cookie name, written out when the headers are (see flush).
+        self._cookies: dict[str, tuple[str, bool]] = {}
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # Responses here depend on the session: no shared or browser cache may keep them.
+        self.set_header("Cache-Control", "no-store")
+
+    def get_login_url(self) -> str:
+        # Where ``@tornado.web.authenticated`` would redirect an anonymous GET: an API answers
+        # 401 with its JSON error instead of sending a browser to a login page.
+        raise not_logged_in()
+
+    async def get_session(self) -> Session:
+        """This request's session, loaded from the store on first call (503 if unavailable)."""
+        if self._session is None:
+            try:
+                self._session = await self.app.sessions.load(self.request_cookie(self.app.config.cookie_name))
+            except StoreUnavailable:
+                raise store_unavailable() from None
+            self._stale_cookie_at_load = self._session.stale_cookie
+        return self._session
+
+    async def save_session(self) -> None:
+        """Save the session now (it is saved automatically when the method returns)."""
+        if self._session is None or not self._session.unsaved:
+            return
+        change = await self.app.sessions.save(self._session, self.request.remote_ip)
+        if change is not None:
+            config = self.app.config
+            max_age = config.cookie_max_age
+            self._set_cookie(config.cookie_name, change.value, httponly=config.cookie_httponly, max_age=max_age)
+
+    def _set_cookie(self, name: str, value: str | None, *, httponly: bool, max_age: int | None = None) -> None:
+        """Set (or with None, clear) a cookie on this response, replacing any set before for it."""
+        header = set_cookie_header(self.app.config, name, value, httponly=httponly, max_age=max_age)
+        self._cookies.pop(name, None)
+        self._cookies[name] = (header, value is None)
+
+    def flush(self, include_footers: bool = False) -> Future[None]:
+        # A cleared cookie is written last: curl's cookie jar, read back and written by the same
+        # command (-b jar -c jar), brings a cleared cookie back when another Set-Cookie follows it
+        # in the response (the next cookie purges the expired one from memory, then the jar file
+        # is read again), so the README's curl walk-through would keep a dead session cookie.
+        if self._cookies:
+            for header, _ in sorted(self._cookies.values(), key=lambda cookie: cookie[1]):
+                self.add_header("Set-Cookie", header)
+            self._cookies.clear()
+        return super().flush(include_footers)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # A failed request saves nothing it had changed; a cookie that named no stored session
+        # is still cleared, as a successful request would (clearing it stores nothing).
+        if self._session is not None:
+            self._session.discard()
+            if self._stale_cookie_at_load and self._session.stored_id is None:
+                config = self.app.config
+                self._set_cookie(config.cookie_name, None, httponly=config.cookie_httponly)
+        super().send_error(status_code, **kwargs)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        if self._session is not None and self._session.modified:
+            raise RuntimeError("session changed but not saved: await self.save_session() before finish()")
+        self._issue_xsrf_cookie()
+        self._response_finished = True
+        return super().finish(chunk)
+
+    def _issue_xsrf_cookie(self) -> None:
+        """Give the browser an XSRF token valid for the session it holds after this response."""
+        if self._session is None and self.request.method != "GET":
+            return
+        if self._session is not None:
+            session_id = self._session.stored_id
+        else:
+            session_id, _ = self.app.sessions.verify(self.request_cookie(self.app.config.cookie_name))
+        if xsrf_cookie_needed(self, session_id):
+            self._set_cookie(self.app.config.xsrf_cookie_name, self.app.sessions.xsrf_token(session_id), httponly=False)
