@@ -10,13 +10,13 @@ from typing import Any
 from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, SessionHandler, not_logged_in
+from handlers.session_handler import USER_KEY
 from handlers.session_object import Session
 from handlers.throttle import TOO_MANY_ATTEMPTS, Refused, check_account_budgets, check_address_budget
 from stores.users import CheckAbandoned, HashingBusy, User, normalise_email
 
 log = logging.getLogger("handlers.auth")
 
-USER_KEY = "user"
 MAX_CREDENTIAL_LENGTH = 1024
 # Seconds a login refused because the hashing queue is full should wait: a hash takes a few
 # hundred milliseconds, so by then the queue has moved.
@@ -27,23 +27,8 @@ CLIENT_GONE = 499
 
 
 class AuthenticatedHandler(SessionHandler):
-    """A session handler that knows which user, if any, the session belongs to.
-
-    ``self.current_user`` is Tornado's: the logged-in `User`, or None (also when the account has
-    since been removed), set in ``prepare()`` once the session is loaded. So
-    ``@tornado.web.authenticated`` works as Tornado users expect, answering an anonymous request
-    with 401 ``{"errorMessage": "You must be logged in."}`` instead of a redirect.
-    """
-
-    async def prepare(self) -> None:
-        super().prepare()
-        if self.request.method != "OPTIONS":  # a preflight is answered without a session
-            self.current_user = self.user_of(await self.get_session())
-
-    def user_of(self, session: Session) -> User | None:
-        """The user ``session`` is logged in as, or None."""
-        email = session.get(USER_KEY)
-        return self.app.users.get(email) if isinstance(email, str) else None
+    """A session handler for routes that need the logged-in user (see `SessionHandler`'s
+    ``current_user``); ``await self.require_user()`` is the user or a 401."""
 
     async def require_user(self) -> User:
         """The logged-in user; 401 ``You must be logged in.`` otherwise."""
@@ -152,16 +137,8 @@ class LoginHandler(AuthenticatedHandler):
             raise ApiError(401, "Permission denied!")
         log_in(await self.get_session(), user)
         self.current_user = user
-        self.set_cookie(
-            config.device_cookie_name,
-            self.app.devices.issue(account, self.app.clock()),
-            max_age=config.device_cookie_max_age,
-            path="/",
-            domain=config.cookie_domain,
-            secure=config.cookie_secure,
-            httponly=True,
-            samesite=config.cookie_samesite,
-        )
+        device = self.app.devices.issue(account, self.app.clock())
+        self._set_cookie(config.device_cookie_name, device, httponly=True, max_age=config.device_cookie_max_age)
         self.write_json({"user": {"email": user.email, "name": user.name}})
 
 

@@ -6,8 +6,9 @@ and errors from handlers.json_api) and counts requests in flight for the drain.
 
 from __future__ import annotations
 
+import functools
 from asyncio import Future
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from http.client import responses
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +36,34 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
+def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an HTTP method so the request checks have run before it, whatever ``prepare`` does.
+
+    The checks run in `JsonHandler.prepare`, before the body is read; a subclass that overrides
+    ``prepare`` without calling it, or calls an async one without awaiting it, would skip them
+    (and the CSRF check with them), so each method checks again if they have not run.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: JsonHandler, *args: Any, **kwargs: Any) -> Any:
+        if not self._request_checked:
+            self.check_request()
+        return method(self, *args, **kwargs)
+
+    wrapper._checked = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 @stream_request_body
 class JsonHandler(RequestHandler):
     """JSON errors, CORS, CSRF and a bounded JSON body. Derive from this for sessionless routes."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("get", "head", "post", "put", "patch", "delete"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_checked", False):
+                setattr(cls, name, _checked(method))
 
     def __init__(self, application: Any, request: HTTPServerRequest, **kwargs: Any) -> None:
         # The application, with its settings, session manager and users; set before Tornado's
@@ -49,6 +75,7 @@ class JsonHandler(RequestHandler):
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._request_cookies: dict[str, str] | None = None
+        self._request_checked = False
         # Counted so a shutdown can wait for requests in flight.
         self._counted = True
         self.app.in_flight += 1
@@ -94,8 +121,13 @@ class JsonHandler(RequestHandler):
     # Request checks --------------------------------------------------------------------------
 
     def prepare(self) -> Awaitable[None] | None:
-        if self.request.method == "OPTIONS":
-            return None
+        if self.request.method != "OPTIONS":
+            self.check_request()
+        return None
+
+    def check_request(self) -> None:
+        """The declared body size (413 before it is read) and, for unsafe methods, CSRF (403)."""
+        self._request_checked = True
         declared = self.request.headers.get("Content-Length")
         if declared is not None:
             if not declared.isdigit():
@@ -104,7 +136,6 @@ class JsonHandler(RequestHandler):
                 raise body_too_large(self.app.config.max_body_size)
         if self.request.method in UNSAFE_METHODS:
             self.check_csrf()
-        return None
 
     def check_csrf(self) -> None:
         """Refuse a state-changing request that a third-party page could have sent (403)."""

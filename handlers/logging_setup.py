@@ -141,6 +141,10 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     logging.getLogger("tornado.access").disabled = True
 
 
+# Characters of a request's path an access line keeps.
+LOGGED_PATH_LENGTH = 256
+
+
 def log_request(handler: RequestHandler) -> None:
     """The access line: method, path (no query), status, duration, real client, session hash."""
     app: SessionApplication = handler.application  # type: ignore[assignment]
@@ -148,10 +152,14 @@ def log_request(handler: RequestHandler) -> None:
     status = handler.get_status()
     session = getattr(handler, "_session", None)
     session_hash = app.sessions.log_id(session.stored_id) if session is not None else "-"
+    path = request.path
+    if len(path) > LOGGED_PATH_LENGTH:
+        # A client chooses the path: its log line stays short however long the path is.
+        path = f"{path[:LOGGED_PATH_LENGTH]}...({len(request.path)} characters)"
     fields = {
         "event": "access",
         "method": request.method,
-        "path": request.path,
+        "path": path,
         "status": status,
         "duration_ms": round(request.request_time() * 1000, 2),
         "client": request.remote_ip,
@@ -162,7 +170,7 @@ def log_request(handler: RequestHandler) -> None:
     if not access_log.isEnabledFor(level):
         return
     message = (
-        f"{request.method} {request.path} {status} {fields['duration_ms']:.2f}ms"
+        f"{request.method} {path} {status} {fields['duration_ms']:.2f}ms"
         f" client={request.remote_ip} session={session_hash}"
     )
     if _access_lines is not None:

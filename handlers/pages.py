@@ -6,7 +6,7 @@ import json
 from http.client import responses
 from typing import Any
 
-from tornado.web import StaticFileHandler
+from tornado.web import HTTPError, StaticFileHandler, stream_request_body
 
 from handlers.base import JsonHandler, SessionHandler
 from handlers.json_api import JSON_CONTENT_TYPE, error_body
@@ -47,8 +47,20 @@ class DemoClientConfigHandler(JsonHandler):
         self.write(f"window.SESSION_DEMO_CONFIG = {json.dumps(client)};\n")
 
 
+@stream_request_body
 class DemoClientHandler(StaticFileHandler):
-    """Serves ``static/`` at ``/`` in dev (nginx does it in prod); errors in the API's JSON shape."""
+    """Serves ``static/`` at ``/`` in dev (nginx does it in prod); errors in the API's JSON shape.
+
+    Streamed, so a request body is never buffered: Tornado would otherwise read a whole body (up
+    to its own 16 MiB cap) before answering that files take only GET and HEAD.
+    """
+
+    def prepare(self) -> None:
+        if self.request.method not in ("GET", "HEAD"):
+            raise HTTPError(405)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass  # refused in prepare(); nothing is kept
 
     def set_extra_headers(self, path: str) -> None:
         # A laptop edits these files: always revalidate.

@@ -18,6 +18,10 @@ from handlers.json_handler import JsonHandler
 from handlers.session_object import Session
 from handlers.xsrf import xsrf_cookie_needed
 from stores.base import StoreUnavailable, StoreValueError
+from stores.users import User
+
+# The session key that holds the logged-in user's email.
+USER_KEY = "user"
 
 
 def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
@@ -31,6 +35,8 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
     @functools.wraps(method)
     async def wrapper(self: SessionHandler, *args: Any, **kwargs: Any) -> None:
         try:
+            # Before the method, so Tornado's @authenticated (inside this wrapper) sees the user.
+            self.current_user = self.user_of(await self.get_session())
             result = method(self, *args, **kwargs)
             if result is not None:  # as Tornado does: a coroutine, or None from a plain method
                 await result
@@ -56,6 +62,11 @@ class SessionHandler(JsonHandler):
     session; return normally and the session is saved, the cookie set or cleared, then the
     response sent. To show a value only the save knows (a counter's stored total), call
     ``await self.save_session()`` first. Raise `ApiError` for an error the client should see.
+
+    ``self.current_user`` is Tornado's: the logged-in `User`, or None (also when the account has
+    since been removed), set before each HTTP method runs. So ``@tornado.web.authenticated``
+    works as Tornado users expect, answering an anonymous request with 401
+    ``{"errorMessage": "You must be logged in."}`` instead of a redirect.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -79,6 +90,11 @@ class SessionHandler(JsonHandler):
         super().set_default_headers()
         # Responses here depend on the session: no shared or browser cache may keep them.
         self.set_header("Cache-Control", "no-store")
+
+    def user_of(self, session: Session) -> User | None:
+        """The user ``session`` is logged in as, or None."""
+        email = session.get(USER_KEY)
+        return self.app.users.get(email) if isinstance(email, str) else None
 
     def get_login_url(self) -> str:
         # Where ``@tornado.web.authenticated`` would redirect an anonymous GET: an API answers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -160,3 +161,15 @@ async def test_health_endpoints_answer_head_like_get_without_a_body(browser: Bro
     head = await browser.fetch("HEAD", path)
     assert (head.code, head.body) == (200, b"")
     assert head.headers["Content-Type"] == got.headers["Content-Type"] == "application/json; charset=UTF-8"
+
+
+@pytest.mark.gen_test
+async def test_an_access_line_keeps_a_bounded_part_of_a_long_path(http_client, base_url, caplog):
+    path = "/api/" + "x" * 30_000
+    with caplog.at_level(logging.INFO, logger="access"):
+        response = await http_client.fetch(base_url + path, raise_error=False)
+    assert response.code == 404
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "access"]
+    assert len(lines) == 1
+    assert len(lines[0].getMessage()) < 400 and len(lines[0].path) < 300
+    assert lines[0].path.endswith("(30005 characters)")

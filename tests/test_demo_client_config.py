@@ -3,6 +3,7 @@ a page served apart from its API, the shipped files, and the dev server's own co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -109,3 +110,17 @@ async def test_the_dev_server_prefills_only_with_the_demo_users(
     demo_user = None if own_users_file else {"email": "max@gmail.com", "password": "1234"}
     body = response.body.decode()
     assert body == f"window.SESSION_DEMO_CONFIG = {json.dumps({'api': '', 'demoUser': demo_user})};\n"
+
+
+@pytest.mark.gen_test
+async def test_the_static_route_answers_a_body_with_405_without_reading_it(
+    http_server, http_port, app: SessionApplication, config: Settings
+):
+    serve(http_server, SessionApplication(config.replace(static_path="static"), app.store, app.users))
+    # Ten megabytes declared and none sent: the answer comes without the body ever being read.
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), timeout=10)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 405")

@@ -86,12 +86,35 @@ class ProfileHandler(AuthenticatedHandler):
         self.write_json({"saved": True})
 
 
-class UserlessHandler(SessionHandler):
-    """A session handler with no notion of users: the decorator refuses everyone, as 401."""
+class PlainSessionHandler(SessionHandler):
+    """The decorator on a plain session handler: logged-in users in, anonymous ones 401."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.write_json({"secret": True})
+        self.write_json({"name": self.current_user.name})
+
+
+class TransferHandler(AuthenticatedHandler):
+    """Overrides prepare() the usual Tornado way: the CSRF check must hold all the same."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.prepared = True
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        self.write_json({"sent": True})
+
+
+class CarelessHandler(SessionHandler):
+    """Overrides prepare() without calling it at all."""
+
+    def prepare(self) -> None:
+        pass
+
+    async def post(self) -> None:
+        session = await self.get_session()
+        session["written"] = True
 
 
 class MappingHandler(SessionHandler):
@@ -116,7 +139,9 @@ def app(config, store, users, clock) -> SessionApplication:
         (r"/api/odd", OddValueHandler),
         (r"/api/restart", RestartHandler),
         (r"/api/profile", ProfileHandler),
-        (r"/api/userless", UserlessHandler),
+        (r"/api/plain", PlainSessionHandler),
+        (r"/api/transfer", TransferHandler),
+        (r"/api/careless", CarelessHandler),
     ]
     return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
 
@@ -195,10 +220,26 @@ async def test_tornados_authenticated_decorator_refuses_anonymous_requests_with_
 
 
 @pytest.mark.gen_test
-async def test_the_decorator_on_a_handler_without_users_refuses_everyone(browser: Browser):
-    await browser.login()
-    r = await browser.get("/api/userless")
+async def test_the_decorator_on_a_plain_session_handler_knows_the_user(browser: Browser, make_browser):
+    r = await make_browser().get("/api/plain")
     assert (r.code, body_json(r)) == (401, {"errorMessage": "You must be logged in."})
+    await browser.login()
+    r = await browser.get("/api/plain")
+    assert (r.code, body_json(r)) == (200, {"name": "Max Miller"})
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("path", ["/api/transfer", "/api/careless"])
+async def test_a_prepare_override_cannot_skip_the_csrf_check(browser: Browser, make_browser, path):
+    await browser.login()
+    evil = make_browser(origin="http://evil.example")
+    evil.cookies = dict(browser.cookies)
+    r = await evil.post(path, {})
+    assert (r.code, body_json(r)) == (403, {"errorMessage": "Cross-origin request refused."})
+    no_token = make_browser(origin=None)
+    no_token.cookies = {k: v for k, v in browser.cookies.items() if k != "XSRF-TOKEN"}
+    assert (await no_token.post(path, {})).code == 403
+    assert (await browser.post(path, {})).code == 200  # the same request from the page itself
 
 
 # Tornado hooks a handler may override with Tornado's own meaning; any other name a handler class
