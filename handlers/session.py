@@ -23,10 +23,11 @@ from tornado.web import create_signed_value, decode_signed_value, get_signature_
 from handlers.throttle import client_block
 from settings import Settings, key_version
 from stores.base import (
-    STALE_SEAL,
+    Loaded,
     Operation,
     Record,
     SessionStore,
+    StoreUnavailable,
     applied,
     apply_operations,
     is_privileged,
@@ -40,6 +41,8 @@ SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 _ID_BYTES = 32  # 256 bits
 # How many verified cookie values and XSRF tokens are remembered (a few MiB at most).
 VERIFIED_CACHE_SIZE = 20_000
+# New ids drawn for one session before a store that finds each one taken is called unavailable.
+CREATE_ATTEMPTS = 3
 
 
 class Remembered(dict[str, Any]):
@@ -99,12 +102,13 @@ class Session:
     def __init__(
         self,
         session_id: str | None,
-        record: Record | None,
+        loaded: Loaded | None,
         *,
         resign: bool = False,
         touch_due: bool = False,
         stale_cookie: bool = False,
     ) -> None:
+        record = loaded.record if loaded is not None else None
         # The id the browser will hold after this response; None until one is needed.
         self.id = session_id
         # The id whose record is in the store, or None for a session not stored yet.
@@ -112,8 +116,8 @@ class Session:
         self.created_at: float | None = record["created_at"] if record else None
         # Shared with the loaded record, not copied: writes replace this dict, never change it.
         self._data: dict[str, Any] = record["data"] if record else {}
-        # The record as loaded (with the store's version token, if any), for a cheaper update.
-        self.loaded = record
+        # The record as loaded, with the store's version token, for a cheaper update.
+        self.loaded = loaded
         self.operations: list[Operation] = []
         self.retired_ids: list[str] = []
         self.resign = resign
@@ -385,8 +389,8 @@ class SessionManager:
             if cookie:
                 log.info("session cookie rejected (bad signature, format or age)", extra={"event": "session.rejected"})
             return Session(None, None, stale_cookie=bool(cookie))
-        record = await self.store.load(session_id)
-        if record is None:
+        loaded = await self.store.load(session_id)
+        if loaded is None:
             hashed = self.log_id(session_id)
             log.warning(
                 "session cookie for an unknown session, not adopted (session=%s)",
@@ -395,6 +399,7 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         now = self.clock()
+        record = loaded.record
         reason = self._expired(record, now)
         if reason is not None:
             await self.store.delete(session_id)
@@ -407,8 +412,8 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         # A record sealed under an older secret is written again under the newest one at once.
-        touch_due = now - record["last_seen"] >= self.settings.touch_interval or STALE_SEAL in record
-        return Session(session_id, record, resign=resign, touch_due=touch_due)
+        touch_due = now - record["last_seen"] >= self.settings.touch_interval or loaded.stale_seal
+        return Session(session_id, loaded, resign=resign, touch_due=touch_due)
 
     async def save(self, session: Session, client: str | None = None) -> CookieChange | None:
         """Write what the request changed; return the cookie change the response must carry.
@@ -429,7 +434,14 @@ class SessionManager:
             if session.id is None:
                 session.id = new_session_id()
             record = apply_operations(new_record(now, session.privileged), session.operations, now)
-            await self.store.create(session.id, record, self.ttl(now, now, session.privileged))
+            ttl = self.ttl(now, now, session.privileged)
+            for _ in range(CREATE_ATTEMPTS):
+                if await self.store.create(session.id, record, ttl):
+                    break
+                # The id is taken (a 256-bit id never collides by chance): never join that record.
+                session.id = new_session_id()
+            else:
+                raise StoreUnavailable("every new session id drawn was taken")
             event = "regenerated" if session.regenerated else "created"
             hashed = self.log_id(session.id)
             log.info("session %s (session=%s)", event, hashed, extra={"event": f"session.{event}", "session": hashed})
@@ -454,11 +466,16 @@ class SessionManager:
             self._adopt(session, session.stored_id, merged)
         elif session.stored_id is not None and session.touch_due:
             assert session.created_at is not None
-            await self.store.touch(
+            alive = await self.store.touch(
                 session.stored_id, now, self.ttl(session.created_at, now, session.privileged), session.loaded
             )
             session.loaded = None  # its version token is spent
             session.touch_due = False
+            if not alive:
+                # Ended meanwhile (a logout in another tab, or expired): the cookie names nothing.
+                log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+                session.id = session.stored_id = None
+                session.stale_cookie = True
         for old_id in session.retired_ids:
             await self.store.delete(old_id)
             if session.id is None:

@@ -303,9 +303,9 @@ class GatedStore(MemoryStore):
         super().__init__(*args, **kwargs)
         self.gate = asyncio.Event()
 
-    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         await self.gate.wait()
-        await super().create(session_id, record, ttl)
+        return await super().create(session_id, record, ttl)
 
 
 @pytest.fixture
@@ -460,9 +460,9 @@ async def test_writes_leave_the_loaded_record_as_it_was(app: SessionApplication,
     cookie = browser.cookies["sid"].strip('"')
     session = await app.sessions.load(cookie)
     assert session.loaded is not None
-    loaded_data = dict(session.loaded["data"])
+    loaded_data = dict(session.loaded.record["data"])
     session["page_views"] = 10
     session["other"] = [1]
     del session["page_views"]
-    assert session.loaded["data"] == loaded_data == {"page_views": 1}
+    assert session.loaded.record["data"] == loaded_data == {"page_views": 1}
     assert "other" in session and "page_views" not in session
