@@ -134,9 +134,10 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-# Sections other scripts write into BENCHMARKS.md (bench/abuse.py): a full run keeps them.
+# Sections other scripts write into BENCHMARKS.md (bench/abuse.py, bench/stores.py): a full run keeps them.
 ABUSE_SECTION = "## Under abuse"
-KEPT_SECTIONS = (ABUSE_SECTION,)
+STORES_SECTION = "## Redis beside memcached"
+KEPT_SECTIONS = (ABUSE_SECTION, STORES_SECTION)
 
 
 def _section_bounds(lines: list[str], heading: str) -> tuple[int, int] | None:
