@@ -86,10 +86,17 @@ async def test_a_session_is_one_hash_under_a_hashed_key_with_a_sealed_json_recor
 @pytest.mark.gen_test(timeout=30)
 async def test_an_acl_user_and_password_from_the_url(http_server, users, clock, browser):
     password = test_secret()
-    acl = ["--user", "default", "off", "--user", "sessions", "on", f">{password}", "~*", "+@all"]
+    # The user docs/STORES.md sets up: its keys and the commands the store (and its scripts) run.
+    commands = "+hmget +evalsha +script|load +unlink +ping +exists +hset +hget +hincrby +expire +incr +ttl"
+    acl = ["--user", "default", "off", "--user", "sessions", "on", f">{password}", "~session:*", "-@all"]
+    acl += commands.split()
     with Redis(*acl) as server:
         app = redis_app(http_server, users, clock, url=f"redis://sessions:{password}@127.0.0.1:{server.port}/0")
         assert (await browser.login()).code == 200
+        await browser.get("/api")
+        assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
+        assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+        assert (await browser.post("/api/logout", {})).code == 200
         wrong = RedisStore.from_options(
             {"url": f"redis://sessions:not-{password[:8]}@127.0.0.1:{server.port}/0"}, _context(app)
         )
