@@ -81,21 +81,30 @@ class Harness:
             await asyncio.sleep(0.1)
 
 
-def shared_only(harness: Harness) -> None:
-    if harness.service is None:
-        pytest.skip(f"the {harness.name} store has no server of its own")
-
-
-@pytest.fixture(params=list(STORES))
-def harness(request: pytest.FixtureRequest, io_loop: Any) -> Iterator[Harness]:
-    launcher = STORES[request.param]
+@contextlib.contextmanager
+def running(name: str, io_loop: Any) -> Iterator[Harness]:
+    """The store ``name`` on its own service, closed afterwards."""
+    launcher = STORES[name]
     clock = FakeClock(NOW)
     with contextlib.ExitStack() as stack:
         service = stack.enter_context(launcher()) if launcher is not None else None
         options = service.store_options() if service is not None else {}
-        store = build_store(request.param, options, StoreContext(RECORD_KEYS, MAX_RECORD_SIZE, clock))
-        yield Harness(request.param, store, service, clock)
+        store = build_store(name, options, StoreContext(RECORD_KEYS, MAX_RECORD_SIZE, clock))
+        yield Harness(name, store, service, clock)
         io_loop.run_sync(store.close)
+
+
+@pytest.fixture(params=list(STORES))
+def harness(request: pytest.FixtureRequest, io_loop: Any) -> Iterator[Harness]:
+    with running(request.param, io_loop) as running_store:
+        yield running_store
+
+
+@pytest.fixture(params=SHARED)
+def shared(request: pytest.FixtureRequest, io_loop: Any) -> Iterator[Harness]:
+    """A store others can reach too: its server can be written to directly, stopped and paused."""
+    with running(request.param, io_loop) as running_store:
+        yield running_store
 
 
 SID = "A" * 43
@@ -256,16 +265,15 @@ async def test_records_expire_after_their_ttl_and_writes_extend_it(harness: Harn
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_the_server_keeps_a_record_for_its_ttl_in_whole_seconds(harness: Harness):
-    shared_only(harness)
-    store: Any = harness.store
+async def test_the_server_keeps_a_record_for_its_ttl_in_whole_seconds(shared: Harness):
+    store: Any = shared.store
     await store.create(SID, record(), ttl=99.2)
-    assert 95 <= harness.service.ttl(store.key(SID)) <= 100
+    assert 95 <= shared.service.ttl(store.key(SID)) <= 100
     loaded = await store.load(SID)
     await store.touch(SID, NOW + 1, 500, loaded)
-    assert 495 <= harness.service.ttl(store.key(SID)) <= 500
+    assert 495 <= shared.service.ttl(store.key(SID)) <= 500
     await store.update(SID, [Operation("set", "k", 1)], NOW + 2, 0.2)
-    assert 0 < harness.service.ttl(store.key(SID)) <= 1
+    assert 0 < shared.service.ttl(store.key(SID)) <= 1
 
 
 # Values the store refuses, and values it must not trust ---------------------------------------------
@@ -307,12 +315,11 @@ def hostile_values(key: str) -> list[bytes]:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_hostile_stored_values_read_as_no_session(harness: Harness):
-    shared_only(harness)
-    store: Any = harness.store
+async def test_hostile_stored_values_read_as_no_session(shared: Harness):
+    store: Any = shared.store
     key = store.key(SID)
     for value in hostile_values(key):
-        harness.service.write_raw(key, value)
+        shared.service.write_raw(key, value)
         assert await store.load(SID) is None, value[:40]
         assert await store.update(SID, [Operation("set", "user", "eve")], NOW, 60) is None
         assert not await store.touch(SID, NOW, 60)
@@ -320,11 +327,10 @@ async def test_hostile_stored_values_read_as_no_session(harness: Harness):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_record_sealed_with_an_older_key_is_read_and_marked_stale(harness: Harness):
-    shared_only(harness)
-    old = harness.store
+async def test_a_record_sealed_with_an_older_key_is_read_and_marked_stale(shared: Harness):
+    old = shared.store
     await old.create(SID, record(n=1), ttl=60)
-    rotated = harness.build([*record_keys([test_secret()]), *RECORD_KEYS])
+    rotated = shared.build([*record_keys([test_secret()]), *RECORD_KEYS])
     try:
         loaded = await rotated.load(SID)
         assert loaded is not None and loaded.stale_seal and loaded.record["data"] == {"n": 1}
@@ -370,12 +376,11 @@ async def refused_in_time(call: Awaitable[Any]) -> None:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_an_outage_raises_store_unavailable_within_the_timeout_and_passes(harness: Harness):
-    shared_only(harness)
-    store = harness.store
+async def test_an_outage_raises_store_unavailable_within_the_timeout_and_passes(shared: Harness):
+    store = shared.store
     await store.create(SID, record(n=1), ttl=60)
     loaded = await store.load(SID)
-    harness.service.stop()
+    shared.service.stop()
     await refused_in_time(store.load(SID))
     await refused_in_time(store.create(OTHER, record(), 60))
     await refused_in_time(store.update(SID, [Operation("incr", "n", 1)], NOW, 60, loaded))
@@ -383,48 +388,46 @@ async def test_an_outage_raises_store_unavailable_within_the_timeout_and_passes(
     await refused_in_time(store.delete(SID))
     await refused_in_time(store.count("k", 60))
     assert not await asyncio.wait_for(store.ready(), OUTAGE_BOUND)
-    harness.service.start()  # same port: the store finds it again by itself
+    shared.service.start()  # same port: the store finds it again by itself
 
     async def recovered() -> bool:
         return await store.ready()
 
-    await harness.until(recovered, 0)
+    await shared.until(recovered, 0)
     assert await store.create(OTHER, record(n=5), 60)
     back = await store.load(OTHER)
     assert back is not None and back.record["data"] == {"n": 5}
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_paused_server_is_an_outage_within_the_timeout(harness: Harness):
-    shared_only(harness)
-    await harness.store.create(SID, record(n=1), ttl=60)
-    harness.service.pause()
+async def test_a_paused_server_is_an_outage_within_the_timeout(shared: Harness):
+    await shared.store.create(SID, record(n=1), ttl=60)
+    shared.service.pause()
     try:
-        await refused_in_time(harness.store.load(SID))
-        await refused_in_time(harness.store.update(SID, [Operation("incr", "n", 1)], NOW, 60))
+        await refused_in_time(shared.store.load(SID))
+        await refused_in_time(shared.store.update(SID, [Operation("incr", "n", 1)], NOW, 60))
     finally:
-        harness.service.resume()
+        shared.service.resume()
 
     async def recovered() -> bool:
         with contextlib.suppress(StoreUnavailable):
-            return await harness.store.load(SID) is not None
+            return await shared.store.load(SID) is not None
         return False
 
-    await harness.until(recovered, 0)
+    await shared.until(recovered, 0)
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_through_http_an_outage_is_a_503_and_readyz_fails_then_recovers(
-    harness: Harness, http_server, make_browser, users
+    shared: Harness, http_server, make_browser, users
 ):
-    shared_only(harness)
-    config = load_settings("test", environ={}, session_secrets=(test_secret(),), store=harness.name)
-    app = SessionApplication(config, harness.store, users, clock=harness.clock)
+    config = load_settings("test", environ={}, session_secrets=(test_secret(),), store=shared.name)
+    app = SessionApplication(config, shared.store, users, clock=shared.clock)
     serve(http_server, app)
     browser = make_browser()
     assert (await browser.get("/api")).code == 200
     assert (await browser.login()).code == 200
-    harness.service.stop()
+    shared.service.stop()
     for method, path in (("GET", "/api/login"), ("GET", "/api/balance"), ("GET", "/api"), ("POST", "/api/logout")):
         r = await asyncio.wait_for(
             browser.fetch(method, path, json_body={} if method == "POST" else None), OUTAGE_BOUND
@@ -436,13 +439,13 @@ async def test_through_http_an_outage_is_a_503_and_readyz_fails_then_recovers(
     r = await make_browser().login()  # a login with nowhere to store its session
     assert r.code == 503 and "sid=" not in r.headers.get("Set-Cookie", "")
     assert "sid" in browser.cookies  # a 503 never clears the browser's cookie
-    harness.service.start()
+    shared.service.start()
 
     async def ready() -> bool:
         code: int = (await browser.get("/readyz")).code
         return code == 200
 
-    await harness.until(ready, 0)
+    await shared.until(ready, 0)
     fresh = make_browser()
     assert (await fresh.login()).code == 200
     assert body_json(await fresh.get("/api/balance")) == {"balance": 53762}
