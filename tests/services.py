@@ -227,7 +227,11 @@ class Redis:
         self.command("HSET", key, "v", "7", "r", value)
 
     def __enter__(self) -> Redis:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()  # a server that never answered is not left running
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -144,8 +144,9 @@ def signal_for(appendfsync: str) -> int:
 @pytest.mark.gen_test(timeout=90)
 async def test_sessions_keep_working_through_a_sentinel_failover(http_server, users, clock, make_browser):
     with Redis() as primary, Redis("--replicaof", "127.0.0.1", str(primary.port)) as replica:
-        sentinel = RedisSentinel(primary, down_after_ms=1000).start()
+        sentinel = RedisSentinel(primary, down_after_ms=1000)
         try:
+            sentinel.start()
             app = redis_app(http_server, users, clock, sentinels=sentinel.address, sentinel_service=sentinel.service)
 
             async def replica_known() -> bool:
