@@ -27,6 +27,7 @@ restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -34,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -194,6 +195,9 @@ class RedisStore(SessionStore):
         self._queues: dict[str, _Queue] = {}
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        # Connections between batches, most recently used last (all of them from the pool, so
+        # bounded by max_connections).
+        self._idle: list[AbstractConnection] = []
         self._sentinel: Sentinel | None = None
         common: dict[str, Any] = {
             "socket_timeout": options.timeout,
@@ -229,6 +233,8 @@ class RedisStore(SessionStore):
         """Nothing to start: connections open on first use, and reopen after a failure."""
 
     async def close(self) -> None:
+        while self._idle:
+            await self.client.connection_pool.release(self._idle.pop())
         await self.client.aclose()
         if self._sentinel is not None:
             for sentinel in self._sentinel.sentinels:
@@ -297,7 +303,7 @@ class RedisStore(SessionStore):
         """
         pool = self.client.connection_pool
         try:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            connection = await self._connection()
         except RedisError as e:
             self._fail(batch, self._failed(e))
             return
@@ -322,7 +328,9 @@ class RedisStore(SessionStore):
             await connection.disconnect()
             await pool.release(connection)
             raise
-        await pool.release(connection)
+        # Kept for the next batch rather than given back: taking a connection from the pool and
+        # giving it back cost about as much as a small batch's own commands.
+        self._idle.append(connection)
         if self._failing:
             self._failing = False
             log.warning("redis available again")
@@ -330,6 +338,21 @@ class RedisStore(SessionStore):
             if not future.done():
                 # Errors of one command (NOSCRIPT, WRONGTYPE) are its answer, for its caller to read.
                 future.set_result(answer)
+
+    async def _connection(self) -> AbstractConnection:
+        """A connection for one batch: the one the last batch used, if it is still in step and
+        open (Redis sends nothing unasked: anything to read is its end of the connection, after a
+        restart say), or one from the pool."""
+        pool = self.client.connection_pool
+        while self._idle:
+            connection = self._idle.pop()
+            with contextlib.suppress(RedisError):
+                if not await connection.can_read():
+                    return connection
+            await connection.disconnect()
+            await pool.release(connection)
+        fresh: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return fresh
 
     @staticmethod
     def _fail(batch: list[tuple[bytes, asyncio.Future[Any]]], failure: StoreUnavailable) -> None:

@@ -135,6 +135,22 @@ async def test_with_the_append_only_file_a_session_survives_a_redis_restart(
         assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_restarted_redis_costs_no_request_an_error(http_server, users, clock, make_browser):
+    # The old process's end closes every connection the store keeps; none may fail a request.
+    with Redis(appendfsync="always") as server:
+        redis_app(http_server, users, clock, url=server.url)
+        browsers = [make_browser() for _ in range(12)]
+        for _ in range(3):  # bursts from many browsers put several connections to use
+            assert {r.code for r in await asyncio.gather(*(b.get("/api") for b in browsers))} == {200}
+        server.stop(signal_for("everysec"))
+        server.start()  # same port, same sessions (append-only file)
+        await asyncio.sleep(0.2)  # the closed connections' ends have arrived
+        answers = [await b.get("/api") for b in browsers]
+        assert [r.code for r in answers] == [200] * len(browsers)
+        assert {r.body.decode() for r in answers} == {"You visited this page 4 times"}
+
+
 def signal_for(appendfsync: str) -> int:
     import signal
 
