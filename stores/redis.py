@@ -13,15 +13,19 @@ trip, so a retry needs no read of its own. A load is one ``HMGET``; a read-and-w
 a load and one ``EVALSHA``. A touch is the same compare-and-swap with no operations; losing it
 means another write refreshed the record already, so there is nothing to retry.
 
+Batches: as in the memcached store, the commands the requests of one loop iteration send go
+together, in one send on one connection, their answers read in order; writers of one session in
+this process queue behind each other, so only other processes make a save try again.
+
 Counters (`RedisStore.count`): ``prefix + "count:" + sha256(key)``, ``INCR`` and ``EXPIRE`` in
 one script, so a counter can never be left without its window. TTLs are whole seconds, as on
 memcached. Durability is the server's: with the append-only file (docs/STORES.md) a session
 survives a Redis restart. With Sentinel, connections follow the primary through a failover;
 replication is asynchronous, so writes acknowledged just before the primary died can be lost.
 
-Outages: every call is bounded by the timeouts (one retry on a dropped connection); a failure is
-`StoreUnavailable` (a 503), logged once, and the next call tries again: recovery needs no
-restart.
+Outages: a batch's round trip is bounded by ``timeout`` (a new connection by ``connect_timeout``),
+never retried (a lost answer may hide an applied write); a failure is `StoreUnavailable` (a 503),
+logged once, and the next call tries again: recovery needs no restart.
 """
 
 from __future__ import annotations
@@ -203,8 +207,8 @@ class RedisStore(SessionStore):
             "socket_timeout": options.timeout,
             "socket_connect_timeout": options.connect_timeout,
             # No retry: a write whose answer was lost may have been applied, and sent again it
-            # could count twice. A pooled connection the server closed (a restart) is found
-            # closed when it is taken from the pool and opened again before use.
+            # could count twice. A connection the server closed (a restart) is found closed
+            # before use and replaced (see _connection).
             "retry": Retry(NoBackoff(), 0),
             "max_connections": options.max_connections,
         }
