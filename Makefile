@@ -1,13 +1,13 @@
 # Quick start:  make run   (serve, dev settings)   |   make test   (lint, types, the whole suite)
 # Also:         make bench (the load benchmark; a few minutes; updates docs/BENCHMARKS.md)
 # Each target installs what it needs: a virtual environment from the requirements files and,
-# when running as root, the system packages the tests start (memcached, nginx, chromium).
+# when running as root, the system packages the tests start (memcached, redis, nginx, chromium).
 
 PYTHON ?= python3
 VENV ?= .venv
 ENV ?= dev
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := memcached nginx openssl wrk chromium valgrind
+SYSTEM_PACKAGES := memcached redis-server nginx openssl wrk chromium valgrind
 
 .PHONY: run test lint types system-packages venv bench
 

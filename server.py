@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -25,6 +25,8 @@ from handlers.app import SessionApplication
 from handlers.logging_setup import configure_logging
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
 from stores import build_store
+from stores.base import SessionStore, StoreContext
+from stores.sealing import record_keys
 from stores.users import DEMO_USERS_FILE, UserDirectory, UsersFileError, hash_password
 
 log = logging.getLogger("server")
@@ -46,18 +48,14 @@ GC_YOUNG_THRESHOLD = 20_000
 READ_CHUNK_SIZE = 4096
 
 
-def store_connections(settings: Settings) -> int:
-    """Descriptors the session store may hold open: one pooled connection per worker and node."""
-    if settings.store == "memcached":
-        return settings.memcached_threads * len(settings.memcached_servers)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="server.py",
         description="Cookie-session server for browser front ends.",
-        epilog="Environment variables: " + ", ".join(ENV_VARIABLES) + " (see README.md, Settings).",
+        epilog="Environment variables: "
+        + ", ".join(ENV_VARIABLES)
+        + ", and the chosen store's options as <STORE>_<OPTION>, e.g. MEMCACHED_SERVERS or REDIS_URL"
+        + " (see README.md, Settings, and docs/STORES.md).",
     )
     parser.add_argument(
         "command",
@@ -97,8 +95,14 @@ def load_users(settings: Settings) -> UserDirectory:
     return UserDirectory.from_file(settings.users_file or DEMO_USERS_FILE, max_waiting=settings.password_queue_size)
 
 
+def session_store(settings: Settings, clock: Callable[[], float] = time.time) -> SessionStore:
+    """The store ``settings`` choose, built from its options (checked when settings loaded)."""
+    context = StoreContext(record_keys(settings.session_secrets), settings.session_max_size, clock)
+    return build_store(settings.store, settings.store_options.get(settings.store, {}), context)
+
+
 async def serve(settings: Settings, users: UserDirectory) -> None:
-    store = build_store(settings)
+    store = session_store(settings)
     app = SessionApplication(settings, store, users)
     server = CappedHTTPServer(
         app,
@@ -109,7 +113,7 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
         # default), idle kept-alive connections included; see Settings.header_timeout.
         idle_connection_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
-        max_connections=connection_cap(settings.max_connections, store_connections(settings)),
+        max_connections=connection_cap(settings.max_connections, store.connections),
     )
     server.listen(settings.port, settings.host)
     logging.getLogger("tornado.general").addFilter(ThrottledLines())

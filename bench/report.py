@@ -134,11 +134,12 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-# Sections other scripts write into BENCHMARKS.md (bench/abuse.py): a full run keeps them.
+# Sections other scripts write into BENCHMARKS.md (bench/abuse.py, bench/stores.py): a full run keeps them.
 ABUSE_SECTION = "## Under abuse"
 # Written by hand: how the benchmark works, earlier runs' figures, paired measurements of changes.
 HISTORY_SECTION = "## How the benchmark runs, and earlier runs"
-KEPT_SECTIONS = (ABUSE_SECTION, HISTORY_SECTION)
+STORES_SECTION = "## Redis beside memcached"
+KEPT_SECTIONS = (ABUSE_SECTION, STORES_SECTION, HISTORY_SECTION)
 
 
 def _section_bounds(lines: list[str], heading: str) -> tuple[int, int] | None:

@@ -20,15 +20,17 @@ from handlers.throttle import client_block
 from handlers.xsrf import XsrfTokens
 from settings import Settings
 from stores.base import (
-    STALE_SEAL,
     Record,
     SessionStore,
+    StoreUnavailable,
     apply_operations,
     is_privileged,
     new_record,
 )
 
 log = logging.getLogger("sessions")
+# New ids drawn for one session before a store that finds each one taken is called unavailable.
+CREATE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ class SessionManager:
             if cookie:
                 log.info("session cookie rejected (bad signature, format or age)", extra={"event": "session.rejected"})
             return Session(None, None, stale_cookie=bool(cookie))
-        record = await self.store.load(session_id)
-        if record is None:
+        loaded = await self.store.load(session_id)
+        if loaded is None:
             hashed = self.log_id(session_id)
             log.warning(
                 "session cookie for an unknown session, not adopted (session=%s)",
@@ -128,6 +130,7 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         now = self.clock()
+        record = loaded.record
         reason = self._expired(record, now)
         if reason is not None:
             await self.store.delete(session_id)
@@ -140,8 +143,8 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         # A record sealed under an older secret is written again under the newest one at once.
-        touch_due = now - record["last_seen"] >= self.settings.touch_interval or STALE_SEAL in record
-        return Session(session_id, record, resign=resign, touch_due=touch_due)
+        touch_due = now - record["last_seen"] >= self.settings.touch_interval or loaded.stale_seal
+        return Session(session_id, loaded, resign=resign, touch_due=touch_due)
 
     async def save(self, session: Session, client: str | None = None) -> CookieChange | None:
         """Write what the request changed; return the cookie change the response must carry.
@@ -184,7 +187,14 @@ class SessionManager:
         if session.id is None:
             session.id = new_session_id()
         record = apply_operations(new_record(now, session.privileged), session.operations, now)
-        await self.store.create(session.id, record, self.ttl(now, now, session.privileged))
+        ttl = self.ttl(now, now, session.privileged)
+        for _ in range(CREATE_ATTEMPTS):
+            if await self.store.create(session.id, record, ttl):
+                break
+            # The id is taken (a 256-bit id never collides by chance): never join that record.
+            session.id = new_session_id()
+        else:
+            raise StoreUnavailable("every new session id drawn was taken")
         event = "regenerated" if session.regenerated else "created"
         hashed = self.log_id(session.id)
         log.info("session %s (session=%s)", event, hashed, extra={"event": f"session.{event}", "session": hashed})
@@ -209,11 +219,16 @@ class SessionManager:
     async def _touch(self, session: Session, now: float) -> None:
         """Refresh ``last_seen`` and the TTL of a session the request only read."""
         assert session.stored_id is not None and session.created_at is not None
-        await self.store.touch(
+        alive = await self.store.touch(
             session.stored_id, now, self.ttl(session.created_at, now, session.privileged), session.loaded
         )
         session.loaded = None  # its version token is spent
         session.touch_due = False
+        if not alive:
+            # Ended meanwhile (a logout in another tab, or expired): the cookie names nothing.
+            log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+            session.id = session.stored_id = None
+            session.stale_cookie = True
 
     async def _delete_retired(self, session: Session) -> None:
         """Delete the records of ids the request retired (regenerated or destroyed)."""

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from stores.base import Operation, Record, applied, is_privileged, json_value
+from stores.base import Loaded, Operation, applied, is_privileged, json_value
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 _ID_BYTES = 32  # 256 bits
@@ -54,7 +54,7 @@ class Session(MutableMapping[str, Any]):
     def __init__(
         self,
         session_id: str | None,
-        record: Record | None,
+        loaded: Loaded | None,
         *,
         resign: bool = False,
         touch_due: bool = False,
@@ -62,13 +62,14 @@ class Session(MutableMapping[str, Any]):
     ) -> None:
         # The id the browser will hold after this response; None until one is needed.
         self.id = session_id
+        record = loaded.record if loaded is not None else None
         # The id whose record is in the store, or None for a session not stored yet.
         self.stored_id = session_id if record is not None else None
         self.created_at: float | None = record["created_at"] if record else None
         # Shared with the loaded record, not copied: writes replace this dict, never change it.
         self._data: dict[str, Any] = record["data"] if record else {}
-        # The record as loaded (with the store's version token, if any), for a cheaper update.
-        self.loaded = record
+        # The record as loaded, with the store's version token, for a cheaper update.
+        self.loaded = loaded
         self.operations: list[Operation] = []
         self.retired_ids: list[str] = []
         self.resign = resign

@@ -7,6 +7,7 @@ defaults; ``settings.loader`` applies environment variables and validates the re
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,31 +66,15 @@ class Settings:
     # just a read. The idle timeout is enforced to within this granularity (never later).
     touch_interval: int = 60
 
+    # The session store, by name (stores.STORES: memory, memcached, redis), and the options of each
+    # store by its name: store_options["redis"] = {"url": "redis://..."}. Only the chosen store's
+    # options are read; the store checks them (its docstring and docs/STORES.md list them), and
+    # each can also come from an environment variable <STORE>_<OPTION> (REDIS_URL).
     store: str = "memory"
-    memory_max_sessions: int = 100_000
-    # How often the memory store frees expired records, and how many it frees per slice.
-    memory_sweep_interval: float = 5.0
-    memory_sweep_batch: int = 2_000
+    store_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
-    # Largest session record either store keeps (JSON bytes); larger writes are refused (413).
+    # Largest session record any store keeps (JSON bytes); larger writes are refused (413).
     session_max_size: int = 64 * 1024
-
-    memcached_servers: tuple[str, ...] = ("127.0.0.1:11211",)
-    # Keys are this prefix plus the hex SHA-256 of the session id.
-    memcached_prefix: str = "session:"
-    memcached_connect_timeout: float = 0.5
-    memcached_timeout: float = 0.5
-    # Worker threads (and pooled connections per node) for the blocking pymemcache client: the
-    # most round trips in flight at once, which is what hides a slow network's latency.
-    memcached_threads: int = 16
-    # A node failing for this long leaves the hash ring: its sessions are lost, not 503 forever.
-    memcached_dead_after: float = 3.0
-    # How often failed nodes are probed so they rejoin on their own.
-    memcached_probe_interval: float = 1.0
-    # Optional TLS: a CA file turns it on; a client certificate and key are optional.
-    memcached_tls_ca: str | None = None
-    memcached_tls_cert: str | None = None
-    memcached_tls_key: str | None = None
 
     # Exact origins (scheme://host[:port]) allowed to call the API with credentials.
     cors_origins: tuple[str, ...] = ()

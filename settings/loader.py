@@ -16,16 +16,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from settings.base import Settings
+from stores import STORES, check_store_options
 
 log = logging.getLogger("settings")
 
 ENVIRONMENTS = ("dev", "prod", "test")
 MIN_PROD_SECRET_BYTES = 32
 SAMESITE_VALUES = ("Lax", "Strict", "None")
-STORES = ("memory", "memcached")
-# A memcached key is this prefix and 64 hex digits: printable ASCII, no spaces,
-# within memcached's 250 bytes (the store sends its keys unchecked, so the prefix is checked here).
-MEMCACHED_KEY_PREFIX = re.compile(r"[!-~]{0,100}")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
@@ -39,14 +36,9 @@ ENV_VARIABLES: dict[str, str] = {
     "USERS_FILE": "users_file",
     "SESSION_IDLE_TIMEOUT": "idle_timeout",
     "SESSION_ABSOLUTE_TIMEOUT": "absolute_timeout",
-    "MEMCACHED_SERVERS": "memcached_servers",
-    "MEMCACHED_TLS_CA": "memcached_tls_ca",
-    "MEMCACHED_TLS_CERT": "memcached_tls_cert",
-    "MEMCACHED_TLS_KEY": "memcached_tls_key",
     "SESSION_STORE": "store",
     "LOG_FORMAT": "log_format",
     "DRAIN_TIMEOUT": "drain_timeout",
-    "MEMCACHED_THREADS": "memcached_threads",
     "HEADER_TIMEOUT": "header_timeout",
     "BODY_TIMEOUT": "body_timeout",
     "SESSION_ANONYMOUS_IDLE_TIMEOUT": "anonymous_idle_timeout",
@@ -65,7 +57,6 @@ _INT_VARIABLES = (
     "SESSION_IDLE_TIMEOUT",
     "SESSION_ABSOLUTE_TIMEOUT",
     "DRAIN_TIMEOUT",
-    "MEMCACHED_THREADS",
     "HEADER_TIMEOUT",
     "BODY_TIMEOUT",
     "SESSION_ANONYMOUS_IDLE_TIMEOUT",
@@ -119,18 +110,9 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
         changes["session_secrets"] = tuple(s for s in environ["SESSION_SECRETS"].split(",") if s)
     elif environ.get("SESSION_SECRETS_FILE"):
         changes["session_secrets"] = _read_secrets_file(environ["SESSION_SECRETS_FILE"], problems)
-    for name in ("CORS_ORIGINS", "MEMCACHED_SERVERS"):
-        if name in environ:
-            changes[ENV_VARIABLES[name]] = _split_list(environ[name])
-    for name in (
-        "HOST",
-        "USERS_FILE",
-        "MEMCACHED_TLS_CA",
-        "MEMCACHED_TLS_CERT",
-        "MEMCACHED_TLS_KEY",
-        "SESSION_STORE",
-        "LOG_FORMAT",
-    ):
+    if "CORS_ORIGINS" in environ:
+        changes["cors_origins"] = _split_list(environ["CORS_ORIGINS"])
+    for name in ("HOST", "USERS_FILE", "SESSION_STORE", "LOG_FORMAT"):
         if environ.get(name):
             changes[ENV_VARIABLES[name]] = environ[name]
     for name in _INT_VARIABLES:
@@ -139,6 +121,30 @@ def _from_environ(environ: Mapping[str, str], problems: list[str]) -> dict[str, 
             if number is not None:
                 changes[ENV_VARIABLES[name]] = number
     return changes
+
+
+def store_variables(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Store options from the environment: ``<STORE>_<OPTION>`` (REDIS_URL) -> {store: {option: text}}.
+
+    Settings know no store's options: the chosen store checks what it is given, and refuses an
+    option it does not have (a misspelt variable is named, not ignored).
+    """
+    found: dict[str, dict[str, str]] = {}
+    for store in STORES:
+        prefix = f"{store.upper()}_"
+        for name, value in environ.items():
+            if name.startswith(prefix) and value:
+                found.setdefault(store, {})[name[len(prefix) :].lower()] = value
+    return found
+
+
+def _merged_store_options(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Store options layer over layer, option by option (a later layer's value wins)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for store, options in layer.items():
+            merged.setdefault(store, {}).update(options)
+    return merged
 
 
 def key_version(secret: str) -> int:
@@ -202,33 +208,11 @@ def _validate(s: Settings, problems: list[str]) -> None:
     if s.device_cookie_max_age <= 0:
         problems.append("device_cookie_max_age: must be positive")
     if s.store not in STORES:
-        problems.append(f"store: {s.store!r} is not one of {', '.join(STORES)}")
-    if s.store == "memcached" and not s.memcached_servers:
-        problems.append("memcached_servers (MEMCACHED_SERVERS): the memcached store needs at least one host:port")
-    for server in s.memcached_servers:
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-            problems.append(f"memcached_servers (MEMCACHED_SERVERS): {server!r} is not host:port")
-    if not MEMCACHED_KEY_PREFIX.fullmatch(s.memcached_prefix):
-        problems.append("memcached_prefix: up to 100 printable ASCII characters, no spaces")
-    if bool(s.memcached_tls_cert) != bool(s.memcached_tls_key):
-        problems.append(
-            "memcached_tls_cert / memcached_tls_key (MEMCACHED_TLS_CERT, MEMCACHED_TLS_KEY): set both or neither"
-        )
-    if s.memcached_tls_cert and not s.memcached_tls_ca:
-        problems.append(
-            "memcached_tls_ca (MEMCACHED_TLS_CA): a client certificate needs the CA that verifies the server"
-        )
-    for name in ("memcached_tls_ca", "memcached_tls_cert", "memcached_tls_key"):
-        path = getattr(s, name)
-        if path and not os.path.isfile(path):
-            problems.append(f"{name} ({name.upper()}): {path!r} is not a readable file")
-    if min(s.memcached_timeout, s.memcached_connect_timeout, s.memcached_threads, s.session_max_size) <= 0:
-        problems.append(
-            "memcached_timeout, memcached_connect_timeout, memcached_threads, session_max_size: must be positive"
-        )
-    if s.memory_max_sessions <= 0:
-        problems.append("memory_max_sessions: must be positive")
+        problems.append(f"store (SESSION_STORE): {s.store!r} is not one of {', '.join(STORES)}")
+    else:
+        problems.extend(check_store_options(s.store, s.store_options.get(s.store, {})))
+    if s.session_max_size <= 0:
+        problems.append("session_max_size: must be positive")
     if s.max_body_size <= 0:
         problems.append("max_body_size: must be positive")
     for origin in s.cors_origins:
@@ -257,7 +241,7 @@ def _validate_prod(s: Settings, problems: list[str]) -> None:
     if s.store == "memory":
         problems.append(
             "store: the memory store is for development only (lost on restart, not shared between "
-            "processes); use the memcached store (MEMCACHED_SERVERS)"
+            "processes); use the memcached store (MEMCACHED_SERVERS) or the redis store (REDIS_URL)"
         )
     if not s.users_file:
         problems.append("users_file (USERS_FILE): prod needs its own users; the demo users are refused")
@@ -293,8 +277,12 @@ def load_settings(
     module = importlib.import_module(f"settings.{env}")
     base: Settings = module.SETTINGS
     problems: list[str] = []
-    changes = _from_environ(os.environ if environ is None else environ, problems)
+    variables = os.environ if environ is None else environ
+    changes = _from_environ(variables, problems)
     changes.update(overrides)
+    changes["store_options"] = _merged_store_options(
+        base.store_options, store_variables(variables), overrides.get("store_options", {})
+    )
     try:
         result = base.replace(**changes)
     except TypeError as e:

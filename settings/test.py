@@ -7,7 +7,7 @@ SETTINGS = DEFAULTS.replace(
     port=0,
     cors_origins=("http://localhost:4736",),
     store="memory",
-    memory_max_sessions=1_000,
+    store_options={"memory": {"max_sessions": 1_000}},
     # Every test browser comes from 127.0.0.1: tests of the budget set their own.
     new_sessions_per_address=1_000_000,
 )

@@ -1,4 +1,4 @@
-"""The store protocol: what every session store provides, and the record and operations it keeps.
+"""The store contract: what every session store guarantees, and the record and operations it keeps.
 
 A record is a JSON-serialisable dict::
 
@@ -8,31 +8,25 @@ plus ``"privileged": true`` on a record the session layer marked as logged in (s
 
 Handlers never write a record whole. They record operations (set, delete, increment) and the store
 applies them to the newest stored version, so concurrent requests on one session lose no update.
-Nothing here knows about HTTP; a store does not know how the session id reached it.
+Nothing here knows about HTTP or settings; a store does not know how the session id reached it.
+`SessionStore` states the contract operation by operation; tests/test_store_conformance.py holds
+every store to it, and docs/STORES.md says it in prose.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import hashlib
 import json
-import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, NamedTuple, TypeAlias
 
 import orjson
 
 Record: TypeAlias = dict[str, Any]
-# A store that can compare-and-swap puts its version token for the loaded record under this key
-# (never stored, never shown to handlers); handing the record back to update() saves a read.
-VERSION = "_version"
-# A store that authenticates its records marks a loaded record sealed under an older secret's key
-# with this (never stored, never shown to handlers): the session manager then writes it again,
-# under the newest key, at once (a touch).
-STALE_SEAL = "_stale_seal"
 # A record carrying this key (always ``true``) belongs to a logged-in session: the session layer
 # sets it on the record a regenerated session is created with, and every later version keeps it.
 # Stores only read it to protect such records (the memory store evicts anonymous ones first); they
@@ -49,6 +43,35 @@ class StoreUnavailable(Exception):
 
 class StoreValueError(Exception):
     """A value the store refuses to keep (not JSON, or larger than its limit). Handlers answer 413."""
+
+
+class Loaded(NamedTuple):
+    """What `SessionStore.load` found: the record, and beside it what the store knows about it.
+
+    ``version`` is the store's token for this version of the record (opaque to callers; None for
+    a store without one): handing it back to `SessionStore.update` or `SessionStore.touch` lets
+    the store write without reading again when nothing changed meanwhile. ``stale_seal``: the
+    record was authenticated with an older secret's key; the session manager writes it again,
+    under the newest key, at once (a touch).
+    """
+
+    record: Record
+    version: Any = None
+    stale_seal: bool = False
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the server gives every store, whichever it is: not options of any one store.
+
+    ``record_keys``: MAC keys for stores others can write to (`stores.sealing`), newest first.
+    ``max_record_size``: the largest record (JSON bytes) kept; larger writes are refused.
+    ``clock``: the time, for stores that keep their own (the memory store).
+    """
+
+    record_keys: Sequence[bytes]
+    max_record_size: int = 64 * 1024
+    clock: Callable[[], float] = time.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,45 +183,77 @@ def dump_record(record: Record, max_size: int | None = None) -> bytes:
 
 
 class SessionStore(abc.ABC):
-    """Where session records live. Every method is a coroutine that never blocks the IOLoop.
+    """Where session records live. The contract every store keeps, and the conformance suite checks.
 
-    Outages raise `StoreUnavailable`; a missing record is not an error (None / False).
-    ``ttl`` is in seconds: the store may forget a record that long after the call.
+    Calls: every method is a coroutine that never blocks the IOLoop for a round trip. A store
+    is built by `from_options`, then `start` (with the IOLoop running) before the first call and
+    `close` after the last.
+
+    Confirmation: a call returns only once the store has done what it says (stored, deleted,
+    counted), visible to every process sharing the store; otherwise it raises.
+
+    Errors: `StoreUnavailable` when the store cannot be reached, does not answer within its
+    timeout or does not confirm (an outage, a refused write, contention it gave up on): nothing
+    is promised, and the caller answers 503. A store recovers from an outage on its own, without
+    a restart. `StoreValueError` when a record is not JSON or larger than ``max_record_size``:
+    nothing is stored. A missing record is never an error.
+
+    Missing: a record is missing when it was never stored, was deleted, outlived its ``ttl``, or
+    what is stored under its id is not a record this server wrote (corrupt, hostile, or sealed
+    with a key it does not hold): all read as None / False, never as an error or a session.
+
+    Expiry: ``ttl`` (seconds) is how long after a write the store may forget the record, rounded
+    up to whole seconds by stores that count in seconds; a store may forget earlier (memcached
+    under memory pressure, the memory store when full), never keep a record readable later.
+
+    Atomicity: `update` applies operations to the newest stored version atomically across every
+    process sharing the store, so concurrent writers lose nothing; `touch` never overwrites a
+    write that landed after the load it was given.
     """
 
-    # Seconds between runs of maintain(); None: the store needs no background work.
-    maintenance_interval: float | None = None
-    _maintainer: asyncio.Task[None] | None = None
+    # The store's name, as settings choose it (SESSION_STORE) and its options' variables begin.
+    name: ClassVar[str]
+    # The options `from_options` reads (each also an environment variable, ``NAME_OPTION``).
+    options: ClassVar[tuple[str, ...]]
 
+    @classmethod
+    @abc.abstractmethod
+    def check_options(cls, options: Mapping[str, Any]) -> Any:
+        """Read and check ``options``; what they configure, or `StoreOptionsError` naming each
+        problem. Connects to nothing, so settings can be checked before anything starts."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_options(cls, options: Mapping[str, Any], context: StoreContext) -> SessionStore:
+        """The store ``options`` describe (`StoreOptionsError` if they are wrong); not connected yet."""
+
+    @property
+    def connections(self) -> int:
+        """The most file descriptors the store may hold open (the server keeps them in reserve)."""
+        return 0
+
+    @abc.abstractmethod
     async def start(self) -> None:
-        """Begin background work (``maintain`` every ``maintenance_interval`` s), once the IOLoop runs."""
-        if self.maintenance_interval is not None and self._maintainer is None:
-            self._maintainer = asyncio.create_task(self._maintain_forever(self.maintenance_interval))
+        """Begin background work, if the store has any; called once the IOLoop runs."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Stop background work and release connections."""
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            self._maintainer = None
-
-    async def maintain(self) -> None:  # noqa: B027 - optional hook
-        """Background work: freeing expired records, probing failed servers."""
-
-    async def _maintain_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.maintain()
-            except Exception:  # a failed round must not end the next ones
-                logging.getLogger("stores").exception("%s maintenance failed", type(self).__name__)
 
     @abc.abstractmethod
-    async def load(self, session_id: str) -> Record | None:
-        """The stored record, or None when there is none (or it expired)."""
+    async def load(self, session_id: str) -> Loaded | None:
+        """The stored record with its version token, or None when it is missing (see above).
+
+        The record holds only the fields of a record (nothing a store keeps beside it).
+        """
 
     @abc.abstractmethod
-    async def create(self, session_id: str, record: Record, ttl: float) -> None:
-        """Store a record under a new id. Confirmed: returns only once it is stored."""
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
+        """Store ``record`` under an id no record has: True once stored.
+
+        False, storing nothing and leaving the existing record as it was, when a record already
+        has this id (the same in every store: an id is never taken over; a caller draws another).
+        """
 
     @abc.abstractmethod
     async def update(
@@ -207,20 +262,24 @@ class SessionStore(abc.ABC):
         operations: Sequence[Operation],
         now: float,
         ttl: float,
-        loaded: Record | None = None,
+        loaded: Loaded | None = None,
     ) -> Record | None:
-        """Apply ``operations`` to the newest stored record and return it; None if it is gone.
+        """Apply ``operations`` to the newest stored record (``last_seen`` = ``now``, the privileged
+        mark kept), keep it ``ttl`` more seconds, and return what was stored; None if it is missing
+        (a missing record is never brought back).
 
-        ``loaded`` is the record as ``load`` returned it, if the caller has it: a store with
-        version tokens tries it first and reads again only if the record changed meanwhile.
+        ``loaded`` is what `load` returned, if the caller has it: a store with version tokens
+        writes against that version in one round trip and reads again only if the record
+        changed meanwhile. Atomic across processes: no concurrent update is lost.
         """
 
     @abc.abstractmethod
-    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
-        """Set ``last_seen`` to ``now`` and extend the ttl without changing data; False if gone.
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
+        """Set ``last_seen`` to ``now`` and keep the record ``ttl`` more seconds, data unchanged.
 
-        ``loaded`` is as in `update`. A touch never overwrites a write that landed after the
-        load: that write already refreshed ``last_seen`` and the ttl, and the touch counts as done.
+        False if the record is missing (the caller's session has ended). ``loaded`` is as in
+        `update`. A touch never overwrites a write that landed after the load: that write already
+        refreshed ``last_seen`` and the ttl, so the touch counts as done (True).
         """
 
     @abc.abstractmethod
@@ -243,4 +302,4 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def ready(self) -> bool:
-        """Whether the store can serve requests now (for the readiness probe)."""
+        """Whether the store can serve requests now (for the readiness probe); never raises."""

@@ -37,7 +37,7 @@ import random
 import select
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from pymemcache.client.base import Client, PooledClient
@@ -45,20 +45,19 @@ from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError, MemcacheUnknownError
 from pymemcache.pool import ObjectPool
 
-from settings.loader import MEMCACHED_KEY_PREFIX
 from stores.base import (
-    STALE_SEAL,
-    VERSION,
+    Loaded,
     Operation,
     Record,
     SessionStore,
+    StoreContext,
     StoreUnavailable,
     apply_operations,
     counter_digest,
-    dump_record,
-    parse_record,
 )
-from stores.sealing import RecordSeal
+from stores.options import KEY_PREFIX, Options, parse_address
+from stores.periodic import Periodic
+from stores.sealing import SealedRecords
 from stores.workers import Workers
 
 log = logging.getLogger("stores.memcached")
@@ -290,8 +289,76 @@ class _Batch:
         self.writes: list[tuple[CasWrite, asyncio.Future[CasResult]]] = []
 
 
+class MemcachedOptions(NamedTuple):
+    servers: tuple[str, ...]
+    prefix: str
+    connect_timeout: float
+    timeout: float
+    threads: int
+    dead_after: float
+    probe_interval: float
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
+
+
 class MemcachedStore(SessionStore):
-    """Session records in memcached. See the module docstring for the design."""
+    """Session records in memcached. See the module docstring for the design.
+
+    Options (environment variables ``MEMCACHED_<OPTION>``): ``servers`` (host:port, comma-separated;
+    127.0.0.1:11211), ``prefix`` ("session:"), ``timeout`` and ``connect_timeout`` (0.5 s),
+    ``threads`` (16: worker threads, and pooled connections per node: the most round trips in
+    flight at once), ``dead_after`` (3 s failing before a node leaves the ring), ``probe_interval``
+    (1 s), and TLS: ``tls_ca`` (turns it on), ``tls_cert`` and ``tls_key`` (a client certificate).
+    """
+
+    name = "memcached"
+    options = MemcachedOptions._fields
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> MemcachedOptions:
+        read = Options(cls.name, options, cls.options)
+        servers = read.addresses("servers", ("127.0.0.1:11211",))
+        read.require(bool(servers), "servers", "the memcached store needs at least one host:port")
+        checked = MemcachedOptions(
+            servers=servers,
+            prefix=read.key_prefix("prefix", "session:"),
+            connect_timeout=read.number("connect_timeout", 0.5),
+            timeout=read.number("timeout", 0.5),
+            threads=int(read.number("threads", 16, whole=True)),
+            dead_after=read.number("dead_after", 3.0),
+            probe_interval=read.number("probe_interval", 1.0),
+            tls_ca=read.file("tls_ca"),
+            tls_cert=read.file("tls_cert"),
+            tls_key=read.file("tls_key"),
+        )
+        read.require(
+            bool(checked.tls_cert) == bool(checked.tls_key), "tls_cert", "set both or neither of tls_cert, tls_key"
+        )
+        read.require(
+            not checked.tls_cert or bool(checked.tls_ca),
+            "tls_ca",
+            "a client certificate needs the CA that verifies the server",
+        )
+        read.done()
+        return checked
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: StoreContext) -> MemcachedStore:
+        checked = cls.check_options(options)
+        tls = tls_context(checked.tls_ca, checked.tls_cert, checked.tls_key) if checked.tls_ca else None
+        return cls(
+            checked.servers,
+            record_keys=context.record_keys,
+            prefix=checked.prefix,
+            connect_timeout=checked.connect_timeout,
+            timeout=checked.timeout,
+            threads=checked.threads,
+            max_record_size=context.max_record_size,
+            dead_after=checked.dead_after,
+            probe_interval=checked.probe_interval,
+            tls=tls,
+        )
 
     def __init__(
         self,
@@ -310,21 +377,21 @@ class MemcachedStore(SessionStore):
     ) -> None:
         if not servers:
             raise ValueError("at least one memcached server is required")
-        if not MEMCACHED_KEY_PREFIX.fullmatch(prefix):
+        if not KEY_PREFIX.fullmatch(prefix):
             # Batches send keys unchecked (see BatchClient.exchange): this makes every key valid.
             raise ValueError(f"memcached key prefix {prefix!r}: up to 100 printable ASCII characters, no spaces")
         self.prefix = prefix
         self.max_record_size = max_record_size
-        self._seal = RecordSeal(record_keys)
+        self._records = SealedRecords(record_keys, max_record_size, "memcached")
         self.dead_after = dead_after
-        self.maintenance_interval = probe_interval
+        self._prober = Periodic(probe_interval, self.probe, "memcached probe")
         self.cas_retries = cas_retries
         self._workers = Workers(threads, name="memcached")
         self._nodes: dict[str, _Node] = {}
+        self.threads = threads
         for server in servers:
-            host, _, port = server.rpartition(":")
             client = BatchPooledClient(
-                (host.strip("[]"), int(port)),
+                parse_address(server),
                 connect_timeout=connect_timeout,
                 timeout=timeout,
                 no_delay=True,
@@ -407,8 +474,15 @@ class MemcachedStore(SessionStore):
         self._succeeded(node)
         return result
 
+    @property
+    def connections(self) -> int:
+        return self.threads * len(self._nodes)
+
+    async def start(self) -> None:
+        self._prober.start()
+
     async def close(self) -> None:
-        await super().close()
+        self._prober.stop()
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -417,7 +491,7 @@ class MemcachedStore(SessionStore):
         for node in self._nodes.values():
             node.client.close()
 
-    async def maintain(self) -> None:
+    async def probe(self) -> None:
         """Probe failed nodes, so they are retired after ``dead_after`` and rejoin once they answer."""
         for node in list(self._nodes.values()):
             if node.failing_since is not None or not node.in_ring:
@@ -438,28 +512,11 @@ class MemcachedStore(SessionStore):
 
     # Values --------------------------------------------------------------------------------
 
-    def _decode(self, key: str, raw: bytes | None, token: Any = None) -> Record | None:
-        if raw is None:
-            return None
-        opened = self._seal.open(key, raw)
-        if opened is None:
-            # Not written by a server holding our secrets (or corrupted): never a session. A
-            # warning, not an error: it is what someone with write access to memcached sees.
-            log.warning("memcached value failed authentication; read as no session", extra={"event": "store.forged"})
-            return None
-        if len(opened.payload) > self.max_record_size:
-            return None
-        record = parse_record(opened.payload)
-        if record is None:
-            return None
-        if token is not None:
-            record[VERSION] = token
-        if opened.stale_key:
-            record[STALE_SEAL] = True
-        return record
+    def _decode(self, key: str, raw: bytes | None, token: Any = None) -> Loaded | None:
+        return self._records.decode(key, raw, token)
 
     def _encode(self, key: str, record: Record) -> bytes:
-        return self._seal.seal(key, dump_record(record, self.max_record_size))
+        return self._records.encode(key, record)
 
     # Batches: the loads and writes of one loop iteration, per node ------------------------
 
@@ -472,7 +529,7 @@ class MemcachedStore(SessionStore):
             asyncio.get_running_loop().call_soon(self._flush)
         return batch
 
-    async def load(self, session_id: str) -> Record | None:
+    async def load(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._batch(self._node_for(key)).loads.setdefault(key, []).append(future)
@@ -520,14 +577,12 @@ class MemcachedStore(SessionStore):
 
     # Writes --------------------------------------------------------------------------------
 
-    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         key = self.key(session_id)
         value = self._encode(key, record)
         node = self._node_for(key)
-        stored = await self._call(node, node.client.add, key, value, memcached_exptime(ttl))
-        if not stored:
-            # A 256-bit id never collides; an existing key means something is badly wrong.
-            raise StoreUnavailable("memcached refused to add a new session")
+        # add stores only if the key is free: NOT_STORED (False) when a record has the id.
+        return bool(await self._call(node, node.client.add, key, value, memcached_exptime(ttl)))
 
     async def update(
         self,
@@ -535,14 +590,14 @@ class MemcachedStore(SessionStore):
         operations: Sequence[Operation],
         now: float,
         ttl: float,
-        loaded: Record | None = None,
+        loaded: Loaded | None = None,
     ) -> Record | None:
         key = self.key(session_id)
         node = self._node_for(key)
-        token = loaded.get(VERSION) if loaded is not None else None
+        token = loaded.version if loaded is not None else None
         if loaded is not None and token is not None:
             # The common case: one cas against the version the load fetched, in this iteration's batch.
-            merged = apply_operations(loaded, operations, now)
+            merged = apply_operations(loaded.record, operations, now)
             result = await self._batched_cas(node, key, merged, token, ttl)
             if result is True:
                 return merged
@@ -575,7 +630,7 @@ class MemcachedStore(SessionStore):
             current = self._decode(key, raw)
             if current is None or token is None:
                 return None
-            merged = apply_operations(current, operations, now)
+            merged = apply_operations(current.record, operations, now)
             stored = client.cas(key, self._encode(key, merged), token, expire=memcached_exptime(ttl), noreply=False)
             if stored:
                 return merged
@@ -585,17 +640,17 @@ class MemcachedStore(SessionStore):
             time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 8)))
         raise CasContention
 
-    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
         key = self.key(session_id)
         node = self._node_for(key)
-        token = loaded.get(VERSION) if loaded is not None else None
+        token = loaded.version if loaded is not None else None
         if loaded is None or token is None:
             # No version to compare against: read one first (on a worker), as an update would.
             return await self._call(node, self._update_blocking, node.client, key, (), now, ttl) is not None
         # The record as loaded with a new last_seen, in this iteration's batch: no round trip of
         # its own. Lost (False) means another write landed after the load, and every write
         # refreshes last_seen and the TTL: the session is as fresh as this would have made it.
-        return await self._batched_cas(node, key, apply_operations(loaded, (), now), token, ttl) is not None
+        return await self._batched_cas(node, key, apply_operations(loaded.record, (), now), token, ttl) is not None
 
     async def delete(self, session_id: str) -> None:
         key = self.key(session_id)

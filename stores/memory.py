@@ -15,22 +15,32 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
 from stores.base import (
-    VERSION,
+    Loaded,
     Operation,
     Record,
     SessionStore,
+    StoreContext,
     apply_operations,
     counter_digest,
     dump_record,
     is_privileged,
 )
+from stores.options import Options
+from stores.periodic import Periodic
 
 log = logging.getLogger("stores.memory")
+
+
+class MemoryOptions(NamedTuple):
+    max_sessions: int
+    sweep_interval: float
+    sweep_batch: int
 
 
 class MemoryStore(SessionStore):
@@ -41,7 +51,34 @@ class MemoryStore(SessionStore):
     recently used end and stops at the first live record, in slices of ``sweep_batch`` so that
     freeing many at once never holds the IOLoop for long. A record with a short ttl behind a
     live one is freed on its next read, by eviction, or when the sweep reaches it.
+
+    Options: ``max_sessions`` (100,000), ``sweep_interval`` (5 s), ``sweep_batch`` (2,000).
     """
+
+    name = "memory"
+    options = ("max_sessions", "sweep_interval", "sweep_batch")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> MemoryOptions:
+        read = Options(cls.name, options, cls.options)
+        checked = MemoryOptions(
+            int(read.number("max_sessions", 100_000, whole=True)),
+            read.number("sweep_interval", 5.0),
+            int(read.number("sweep_batch", 2_000, whole=True)),
+        )
+        read.done()
+        return checked
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: StoreContext) -> MemoryStore:
+        checked = cls.check_options(options)
+        return cls(
+            checked.max_sessions,
+            clock=context.clock,
+            sweep_interval=checked.sweep_interval,
+            sweep_batch=checked.sweep_batch,
+            max_record_size=context.max_record_size,
+        )
 
     def __init__(
         self,
@@ -54,7 +91,7 @@ class MemoryStore(SessionStore):
     ) -> None:
         self.max_sessions = max_sessions
         self.clock = clock
-        self.maintenance_interval = sweep_interval
+        self._sweeper = Periodic(sweep_interval, self.sweep, "memory store sweep")
         self.sweep_batch = sweep_batch
         self.max_record_size = max_record_size
         # session id -> (record as JSON, expiry time). Order: least recently used first. Anonymous
@@ -69,8 +106,11 @@ class MemoryStore(SessionStore):
     def __len__(self) -> int:
         return len(self._records) + len(self._privileged)
 
-    async def maintain(self) -> None:
-        await self.sweep()
+    async def start(self) -> None:
+        self._sweeper.start()
+
+    async def close(self) -> None:
+        self._sweeper.stop()
 
     async def sweep(self) -> int:
         """Free expired records from the least recently used end; return how many were freed.
@@ -135,19 +175,20 @@ class MemoryStore(SessionStore):
             # an anonymous one is left.
             (self._records or self._privileged).popitem(last=False)
 
-    async def load(self, session_id: str) -> Record | None:
+    async def load(self, session_id: str) -> Loaded | None:
         text = self._live(session_id)
         if text is None:
             return None
         # Decoded without parse_record's checks, which guard against what another process may
         # have left in a shared store: only _put writes here, from the session manager's record.
-        record: Record = orjson.loads(text)
         # The version token is the stored value itself: unchanged while it is the same object.
-        record[VERSION] = text
-        return record
+        return Loaded(orjson.loads(text), text)
 
-    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
+        if self._live(session_id) is not None:
+            return False
         self._put(session_id, record, ttl)
+        return True
 
     async def update(
         self,
@@ -155,18 +196,18 @@ class MemoryStore(SessionStore):
         operations: Sequence[Operation],
         now: float,
         ttl: float,
-        loaded: Record | None = None,
+        loaded: Loaded | None = None,
     ) -> Record | None:
         return self._update(session_id, operations, now, ttl, loaded)
 
     def _update(
-        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Record | None
+        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Loaded | None
     ) -> Record | None:
         found = self._entry(session_id)
         entry = found[1] if found is not None else None
-        if loaded is not None and entry is not None and loaded.get(VERSION) is entry[0] and entry[1] > self.clock():
+        if loaded is not None and entry is not None and loaded.version is entry[0] and entry[1] > self.clock():
             # Nothing was written since that load: apply to it rather than parse the value again.
-            merged = apply_operations(loaded, operations, now)
+            merged = apply_operations(loaded.record, operations, now)
             self._put(session_id, merged, ttl)
             return merged
         return self._apply(session_id, operations, now, ttl)
@@ -181,7 +222,10 @@ class MemoryStore(SessionStore):
         self._put(session_id, merged, ttl)
         return merged
 
-    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
+        if loaded is not None and self._live(session_id) not in (None, loaded.version):
+            # Written since that load: the write refreshed last_seen and the ttl already.
+            return True
         return self._update(session_id, (), now, ttl, loaded) is not None
 
     async def delete(self, session_id: str) -> None:

@@ -25,8 +25,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from stores.base import Loaded, Record, dump_record, parse_record
 
 _PREFIX = b"m1:"
 _PERSON = b"session-record"  # BLAKE2's personalisation: these MACs serve nothing else
@@ -103,3 +106,37 @@ class RecordSeal:
                     self._remember(storage_key, value)
                 return Opened(payload, position > 0)
         return None
+
+
+class SealedRecords:
+    """Records as a shared store keeps them: compact JSON sealed under the newest key, and read
+    back only if authentic, within the size limit and shaped like a record."""
+
+    def __init__(self, keys: Sequence[bytes], max_record_size: int, store_name: str) -> None:
+        self.seal = RecordSeal(keys)
+        self.max_record_size = max_record_size
+        self.store_name = store_name
+        self._log = logging.getLogger(f"stores.{store_name}")
+
+    def encode(self, storage_key: str, record: Record) -> bytes:
+        """``record`` sealed for ``storage_key``; `StoreValueError` if not JSON or too large."""
+        return self.seal.seal(storage_key, dump_record(record, self.max_record_size))
+
+    def decode(self, storage_key: str, value: bytes | None, version: Any = None) -> Loaded | None:
+        """The record in ``value`` with ``version`` beside it, or None for anything we did not write."""
+        if value is None:
+            return None
+        opened = self.seal.open(storage_key, value)
+        if opened is None:
+            # Not written by a server holding our secrets (or corrupted): never a session. A
+            # warning, not an error: it is what someone with write access to the store sees.
+            self._log.warning(
+                "%s value failed authentication; read as no session",
+                self.store_name,
+                extra={"event": "store.forged"},
+            )
+            return None
+        if len(opened.payload) > self.max_record_size:
+            return None
+        record = parse_record(opened.payload)
+        return None if record is None else Loaded(record, version, opened.stale_key)

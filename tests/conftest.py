@@ -16,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from handlers.app import SessionApplication
 from settings import Settings, load_settings
-from stores.base import Operation, Record
+from stores.base import Loaded, Operation, Record
 from stores.memory import MemoryStore
 from stores.users import DEMO_USERS_FILE, UserDirectory, hash_password
 
@@ -45,21 +45,21 @@ class CountingStore(MemoryStore):
         super().__init__(*args, **kwargs)
         self.calls: list[str] = []
 
-    async def load(self, session_id: str) -> Record | None:
+    async def load(self, session_id: str) -> Loaded | None:
         self.calls.append("load")
         return await super().load(session_id)
 
-    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         self.calls.append("create")
-        await super().create(session_id, record, ttl)
+        return await super().create(session_id, record, ttl)
 
     async def update(
-        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Record | None = None
+        self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Loaded | None = None
     ) -> Record | None:
         self.calls.append("update")
         return await super().update(session_id, operations, now, ttl, loaded)
 
-    async def touch(self, session_id: str, now: float, ttl: float, loaded: Record | None = None) -> bool:
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
         self.calls.append("touch")
         return await super().touch(session_id, now, ttl, loaded)
 
@@ -100,7 +100,7 @@ def config() -> Settings:
 
 @pytest.fixture
 def store(config: Settings, clock: FakeClock) -> CountingStore:
-    return CountingStore(config.memory_max_sessions, clock=clock)
+    return CountingStore(config.store_options["memory"]["max_sessions"], clock=clock)
 
 
 # scrypt's cheapest cost the users file accepts: a login's check takes a millisecond.

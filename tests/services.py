@@ -1,4 +1,9 @@
-"""Real services for tests: memcached and the app itself, started on free ports and stopped after.
+"""Real services for tests: memcached, Redis (with Sentinel) and the app itself, started on free
+ports and stopped after.
+
+Each store's service also says how a store reaches it (``store_options``) and how someone else
+with access to it would write a raw value under a session's key (``write_raw``): what the
+store conformance suite needs to run against it.
 
 A service whose binary is missing makes its tests skip with a reason naming it, except under
 ``CI=true``, where it is a failure.
@@ -20,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,11 +130,193 @@ class Memcached:
                 keys.append(urllib.parse.unquote(line.split()[0][4:]))
         return keys
 
+    def store_options(self) -> dict[str, str]:
+        return {"servers": self.address, "timeout": "0.3", "connect_timeout": "0.3", "probe_interval": "0.2"}
+
+    def write_raw(self, key: str, value: bytes) -> None:
+        self.set_raw(key, value, 60)
+
     def __enter__(self) -> Memcached:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Redis:
+    """A redis-server process on a free loopback port, its files in a directory of its own.
+
+    ``appendfsync``: None keeps no append-only file (a cache, like memcached); "everysec" or
+    "always" turns it on, as docs/STORES.md configures a durable store.
+    """
+
+    def __init__(self, *extra_args: str, port: int | None = None, appendfsync: str | None = None) -> None:
+        self.binary = require_binary("redis-server")
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.appendfsync = appendfsync
+        self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Redis:
+        durable = ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.appendfsync else []
+        args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir), "--save", ""]
+        self.process = subprocess.Popen(
+            [*args, *durable, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port)
+        deadline = time.monotonic() + 10
+        while True:  # the port opens before an append-only file is loaded
+            try:
+                if self.command("PING") == "PONG":
+                    return self
+            except RuntimeError as e:  # "-NOAUTH": up, and asking for a user and password
+                if "NOAUTH" in str(e):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis on port {self.port} does not answer")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """End the server: SIGKILL (a crash) by default, SIGTERM for a clean shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.send_signal(sig)
+            self.process.wait(10)
+        self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def command(self, *args: str | bytes | int) -> Any:
+        """One command over RESP on a fresh connection; its reply decoded (bytes as text)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+            sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+            return _RespReader(sock).reply()
+
+    def store_options(self) -> dict[str, str]:
+        return {"url": self.url, "timeout": "0.3", "connect_timeout": "0.3"}
+
+    def ttl(self, key: str) -> int | None:
+        """Seconds left before ``key`` expires (-1: never), or None if it is not there."""
+        seconds: int = self.command("TTL", key)
+        return None if seconds == -2 else seconds
+
+    def stored_keys(self) -> list[str]:
+        return [key.decode() for key in self.command("KEYS", "*")]
+
+    def write_raw(self, key: str, value: bytes) -> None:
+        """What someone with write access could leave under a session's key: any value, a
+        version the store has never written."""
+        self.command("HSET", key, "v", "7", "r", value)
+
+    def __enter__(self) -> Redis:
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()  # a server that never answered is not left running
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _RespReader:
+    """Replies of the Redis protocol (RESP2), for tests that look at the server directly."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.file = sock.makefile("rb")
+
+    def reply(self) -> Any:
+        line = self.file.readline().rstrip(b"\r\n")
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            data: bytes = self.file.read(size + 2)[:-2]
+            return data
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self.reply() for _ in range(size)]
+        raise RuntimeError(f"unexpected reply {line[:40]!r}")
+
+
+class RedisSentinel:
+    """A Redis Sentinel on a free loopback port, monitoring ``primary`` as ``service``.
+
+    It marks the primary down after ``down_after_ms`` without an answer, and (a quorum of one)
+    promotes a replica.
+    """
+
+    def __init__(self, primary: Redis, service: str = "sessions", down_after_ms: int = 1000) -> None:
+        self.binary = require_binary("redis-server")
+        self.port = free_port()
+        self.service = service
+        self.dir = Path(tempfile.mkdtemp(prefix=f"sentinel-{self.port}-"))
+        (self.dir / "sentinel.conf").write_text(
+            f"bind 127.0.0.1\nport {self.port}\ndir {self.dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisSentinel:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.dir / "sentinel.conf"), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def _command(self, *args: str) -> Any:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            parts = [a.encode() for a in args]
+            sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+            return _RespReader(sock).reply()
+
+    def primary_port(self) -> int:
+        return int(self._command("SENTINEL", "get-master-addr-by-name", self.service)[1])
+
+    def replicas(self) -> list[Any]:
+        replies: list[Any] = self._command("SENTINEL", "replicas", self.service)
+        return replies
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class AppProcess:

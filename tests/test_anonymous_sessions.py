@@ -84,7 +84,7 @@ async def test_a_logged_in_user_stays_logged_in_through_a_flood_of_cookieless_re
     http_server, http_client, base_url, config, small_store, users, clock, browser: Browser
 ):
     # No creation budget in the way: the eviction order alone protects the user.
-    app_on(http_server, config, small_store, users, clock, memory_max_sessions=BOUND)
+    app_on(http_server, config, small_store, users, clock, store_options={"memory": {"max_sessions": BOUND}})
     assert (await browser.login()).code == 200
     texts = await cookieless_hits(http_client, base_url, 20 * BOUND)
     assert set(texts) == {"Welcome to this page for the first time!"}

@@ -15,8 +15,8 @@ import pytest
 from pymemcache.client.base import Client
 
 from handlers.app import SessionApplication
+from server import session_store
 from settings import Settings, load_settings
-from stores import build_store
 from stores.memcached import MemcachedStore
 from stores.sealing import RecordSeal, record_keys
 from tests.conftest import LILY, Browser, body_json, serve, test_secret
@@ -33,12 +33,16 @@ def memcached() -> Iterator[Memcached]:
 
 def memcached_settings(memcached: Memcached, *secrets: str) -> Settings:
     return load_settings(
-        "test", environ={}, session_secrets=secrets, store="memcached", memcached_servers=(memcached.address,)
+        "test",
+        environ={},
+        session_secrets=secrets,
+        store="memcached",
+        store_options={"memcached": {"servers": memcached.address}},
     )
 
 
 def app_for(http_server, config: Settings, users, clock) -> SessionApplication:
-    return serve(http_server, SessionApplication(config, build_store(config, clock=clock), users, clock=clock))
+    return serve(http_server, SessionApplication(config, session_store(config, clock=clock), users, clock=clock))
 
 
 def session_key(app: SessionApplication, browser: Browser) -> str:

@@ -303,9 +303,9 @@ class GatedStore(MemoryStore):
         super().__init__(*args, **kwargs)
         self.gate = asyncio.Event()
 
-    async def create(self, session_id: str, record: Record, ttl: float) -> None:
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         await self.gate.wait()
-        await super().create(session_id, record, ttl)
+        return await super().create(session_id, record, ttl)
 
 
 @pytest.fixture
@@ -460,11 +460,11 @@ async def test_writes_leave_the_loaded_record_as_it_was(app: SessionApplication,
     cookie = browser.cookies["sid"].strip('"')
     session = await app.sessions.load(cookie)
     assert session.loaded is not None
-    loaded_data = dict(session.loaded["data"])
+    loaded_data = dict(session.loaded.record["data"])
     session["page_views"] = 10
     session["other"] = [1]
     del session["page_views"]
-    assert session.loaded["data"] == loaded_data == {"page_views": 1}
+    assert session.loaded.record["data"] == loaded_data == {"page_views": 1}
     assert "other" in session and "page_views" not in session
 
 
@@ -480,3 +480,49 @@ async def test_a_stale_cookie_is_cleared_on_a_401_too(app: SessionApplication, b
     cleared = browser.last_set_cookies["sid"]
     assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == "/"
     assert "sid" not in browser.cookies
+
+
+class TakenIdStore(MemoryStore):
+    """The memory store, but the first id each new session is created under is already taken."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken: list[str] = []
+
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
+        if not self.taken:
+            # Someone else's record is already under the first id drawn.
+            self.taken.append(session_id)
+            await super().create(session_id, {"data": {"owner": "someone else"}, "created_at": 0, "last_seen": 0}, ttl)
+        return await super().create(session_id, record, ttl)
+
+
+@pytest.mark.gen_test
+async def test_a_new_session_never_joins_a_record_whose_id_is_taken(config, users, clock, browser, http_server):
+    store = TakenIdStore(100, clock=clock)
+    app = serve(http_server, SessionApplication(config, store, users, clock=clock))
+    assert (await browser.login()).code == 200
+    session_id = cookie_id(browser, app)
+    assert session_id is not None and session_id != store.taken[0]
+    assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+    other = await store.load(store.taken[0])
+    assert other is not None and other.record["data"] == {"owner": "someone else"}
+
+
+class EndedOnTouchStore(MemoryStore):
+    """Deletes the record just before a touch lands, as a logout in another tab would."""
+
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Any = None) -> bool:
+        await self.delete(session_id)
+        return await super().touch(session_id, now, ttl, loaded)
+
+
+@pytest.mark.gen_test
+async def test_a_touch_that_finds_the_session_gone_clears_the_cookie(config, users, clock, browser, http_server):
+    app = serve(http_server, SessionApplication(config, EndedOnTouchStore(100, clock=clock), users, clock=clock))
+    await browser.login()
+    clock.advance(config.touch_interval + 1)
+    r = await browser.get("/api/login")
+    assert r.code == 200 and "sid" in browser.last_set_cookies  # the cookie is cleared with the answer
+    assert "sid" not in browser.cookies and cookie_id(browser, app) is None
+    assert body_json(await browser.get("/api/login")) == {"loggedIn": False}

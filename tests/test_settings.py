@@ -68,13 +68,16 @@ def test_environment_variables_override(tmp_path):
             "SESSION_IDLE_TIMEOUT": "60",
             "SESSION_ABSOLUTE_TIMEOUT": "3600",
             "MEMCACHED_SERVERS": "10.0.0.1:11211,10.0.0.2:11211",
+            "REDIS_URL": "redis://app:pw@10.0.0.3:6379/2",
         },
     )
     assert s.session_secrets == ("new secret with spaces ", "old")  # used exactly as written
     assert s.cors_origins == ("https://a.example", "https://b.example:8443")
     assert (s.host, s.port, s.users_file) == ("0.0.0.0", 4000, "/x/users.json")
     assert (s.idle_timeout, s.absolute_timeout) == (60, 3600)
-    assert s.memcached_servers == ("10.0.0.1:11211", "10.0.0.2:11211")
+    # Each store's options are its own, read by the store chosen; none is checked by settings.
+    assert s.store_options["memcached"] == {"servers": "10.0.0.1:11211,10.0.0.2:11211"}
+    assert s.store_options["redis"] == {"url": "redis://app:pw@10.0.0.3:6379/2"}
     assert load_settings("dev", environ={"SESSION_SECRETS": " a ,b"}).session_secrets == (" a ", "b")
 
 
@@ -125,14 +128,22 @@ def test_prod_refuses_a_missing_secret():
         ({"SESSION_IDLE_TIMEOUT": "7200", "SESSION_ABSOLUTE_TIMEOUT": "3600"}, "longer than absolute_timeout"),
         ({"SESSION_IDLE_TIMEOUT": "0"}, "must be positive"),
         ({"CORS_ORIGINS": "http://a.example/path"}, "not an origin"),
-        ({"MEMCACHED_SERVERS": "nohost"}, "not host:port"),
+        ({"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": "nohost"}, "'nohost' is not host:port"),
+        (
+            {"SESSION_STORE": "memcached", "MEMCACHED_SERVRES": "a:1"},
+            "MEMCACHED_SERVRES): memcached has no such option",
+        ),
+        ({"SESSION_STORE": "memcached", "MEMCACHED_THREADS": "0"}, "expected a positive whole number"),
+        ({"SESSION_STORE": "redis", "REDIS_URL": "http://x"}, "REDIS_URL): a redis:// or rediss:// URL"),
+        ({"SESSION_STORE": "redis", "REDIS_SENTINELS": "a:1"}, "set both or neither of sentinels, sentinel_service"),
+        ({"SESSION_STORE": "memory", "MEMORY_MAX_SESSIONS": "-1"}, "MEMORY_MAX_SESSIONS): expected a positive"),
         ({"SESSION_SECRETS": "same,same"}, "listed twice"),
         ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read"),
         ({"LOG_FORMAT": "xml"}, "not text or json"),
         ({"DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT: expected a whole number"),
-        ({"SESSION_STORE": "redis"}, "'redis' is not one of memory, memcached"),
-        ({"MEMCACHED_TLS_CERT": "/etc/hostname"}, "set both or neither"),
-        ({"MEMCACHED_TLS_CA": "/does/not/exist"}, "not a readable file"),
+        ({"SESSION_STORE": "mongo"}, "'mongo' is not one of memory, memcached, redis"),
+        ({"SESSION_STORE": "memcached", "MEMCACHED_TLS_CERT": "/etc/hostname"}, "set both or neither"),
+        ({"SESSION_STORE": "memcached", "MEMCACHED_TLS_CA": "/does/not/exist"}, "not a readable file"),
     ],
 )
 def test_bad_values_are_named(environ, message):
@@ -258,7 +269,23 @@ def test_server_serves_a_users_file_and_stops_cleanly(tmp_path):
     assert "stopped" in output
 
 
-def test_a_memcached_key_prefix_memcached_cannot_take_is_refused_at_start_up():
+@pytest.mark.parametrize("store", ["memcached", "redis"])
+def test_a_key_prefix_a_store_cannot_take_is_refused_at_start_up(store):
     with pytest.raises(SettingsError) as caught:
-        load_settings("dev", environ={}, memcached_prefix="two words:")
-    assert any(problem.startswith("memcached_prefix:") for problem in caught.value.problems)
+        load_settings("dev", environ={}, store=store, store_options={store: {"prefix": "two words:"}})
+    assert any(problem.startswith(f"{store} option prefix") for problem in caught.value.problems)
+
+
+def test_only_the_chosen_store_is_imported_with_its_client_library():
+    # The session layer and settings load without any store's client library; choosing a store
+    # imports its own only.
+    script = (
+        "import sys, settings, handlers.app, stores.base;"
+        "settings.load_settings('dev', environ={'MEMCACHED_SERVERS': 'nohost'});"
+        "print(sorted(m for m in ('pymemcache', 'redis') if m in sys.modules));"
+        "settings.load_settings('dev', environ={'SESSION_STORE': 'redis'});"
+        "print(sorted(m for m in ('pymemcache', 'redis') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["[]", "['redis']"]

@@ -1,0 +1,117 @@
+"""A store's options: read from a mapping (a settings module's values or environment strings),
+checked, and every problem named at once.
+
+Each store declares its options and reads them here, so settings know no store's options and
+the rules shared by stores (a host:port list, a key prefix) live in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# A key is this prefix and 64 hex digits: printable ASCII, no spaces, within memcached's 250
+# bytes (the memcached store sends its keys unchecked, so the prefix is checked here).
+KEY_PREFIX = re.compile(r"[!-~]{0,100}")
+
+
+class StoreOptionsError(ValueError):
+    """Options a store refuses; ``problems`` names each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as (host, port); ValueError if it is not one."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def env_name(store: str, option: str) -> str:
+    """The environment variable that sets ``option`` of ``store``: ``REDIS_URL`` for redis's url."""
+    return f"{store}_{option}".upper()
+
+
+class Options:
+    """The options of ``store`` in ``raw``; reading one checks it, `done` refuses what was wrong.
+
+    Values come as their types (from a settings module) or as text (from the environment), so each
+    reader accepts both. An option the store does not know is a problem, not silently ignored.
+    """
+
+    def __init__(self, store: str, raw: Mapping[str, Any], known: tuple[str, ...]) -> None:
+        self.store = store
+        self.raw = raw
+        self.problems: list[str] = [
+            f"{self.label(name)}: {store} has no such option (it has {', '.join(known)})"
+            for name in raw
+            if name not in known
+        ]
+
+    def label(self, name: str) -> str:
+        return f"{self.store} option {name} ({env_name(self.store, name)})"
+
+    def _problem(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.label(name)}: {message}")
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw.get(name, default)
+        if value is None or value == "":
+            return default
+        if not isinstance(value, str):
+            self._problem(name, f"expected text, got {value!r}")
+            return default
+        return value
+
+    def number(self, name: str, default: float, *, whole: bool = False) -> float:
+        """A positive number (a whole one if ``whole``)."""
+        value = self.raw.get(name, default)
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number <= 0 or (whole and number != int(number)):
+            self._problem(name, f"expected a positive {'whole ' if whole else ''}number, got {value!r}")
+            return default
+        return int(number) if whole else number
+
+    def addresses(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """A list of host:port, comma-separated in text."""
+        value = self.raw.get(name, default)
+        items = tuple(item.strip() for item in value.split(",")) if isinstance(value, str) else tuple(value)
+        items = tuple(item for item in items if item)
+        for item in items:
+            try:
+                parse_address(item)
+            except ValueError as e:
+                self._problem(name, str(e))
+        return items
+
+    def key_prefix(self, name: str, default: str) -> str:
+        prefix = self.text(name, default)
+        if prefix is None or not KEY_PREFIX.fullmatch(prefix):
+            self._problem(name, "a key prefix is up to 100 printable ASCII characters, no spaces")
+            return default
+        return prefix
+
+    def file(self, name: str) -> str | None:
+        path = self.text(name)
+        if path and not os.path.isfile(path):
+            self._problem(name, f"{path!r} is not a readable file")
+        return path
+
+    def require(self, condition: bool, name: str, message: str) -> None:
+        if not condition:
+            self._problem(name, message)
+
+    def done(self) -> None:
+        """Raise `StoreOptionsError` naming every problem found, if any."""
+        if self.problems:
+            raise StoreOptionsError(self.problems)

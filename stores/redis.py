@@ -1,0 +1,479 @@
+"""The durable store: Redis (or Redis Sentinel) through redis-py's asyncio client, on the IOLoop.
+
+A session is one hash: ``prefix + sha256(session id)`` holding ``v``, a version number, and
+``r``, the record's JSON behind a MAC bound to the key (`stores.sealing`: anyone with write
+access to Redis could otherwise make any session anyone's). Values are never pickled.
+
+Why a version beside the sealed value, and a script: a save must apply the request's operations
+to the newest record and lose no concurrent write, in one round trip. Redis could apply them
+itself in a script, but a script cannot compute the MAC (the key stays in this process), so the
+server only compares: `_SAVE` writes the new sealed value only if ``v`` is still the version
+this process loaded, and otherwise answers with the current ``v`` and ``r`` in the same round
+trip, so a retry needs no read of its own. A load is one ``HMGET``; a read-and-write request is
+a load and one ``EVALSHA``. A touch is the same compare-and-swap with no operations; losing it
+means another write refreshed the record already, so there is nothing to retry.
+
+Batches: as in the memcached store, the commands the requests of one loop iteration send go
+together, in one send on one connection, their answers read in order; writers of one session in
+this process queue behind each other, so only other processes make a save try again.
+
+Counters (`RedisStore.count`): ``prefix + "count:" + sha256(key)``, ``INCR`` and ``EXPIRE`` in
+one script, so a counter can never be left without its window. TTLs are whole seconds, as on
+memcached. Durability is the server's: with the append-only file (docs/STORES.md) a session
+survives a Redis restart. With Sentinel, connections follow the primary through a failover;
+replication is asynchronous, so writes acknowledged just before the primary died can be lost.
+
+Outages: a batch's round trip is bounded by ``timeout`` (a new connection by ``connect_timeout``),
+never retried (a lost answer may hide an applied write); a failure is `StoreUnavailable` (a 503),
+logged once, and the next call tries again: recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
+
+from stores.base import (
+    Loaded,
+    Operation,
+    Record,
+    SessionStore,
+    StoreContext,
+    StoreUnavailable,
+    apply_operations,
+    counter_digest,
+)
+from stores.options import Options, parse_address
+from stores.sealing import SealedRecords
+
+log = logging.getLogger("stores.redis")
+
+
+class _Script(NamedTuple):
+    """A server-side script of one key and ``arguments`` arguments: its source, and the head of
+    the EVALSHA command that calls it by its SHA-1 (the rest is its key and arguments)."""
+
+    source: bytes
+    head: bytes
+
+
+def _lua(source: str, arguments: int) -> _Script:
+    sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest().encode("ascii")
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (4 + arguments, sha)
+    return _Script(source.encode("utf-8"), head)
+
+
+# KEYS[1] the session; ARGV: sealed record, ttl. 1 stored; 0 the id is taken.
+_CREATE = _lua(
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', 1, 'r', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+""",
+    2,
+)
+# KEYS[1] the session; ARGV: the version loaded, the new sealed record, ttl. The new version (a
+# number) when stored; nil when the session is gone; {v, r} as stored now when it has changed.
+_SAVE = _lua(
+    """
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return false end
+if v ~= ARGV[1] then return redis.call('HMGET', KEYS[1], 'v', 'r') end
+local n = redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'r', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return n
+""",
+    3,
+)
+# KEYS[1] the counter; ARGV[1] its window. A counter without an expiry (none can be left by
+# this script, but a key is only as safe as whoever else writes) gets one too.
+_COUNT = _lua(
+    """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+""",
+    1,
+)
+
+
+def _bulk(*parts: bytes) -> bytes:
+    """Bulk strings of the Redis protocol, to follow a command's head."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def _pack(*parts: bytes) -> bytes:
+    """One command in the Redis protocol: an array of bulk strings."""
+    return b"*%d\r\n%s" % (len(parts), _bulk(*parts))
+
+
+_PING = _pack(b"PING")
+
+
+def redis_seconds(ttl: float) -> bytes:
+    """A ttl in whole seconds, at least one (as memcached keeps them), as Redis reads it."""
+    return b"%d" % max(1, math.ceil(ttl))
+
+
+class RedisOptions(NamedTuple):
+    url: str
+    sentinels: tuple[str, ...]
+    sentinel_service: str | None
+    prefix: str
+    timeout: float
+    connect_timeout: float
+    max_connections: int
+    cas_retries: int
+
+
+class RedisStore(SessionStore):
+    """Session records in Redis. See the module docstring for the design.
+
+    Options (environment variables ``REDIS_<OPTION>``): ``url`` (redis:// or rediss://, with
+    an ACL user and password and a database as redis-py reads them; redis://127.0.0.1:6379/0),
+    ``sentinels`` (host:port, comma-separated: the primary is found through them, the url's host
+    is then unused) with ``sentinel_service`` (the name they monitor), ``prefix`` ("session:"),
+    ``timeout`` and ``connect_timeout`` (0.5 s), ``max_connections`` (64: the pool's bound; a
+    request waits up to ``timeout`` for one), ``cas_retries`` (64 compare-and-swap rounds before
+    an update gives up with a 503).
+    """
+
+    name = "redis"
+    options = RedisOptions._fields
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> RedisOptions:
+        read = Options(cls.name, options, cls.options)
+        url = read.text("url", "redis://127.0.0.1:6379/0") or ""
+        if not url.startswith(("redis://", "rediss://")):
+            read.require(False, "url", "a redis:// or rediss:// URL")
+        else:
+            try:
+                parse_url(url)
+            except ValueError as e:
+                read.require(False, "url", str(e))
+        sentinels = read.addresses("sentinels")
+        service = read.text("sentinel_service")
+        read.require(
+            bool(sentinels) == bool(service), "sentinel_service", "set both or neither of sentinels, sentinel_service"
+        )
+        checked = RedisOptions(
+            url=url,
+            sentinels=sentinels,
+            sentinel_service=service,
+            prefix=read.key_prefix("prefix", "session:"),
+            timeout=read.number("timeout", 0.5),
+            connect_timeout=read.number("connect_timeout", 0.5),
+            max_connections=int(read.number("max_connections", 64, whole=True)),
+            cas_retries=int(read.number("cas_retries", 64, whole=True)),
+        )
+        read.done()
+        return checked
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], context: StoreContext) -> RedisStore:
+        return cls(cls.check_options(options), context)
+
+    def __init__(self, options: RedisOptions, context: StoreContext) -> None:
+        self.prefix = options.prefix
+        self.max_record_size = context.max_record_size
+        self.cas_retries = options.cas_retries
+        self.max_connections = options.max_connections
+        self.timeout = options.timeout
+        self._records = SealedRecords(context.record_keys, context.max_record_size, "redis")
+        self._failing = False
+        self._queues: dict[str, _Queue] = {}
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        # Connections between batches, most recently used last (all of them from the pool, so
+        # bounded by max_connections).
+        self._idle: list[AbstractConnection] = []
+        self._sentinel: Sentinel | None = None
+        common: dict[str, Any] = {
+            "socket_timeout": options.timeout,
+            "socket_connect_timeout": options.connect_timeout,
+            # No retry: a write whose answer was lost may have been applied, and sent again it
+            # could count twice. A connection the server closed (a restart) is found closed
+            # before use and replaced (see _connection).
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": options.max_connections,
+        }
+        if options.sentinels:
+            assert options.sentinel_service is not None
+            # The URL's credentials, database and TLS apply to the primary the sentinels name.
+            url: dict[str, Any] = {
+                k: v for k, v in parse_url(options.url).items() if k not in ("host", "port", "connection_class")
+            }
+            if options.url.startswith("rediss://"):
+                url["ssl"] = True
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                [parse_address(s) for s in options.sentinels],
+                sentinel_kwargs={"socket_timeout": options.timeout, "socket_connect_timeout": options.connect_timeout},
+            )
+            self.client: Redis = self._sentinel.master_for(options.sentinel_service, **url, **common)
+        else:
+            pool = BlockingConnectionPool.from_url(options.url, timeout=options.timeout, **common)
+            self.client = Redis(connection_pool=pool)
+
+    @property
+    def connections(self) -> int:
+        return self.max_connections
+
+    async def start(self) -> None:
+        """Nothing to start: connections open on first use, and reopen after a failure."""
+
+    async def close(self) -> None:
+        while self._idle:
+            await self.client.connection_pool.release(self._idle.pop())
+        await self.client.aclose()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                await sentinel.aclose()
+
+    # Keys and values -----------------------------------------------------------------------
+
+    def key(self, session_id: str) -> str:
+        """The Redis key for a session id: the prefix and the id's hex SHA-256."""
+        return self.prefix + hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+    def counter_key(self, key: str) -> str:
+        """The Redis key for a counter: the prefix, ``count:`` and the key's hex SHA-256."""
+        return f"{self.prefix}count:{counter_digest(key)}"
+
+    def _decode(self, key: str, version: Any, raw: Any) -> Loaded | None:
+        if version is None or not isinstance(raw, bytes):
+            return None
+        return self._records.decode(key, raw, version)
+
+    def _encode(self, key: str, record: Record) -> bytes:
+        return self._records.encode(key, record)
+
+    # Health --------------------------------------------------------------------------------
+
+    # Batches: the commands of one loop iteration, in one send on one pooled connection ------
+
+    async def _command(self, packed: bytes) -> Any:
+        """One command, sent with the others of this loop iteration; failures are
+        `StoreUnavailable` (logged once per outage), a key of another type `_WrongType`."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._pending is None:
+            self._pending = []
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((packed, future))
+        result = await future
+        if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
+            if "WRONGTYPE" in str(result):
+                raise _WrongType  # a key someone else wrote: no session
+            raise self._failed(result) from result
+        return result
+
+    async def _script(self, script: _Script, key: str, *args: bytes) -> Any:
+        """Run ``script`` by its digest (EVALSHA); loaded first if the server lacks it (a restart
+        empties Redis's script cache)."""
+        packed = script.head + _bulk(key.encode("ascii"), *args)
+        answer = await self._command(packed)
+        if isinstance(answer, NoScriptError):
+            await self._command(_pack(b"SCRIPT", b"LOAD", script.source))
+            answer = await self._command(packed)
+        if isinstance(answer, RedisError):
+            raise self._failed(answer) from answer
+        return answer
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending or [], None
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+        """The batch's commands in one send on one pooled connection, then their answers in order.
+
+        Commands are packed here rather than by redis-py's pipeline: a handful of fixed shapes,
+        and packing was a fifth of the store's CPU per request.
+        """
+        pool = self.client.connection_pool
+        try:
+            connection = await self._connection()
+        except RedisError as e:
+            self._fail(batch, self._failed(e))
+            return
+        answers: list[Any] = []
+        try:
+            # One deadline for the whole batch rather than one per answer (redis-py's own read
+            # timeout sets a timer for each): the batch's answers arrive together anyway.
+            async with asyncio.timeout(self.timeout):
+                await connection.send_packed_command(b"".join(packed for packed, _ in batch), check_health=False)
+                for _ in batch:
+                    try:
+                        answers.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as e:  # one command's error: the connection stays in step
+                        answers.append(e)
+        except (RedisError, TimeoutError) as e:  # redis-py closes the connection on these
+            await connection.disconnect()
+            await pool.release(connection)
+            self._fail(batch, self._failed(e))
+            return
+        except BaseException as e:  # a bug, or cancelled at close: no request may hang on it
+            self._fail(batch, StoreUnavailable(f"redis: {e.__class__.__name__}"))
+            await connection.disconnect()
+            await pool.release(connection)
+            raise
+        # Kept for the next batch rather than given back: taking a connection from the pool and
+        # giving it back cost about as much as a small batch's own commands.
+        self._idle.append(connection)
+        if self._failing:
+            self._failing = False
+            log.warning("redis available again")
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                # Errors of one command (NOSCRIPT, WRONGTYPE) are its answer, for its caller to read.
+                future.set_result(answer)
+
+    async def _connection(self) -> AbstractConnection:
+        """A connection for one batch: the one the last batch used, if it is still in step and
+        open (Redis sends nothing unasked: anything to read is its end of the connection, after a
+        restart say), or one from the pool."""
+        pool = self.client.connection_pool
+        while self._idle:
+            connection = self._idle.pop()
+            with contextlib.suppress(RedisError):
+                if not await connection.can_read():
+                    return connection
+            await connection.disconnect()
+            await pool.release(connection)
+        fresh: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return fresh
+
+    @staticmethod
+    def _fail(batch: list[tuple[bytes, asyncio.Future[Any]]], failure: StoreUnavailable) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(StoreUnavailable(str(failure)))
+
+    def _failed(self, error: Exception) -> StoreUnavailable:
+        if not self._failing:
+            self._failing = True
+            log.error("redis unavailable: %s", error.__class__.__name__)
+        return StoreUnavailable(f"redis: {error.__class__.__name__}")
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._command(_PING))
+        except (StoreUnavailable, _WrongType):
+            return False
+
+    # Sessions ------------------------------------------------------------------------------
+
+    async def load(self, session_id: str) -> Loaded | None:
+        key = self.key(session_id)
+        try:
+            version, raw = await self._command(_pack(b"HMGET", key.encode("ascii"), b"v", b"r"))
+        except _WrongType:
+            return None
+        return self._decode(key, version, raw)
+
+    async def create(self, session_id: str, record: Record, ttl: float) -> bool:
+        key = self.key(session_id)
+        value = self._encode(key, record)
+        try:
+            return bool(await self._script(_CREATE, key, value, redis_seconds(ttl)))
+        except _WrongType:
+            return False
+
+    async def update(
+        self,
+        session_id: str,
+        operations: Sequence[Operation],
+        now: float,
+        ttl: float,
+        loaded: Loaded | None = None,
+    ) -> Record | None:
+        key = self.key(session_id)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+        queue.users += 1
+        try:
+            async with queue.lock:
+                # The writer before this one in the queue left the version it stored: start
+                # from it rather than lose a round trip to a version known to be stale.
+                current = queue.latest or loaded
+                if current is None or current.version is None:
+                    current = await self.load(session_id)
+                for _ in range(self.cas_retries):
+                    if current is None:
+                        return None
+                    merged = apply_operations(current.record, operations, now)
+                    answer = await self._compare_and_swap(key, current.version, merged, ttl)
+                    if answer is None:
+                        return None
+                    if not isinstance(answer, list):
+                        queue.latest = Loaded(merged, str(answer).encode("ascii"))
+                        return merged
+                    # Another process came first: its record came back with the answer.
+                    current = self._decode(key, answer[0], answer[1])
+                raise StoreUnavailable("session updated too often at once")
+        finally:
+            queue.users -= 1
+            if not queue.users:
+                del self._queues[key]
+
+    async def _compare_and_swap(self, key: str, version: Any, record: Record, ttl: float) -> Any:
+        """The new version (stored), None (gone), or [v, r] as stored now (changed meanwhile)."""
+        value = self._encode(key, record)
+        try:
+            return await self._script(_SAVE, key, version, value, redis_seconds(ttl))
+        except _WrongType:
+            return None
+
+    async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
+        if loaded is None or loaded.version is None:
+            return await self.update(session_id, (), now, ttl) is not None
+        # Lost to a write after the load: that write refreshed last_seen and the TTL already.
+        answer = await self._compare_and_swap(
+            self.key(session_id), loaded.version, apply_operations(loaded.record, (), now), ttl
+        )
+        return answer is not None
+
+    async def delete(self, session_id: str) -> None:
+        await self._command(_pack(b"UNLINK", self.key(session_id).encode("ascii")))
+
+    async def count(self, key: str, window: float) -> int:
+        try:
+            return int(await self._script(_COUNT, self.counter_key(key), redis_seconds(window)))
+        except _WrongType:
+            raise StoreUnavailable("a counter key holds something else") from None
+
+
+class _Queue:
+    """The updates of one session in this process, one at a time.
+
+    Writers of one session in one process would otherwise all race for the same version, and
+    all but one lose every round: in a queue each writes once, and only writers in other
+    processes can make it try again.
+    """
+
+    __slots__ = ("latest", "lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+        self.latest: Loaded | None = None
+
+
+class _WrongType(Exception):
+    """A key holds another type than the store writes: someone else's value."""

@@ -1,0 +1,53 @@
+"""bench/stores.py's machinery: a short paired round on memcached and Redis, and its section of
+BENCHMARKS.md, which a full benchmark run keeps. No test asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from bench.report import STORES_SECTION, replace_section, section
+from bench.stores import markdown
+from tests.services import ROOT, require_binary
+
+
+def test_a_short_paired_round_measures_both_stores_and_renders(tmp_path):
+    for binary in ("wrk", "memcached", "redis-server"):
+        require_binary(binary)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/stores.py",
+            "--rounds",
+            "1",
+            "--duration",
+            "1",
+            "--concurrency",
+            "2",
+            "--sessions",
+            "5",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(next(tmp_path.glob("stores-*.json")).read_text())
+    assert figures["errors"] == {"memcached": 0, "redis": 0}
+    assert {(row["route"], row["concurrency"]) for row in figures["rows"]} == {("counter", 2), ("balance", 2)}
+    assert all(row["redis_rps"] > 0 and row["memcached_rps"] > 0 and row["ratio"] > 0 for row in figures["rows"])
+    text = markdown(figures)
+    assert text.startswith(STORES_SECTION) and "| page counter (GET /api) | 2 |" in text
+    doc = "# Benchmarks\n\n## Targets\n\nold\n\n## Notes\n\nlast\n"
+    kept = replace_section(doc, STORES_SECTION, text)
+    assert section(kept, STORES_SECTION) == text and kept.index("## Notes") < kept.index(STORES_SECTION)
+
+
+def test_a_full_run_keeps_the_section():
+    from bench.report import KEPT_SECTIONS
+
+    assert STORES_SECTION in KEPT_SECTIONS
