@@ -42,7 +42,12 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
-from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError, MemcacheUnknownError
+from pymemcache.exceptions import (
+    MemcacheClientError,
+    MemcacheError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownError,
+)
 from pymemcache.pool import ObjectPool
 
 from stores.base import (
@@ -669,7 +674,14 @@ def _count_blocking(client: PooledClient, key: str, exptime: int) -> int:
     """incr; if there is no counter, add one at 1 that expires with its window; if another
     process added it first, incr again. On a worker thread."""
     for _ in range(3):
-        value = client.incr(key, 1, noreply=False)
+        try:
+            value = client.incr(key, 1, noreply=False)
+        except MemcacheClientError:
+            # Not a number: written by someone else (memcached has no authentication). Counting
+            # starts again rather than refusing every login it names or calling the node down.
+            log.warning("memcached counter held a non-number; restarted", extra={"event": "store.forged"})
+            client.set(key, b"1", expire=exptime, noreply=False)
+            return 1
         if value is not None:
             return int(value)
         if client.add(key, b"1", expire=exptime, noreply=False):

@@ -102,6 +102,8 @@ class MemoryStore(SessionStore):
         self.max_counters = max_counters
         # counter digest -> [count, end of its window]. Order: least recently used first.
         self._counters: OrderedDict[str, list[float]] = OrderedDict()
+        # Counters hit more than once in their window, evicted only after every one-off counter.
+        self._repeated: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._records) + len(self._privileged)
@@ -235,13 +237,23 @@ class MemoryStore(SessionStore):
     async def count(self, key: str, window: float) -> int:
         digest = counter_digest(key)
         now = self.clock()
-        entry = self._counters.get(digest)
-        if entry is None or entry[1] <= now:
+        entry = self._repeated.get(digest)
+        if entry is None:
+            entry = self._counters.pop(digest, None)
+            if entry is not None and entry[1] > now:
+                # Counted again within its window: it joins the counters evicted last.
+                self._repeated[digest] = entry
+            else:
+                entry = self._counters[digest] = [0, now + window]
+        elif entry[1] <= now:
+            del self._repeated[digest]
             entry = self._counters[digest] = [0, now + window]
         entry[0] += 1
-        self._counters.move_to_end(digest)
-        while len(self._counters) > self.max_counters:
-            self._counters.popitem(last=False)
+        (self._repeated if digest in self._repeated else self._counters).move_to_end(digest)
+        while len(self._counters) + len(self._repeated) > self.max_counters:
+            # Counters seen once go first: a flood of one-off names (a new email each attempt)
+            # cannot push out the counts that hold a budget spent by repeated attempts.
+            (self._counters or self._repeated).popitem(last=False)
         return int(entry[0])
 
     async def ready(self) -> bool:

@@ -153,3 +153,28 @@ async def test_a_login_that_cannot_be_counted_is_refused_with_503_and_not_hashed
     assert r.headers["Retry-After"]
     assert body_json(r)["errorMessage"]
     assert users.hashes_run == hashed  # fails closed: no count, no password check
+
+
+@pytest.mark.gen_test
+async def test_a_flood_of_one_off_counters_cannot_evict_a_spent_budget(clock: FakeClock):
+    store = MemoryStore(100, clock=clock, max_counters=50)
+    for _ in range(11):  # a pair's budget spent by repeated attempts
+        spent = await store.count("login-pair-victim", 900)
+    for n in range(5_000):  # junk: a new name every attempt, a hundred times the bound
+        await store.count(f"junk-{n}", 900)
+    assert await store.count("login-pair-victim", 900) == spent + 1
+
+
+@pytest.mark.gen_test
+async def test_a_non_number_written_into_a_memcached_counter_restarts_it(memcached: Memcached, caplog):
+    store = memcached_store(memcached)
+    try:
+        assert await store.count("login-account-max", 60) == 1
+        memcached.set_raw(store.counter_key("login-account-max"), b"abc", exptime=0)
+        assert await store.count("login-account-max", 60) == 1  # no StoreUnavailable
+        assert await store.count("login-account-max", 60) == 2
+        assert await store.ready()
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        assert 0 < (memcached.ttl(store.counter_key("login-account-max")) or 0) <= 60
+    finally:
+        await store.close()
