@@ -7,9 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.report import STORES_SECTION, replace_section, section
 from bench.stores import markdown
 from tests.services import ROOT, require_binary
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_short_paired_round_measures_both_stores_and_renders(tmp_path):

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # the promotion, and the store's next connection finding the new primary.
 FAILOVER_BOUND = 15.0
 
+pytestmark = pytest.mark.slow
+
 
 def redis_settings(**options: Any) -> Settings:
     return load_settings(

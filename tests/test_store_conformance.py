@@ -94,13 +94,14 @@ def running(name: str, io_loop: Any) -> Iterator[Harness]:
         io_loop.run_sync(store.close)
 
 
-@pytest.fixture(params=list(STORES))
+# A store with a server of its own starts a process: those cases are in the slow tier.
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.slow] if STORES[name] else []) for name in STORES])
 def harness(request: pytest.FixtureRequest, io_loop: Any) -> Iterator[Harness]:
     with running(request.param, io_loop) as running_store:
         yield running_store
 
 
-@pytest.fixture(params=SHARED)
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.slow) for name in SHARED])
 def shared(request: pytest.FixtureRequest, io_loop: Any) -> Iterator[Harness]:
     """A store others can reach too: its server can be written to directly, stopped and paused."""
     with running(request.param, io_loop) as running_store:
