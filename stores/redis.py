@@ -100,10 +100,16 @@ return n
     3,
 )
 # KEYS[1] the counter; ARGV[1] its window. A counter without an expiry (none can be left by
-# this script, but a key is only as safe as whoever else writes) gets one too.
+# this script, but a key is only as safe as whoever else writes) gets one too, and a counter
+# someone else overwrote with a non-number (or another type) counts again from 1 rather than
+# refusing every login it names.
 _COUNT = _lua(
     """
-local n = redis.call('INCR', KEYS[1])
+local n = redis.pcall('INCR', KEYS[1])
+if type(n) == 'table' and n.err then
+  redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+  return 1
+end
 if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """,

@@ -347,6 +347,16 @@ async def test_a_record_sealed_with_an_older_key_is_read_and_marked_stale(shared
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_counter_someone_else_overwrote_counts_again_from_one(shared: Harness):
+    store: Any = shared.store
+    key = "login-account\0max@gmail.com"
+    # Someone with write access left something that is not a count under the counter's key.
+    shared.service.write_raw(store.counter_key(key), b"not a number")
+    assert [await store.count(key, 60) for _ in range(3)] == [1, 2, 3]  # no StoreUnavailable
+    assert await store.ready()
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_counter_counts_in_a_fixed_window_from_its_first_hit(harness: Harness):
     store = harness.store
     key = "login\0address\0192.0.2.1"
