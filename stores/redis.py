@@ -7,7 +7,7 @@ access to Redis could otherwise make any session anyone's). Values are never pic
 Why a version beside the sealed value, and a script: a save must apply the request's operations
 to the newest record and lose no concurrent write, in one round trip. Redis could apply them
 itself in a script, but a script cannot compute the MAC (the key stays in this process), so the
-server only compares: `_SAVE` writes the new sealed value only if ``v`` is still the version
+server only compares: `SAVE` writes the new sealed value only if ``v`` is still the version
 this process loaded, and otherwise answers with the current ``v`` and ``r`` in the same round
 trip, so a retry needs no read of its own. A load is one ``HMGET``; a read-and-write request is
 a load and one ``EVALSHA``. A touch is the same compare-and-swap with no operations; losing it
@@ -26,6 +26,9 @@ replication is asynchronous, so writes acknowledged just before the primary died
 Outages: a batch's round trip is bounded by ``timeout`` (a new connection by ``connect_timeout``),
 never retried (a lost answer may hide an applied write); a failure is `StoreUnavailable` (a 503),
 logged once, and the next call tries again: recovery needs no restart.
+
+Over 300 lines on purpose: the protocol (scripts, packing) is `stores.redis_protocol`; what is
+left is one class whose every command goes through the same per-iteration batch and connection.
 """
 
 from __future__ import annotations
@@ -56,83 +59,10 @@ from stores.base import (
     counter_digest,
 )
 from stores.options import Options, parse_address
+from stores.redis_protocol import COUNT, CREATE, PING, SAVE, Script, WrongType, bulk, pack, redis_seconds
 from stores.sealing import SealedRecords
 
 log = logging.getLogger("stores.redis")
-
-
-class _Script(NamedTuple):
-    """A server-side script of one key and ``arguments`` arguments: its source, and the head of
-    the EVALSHA command that calls it by its SHA-1 (the rest is its key and arguments)."""
-
-    source: bytes
-    head: bytes
-
-
-def _lua(source: str, arguments: int) -> _Script:
-    sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest().encode("ascii")
-    head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (4 + arguments, sha)
-    return _Script(source.encode("utf-8"), head)
-
-
-# KEYS[1] the session; ARGV: sealed record, ttl. 1 stored; 0 the id is taken.
-_CREATE = _lua(
-    """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', 1, 'r', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-""",
-    2,
-)
-# KEYS[1] the session; ARGV: the version loaded, the new sealed record, ttl. The new version (a
-# number) when stored; nil when the session is gone; {v, r} as stored now when it has changed.
-_SAVE = _lua(
-    """
-local v = redis.call('HGET', KEYS[1], 'v')
-if not v then return false end
-if v ~= ARGV[1] then return redis.call('HMGET', KEYS[1], 'v', 'r') end
-local n = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 'r', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return n
-""",
-    3,
-)
-# KEYS[1] the counter; ARGV[1] its window. A counter without an expiry (none can be left by
-# this script, but a key is only as safe as whoever else writes) gets one too, and a counter
-# someone else overwrote with a non-number (or another type) counts again from 1 rather than
-# refusing every login it names.
-_COUNT = _lua(
-    """
-local n = redis.pcall('INCR', KEYS[1])
-if type(n) == 'table' and n.err then
-  redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
-  return 1
-end
-if n == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return n
-""",
-    1,
-)
-
-
-def _bulk(*parts: bytes) -> bytes:
-    """Bulk strings of the Redis protocol, to follow a command's head."""
-    return b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
-
-
-def _pack(*parts: bytes) -> bytes:
-    """One command in the Redis protocol: an array of bulk strings."""
-    return b"*%d\r\n%s" % (len(parts), _bulk(*parts))
-
-
-_PING = _pack(b"PING")
-
-
-def redis_seconds(ttl: float) -> bytes:
-    """A ttl in whole seconds, at least one (as memcached keeps them), as Redis reads it."""
-    return b"%d" % max(1, math.ceil(ttl))
 
 
 class RedisOptions(NamedTuple):
@@ -274,7 +204,7 @@ class RedisStore(SessionStore):
 
     async def _command(self, packed: bytes) -> Any:
         """One command, sent with the others of this loop iteration; failures are
-        `StoreUnavailable` (logged once per outage), a key of another type `_WrongType`."""
+        `StoreUnavailable` (logged once per outage), a key of another type `WrongType`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._pending is None:
             self._pending = []
@@ -283,17 +213,17 @@ class RedisStore(SessionStore):
         result = await future
         if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
             if "WRONGTYPE" in str(result):
-                raise _WrongType  # a key someone else wrote: no session
+                raise WrongType  # a key someone else wrote: no session
             raise self._failed(result) from result
         return result
 
-    async def _script(self, script: _Script, key: str, *args: bytes) -> Any:
+    async def _script(self, script: Script, key: str, *args: bytes) -> Any:
         """Run ``script`` by its digest (EVALSHA); loaded first if the server lacks it (a restart
         empties Redis's script cache)."""
-        packed = script.head + _bulk(key.encode("ascii"), *args)
+        packed = script.head + bulk(key.encode("ascii"), *args)
         answer = await self._command(packed)
         if isinstance(answer, NoScriptError):
-            await self._command(_pack(b"SCRIPT", b"LOAD", script.source))
+            await self._command(pack(b"SCRIPT", b"LOAD", script.source))
             answer = await self._command(packed)
         if isinstance(answer, RedisError):
             raise self._failed(answer) from answer
@@ -378,8 +308,8 @@ class RedisStore(SessionStore):
 
     async def ready(self) -> bool:
         try:
-            return bool(await self._command(_PING))
-        except (StoreUnavailable, _WrongType):
+            return bool(await self._command(PING))
+        except (StoreUnavailable, WrongType):
             return False
 
     # Sessions ------------------------------------------------------------------------------
@@ -387,8 +317,8 @@ class RedisStore(SessionStore):
     async def load(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
         try:
-            version, raw = await self._command(_pack(b"HMGET", key.encode("ascii"), b"v", b"r"))
-        except _WrongType:
+            version, raw = await self._command(pack(b"HMGET", key.encode("ascii"), b"v", b"r"))
+        except WrongType:
             return None
         return self._decode(key, version, raw)
 
@@ -396,8 +326,8 @@ class RedisStore(SessionStore):
         key = self.key(session_id)
         value = self._encode(key, record)
         try:
-            return bool(await self._script(_CREATE, key, value, redis_seconds(ttl)))
-        except _WrongType:
+            return bool(await self._script(CREATE, key, value, redis_seconds(ttl)))
+        except WrongType:
             return False
 
     async def update(
@@ -442,8 +372,8 @@ class RedisStore(SessionStore):
         """The new version (stored), None (gone), or [v, r] as stored now (changed meanwhile)."""
         value = self._encode(key, record)
         try:
-            return await self._script(_SAVE, key, version, value, redis_seconds(ttl))
-        except _WrongType:
+            return await self._script(SAVE, key, version, value, redis_seconds(ttl))
+        except WrongType:
             return None
 
     async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
@@ -456,12 +386,12 @@ class RedisStore(SessionStore):
         return answer is not None
 
     async def delete(self, session_id: str) -> None:
-        await self._command(_pack(b"UNLINK", self.key(session_id).encode("ascii")))
+        await self._command(pack(b"UNLINK", self.key(session_id).encode("ascii")))
 
     async def count(self, key: str, window: float) -> int:
         try:
-            return int(await self._script(_COUNT, self.counter_key(key), redis_seconds(window)))
-        except _WrongType:
+            return int(await self._script(COUNT, self.counter_key(key), redis_seconds(window)))
+        except WrongType:
             raise StoreUnavailable("a counter key holds something else") from None
 
 
@@ -479,7 +409,3 @@ class _Queue:
         self.lock = asyncio.Lock()
         self.users = 0
         self.latest: Loaded | None = None
-
-
-class _WrongType(Exception):
-    """A key holds another type than the store writes: someone else's value."""

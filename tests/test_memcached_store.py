@@ -23,14 +23,8 @@ from handlers.app import SessionApplication
 from server import session_store
 from settings import Settings, key_version, load_settings
 from stores.base import Operation, StoreUnavailable, new_record
-from stores.memcached import (
-    THIRTY_DAYS,
-    BatchClient,
-    MemcachedStore,
-    _Answers,
-    memcached_exptime,
-    tls_context,
-)
+from stores.memcached import MemcachedStore
+from stores.memcached_client import THIRTY_DAYS, BatchClient, _Answers, memcached_exptime, tls_context
 from stores.sealing import RecordSeal, record_keys
 from stores.users import hash_password
 from tests.conftest import MAX, Browser, FakeClock, body_json, serve, test_secret
