@@ -160,8 +160,12 @@ def key_version(secret: str) -> int:
 
 
 def _validate(s: Settings, problems: list[str]) -> None:
-    if not 0 <= s.port <= 65535:
-        problems.append(f"port (PORT): {s.port} is not a TCP port")
+    _validate_timeouts_and_budgets(s, problems)
+    _validate_server(s, problems)
+    _validate_cookies_and_secrets(s, problems)
+
+
+def _validate_timeouts_and_budgets(s: Settings, problems: list[str]) -> None:
     if s.idle_timeout <= 0:
         problems.append("idle_timeout (SESSION_IDLE_TIMEOUT): must be positive")
     if s.absolute_timeout <= 0:
@@ -183,6 +187,13 @@ def _validate(s: Settings, problems: list[str]) -> None:
             problems.append(f"{budget} / {window} ({budget.upper()}, {window.upper()}): must be positive")
     if s.password_queue_size < 0:
         problems.append("password_queue_size: must not be negative")
+    if s.touch_interval <= 0:
+        problems.append("touch_interval: must be positive")
+
+
+def _validate_server(s: Settings, problems: list[str]) -> None:
+    if not 0 <= s.port <= 65535:
+        problems.append(f"port (PORT): {s.port} is not a TCP port")
     if s.log_format not in ("text", "json"):
         problems.append(f"log_format (LOG_FORMAT): {s.log_format!r} is not text or json")
     if s.drain_timeout < 0:
@@ -193,20 +204,6 @@ def _validate(s: Settings, problems: list[str]) -> None:
         problems.append("body_timeout (BODY_TIMEOUT): must be positive")
     if s.max_connections is not None and s.max_connections <= 0:
         problems.append("max_connections: must be positive (or None, to follow RLIMIT_NOFILE)")
-    if s.touch_interval <= 0:
-        problems.append("touch_interval: must be positive")
-    if s.cookie_samesite not in SAMESITE_VALUES:
-        problems.append(f"cookie_samesite: {s.cookie_samesite!r} is not one of {', '.join(SAMESITE_VALUES)}")
-    if s.cookie_samesite == "None" and not s.cookie_secure:
-        problems.append("cookie_samesite: SameSite=None requires cookie_secure (browsers drop it otherwise)")
-    for name in (s.cookie_name, s.xsrf_cookie_name, s.device_cookie_name):
-        if not _COOKIE_NAME.match(name):
-            problems.append(f"cookie name {name!r}: not a valid cookie name")
-    for field, name in (("cookie_name", s.cookie_name), ("device_cookie_name", s.device_cookie_name)):
-        if name.startswith("__Host-") and (not s.cookie_secure or s.cookie_domain):
-            problems.append(f"{field}: the __Host- prefix needs cookie_secure and no cookie_domain")
-    if s.device_cookie_max_age <= 0:
-        problems.append("device_cookie_max_age: must be positive")
     if s.store not in STORES:
         problems.append(f"store (SESSION_STORE): {s.store!r} is not one of {', '.join(STORES)}")
     else:
@@ -220,6 +217,21 @@ def _validate(s: Settings, problems: list[str]) -> None:
             problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is never allowed with credentials")
         elif not _ORIGIN.match(origin):
             problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is not an origin (scheme://host[:port], no path)")
+
+
+def _validate_cookies_and_secrets(s: Settings, problems: list[str]) -> None:
+    if s.cookie_samesite not in SAMESITE_VALUES:
+        problems.append(f"cookie_samesite: {s.cookie_samesite!r} is not one of {', '.join(SAMESITE_VALUES)}")
+    if s.cookie_samesite == "None" and not s.cookie_secure:
+        problems.append("cookie_samesite: SameSite=None requires cookie_secure (browsers drop it otherwise)")
+    for name in (s.cookie_name, s.xsrf_cookie_name, s.device_cookie_name):
+        if not _COOKIE_NAME.match(name):
+            problems.append(f"cookie name {name!r}: not a valid cookie name")
+    for field, name in (("cookie_name", s.cookie_name), ("device_cookie_name", s.device_cookie_name)):
+        if name.startswith("__Host-") and (not s.cookie_secure or s.cookie_domain):
+            problems.append(f"{field}: the __Host- prefix needs cookie_secure and no cookie_domain")
+    if s.device_cookie_max_age <= 0:
+        problems.append("device_cookie_max_age: must be positive")
     if not s.session_secrets:
         problems.append("session_secrets (SESSION_SECRETS or SESSION_SECRETS_FILE): at least one secret is required")
     if len(set(s.session_secrets)) != len(s.session_secrets):
