@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def hash_password_command() -> int:
     # Prompt only at a terminal; a pipe gives exactly one line.
-    password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    try:
+        password = getpass.getpass("Password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt
+        password = ""
     if not password:
         print("server.py: hash-password: no password given on standard input", file=sys.stderr)
         return 2

@@ -88,6 +88,11 @@ def has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def _not_json(name: str) -> Any:
+    # NaN, Infinity and -Infinity: Python's parser takes them, JSON (RFC 8259) does not.
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json_body(body: bytes, content_type: str) -> Any:
     """``body`` parsed as JSON: 415 for another media type or charset, 400 if malformed."""
     media_type, params = parse_media_type(content_type)
@@ -95,7 +100,7 @@ def parse_json_body(body: bytes, content_type: str) -> Any:
     if media_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise ApiError(415, "Content-Type must be application/json.")
     try:
-        value = json.loads(body.decode("utf-8"))
+        value = json.loads(body.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "Malformed JSON body.") from None
     if _SURROGATE_ESCAPE.search(body) and has_lone_surrogate(value):

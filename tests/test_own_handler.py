@@ -318,3 +318,11 @@ def test_no_handler_instance_attribute_shadows_a_tornado_attribute(app: SessionA
 
 def test_current_user_is_tornados_property_not_a_method():
     assert isinstance(inspect.getattr_static(AuthenticatedHandler, "current_user"), property)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '["a", NaN]'])
+async def test_a_body_that_python_parses_but_json_does_not_is_400(browser: Browser, text):
+    await browser.login()
+    r = await browser.fetch("POST", "/api/cart", body=text, headers={"Content-Type": "application/json"})
+    assert (r.code, body_json(r)) == (400, {"errorMessage": "Malformed JSON body."})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -217,6 +218,32 @@ def test_hash_password_reads_stdin_and_prints_a_usable_hash(tmp_path):
     assert verify_password("correct horse", line)
     assert "correct horse" not in r.stdout + r.stderr
     assert run_server("hash-password", stdin="").returncode == 2
+
+
+def test_hash_password_at_a_terminal_ends_cleanly_on_ctrl_d():
+    # A terminal (a pty) on standard input, and no controlling terminal: getpass reads the pty.
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "hash-password"],
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    assert process.stderr is not None
+    prompt = b""
+    while not prompt.endswith(b"Password: "):  # the terminal is set up once the prompt is out
+        chunk = process.stderr.read(1)
+        assert chunk, prompt
+        prompt += chunk
+    os.write(primary, b"\x04")  # Ctrl-D at the prompt
+    try:
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        os.close(primary)
+    assert process.returncode == 2
+    assert b"Traceback" not in stderr and b"no password given" in stderr
 
 
 def test_server_serves_a_users_file_and_stops_cleanly(tmp_path):
