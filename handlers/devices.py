@@ -43,7 +43,8 @@ class DeviceCookies:
         if not value or len(value) > 64:
             return False
         issued, _, mac = value.partition(".")
-        if not issued.isdigit() or len(mac) != _MAC_HEX:
+        # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
+        if not (issued.isascii() and issued.isdigit()) or len(mac) != _MAC_HEX:
             return False
         issued_at = int(issued)
         if not 0 <= now - issued_at <= self.max_age:

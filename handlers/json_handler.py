@@ -61,8 +61,9 @@ class JsonHandler(RequestHandler):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in ("get", "head", "post", "put", "patch", "delete"):
-            method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "_checked", False):
+            # As resolved through inheritance: a method a mixin brings is wrapped too.
+            method = getattr(cls, name)
+            if method is not getattr(RequestHandler, name) and not getattr(method, "_checked", False):
                 setattr(cls, name, _checked(method))
 
     def __init__(self, application: Any, request: HTTPServerRequest, **kwargs: Any) -> None:
@@ -130,7 +131,7 @@ class JsonHandler(RequestHandler):
         self._request_checked = True
         declared = self.request.headers.get("Content-Length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise ApiError(400, "Invalid Content-Length.")
             if int(declared) > self.app.config.max_body_size:
                 raise body_too_large(self.app.config.max_body_size)

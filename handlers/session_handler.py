@@ -10,7 +10,7 @@ from asyncio import Future
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tornado.web import HTTPError
+from tornado.web import HTTPError, RequestHandler
 
 from handlers.cookies import set_cookie_header
 from handlers.json_api import ApiError, not_logged_in, store_unavailable
@@ -72,8 +72,9 @@ class SessionHandler(JsonHandler):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in ("get", "head", "post", "put", "patch", "delete"):
-            method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "_saves_session", False):
+            # As resolved through inheritance: a method a mixin brings is wrapped too.
+            method = getattr(cls, name)
+            if method is not getattr(RequestHandler, name) and not getattr(method, "_saves_session", False):
                 setattr(cls, name, _saves_session(method))
 
     def initialize(self) -> None:

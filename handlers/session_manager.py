@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from handlers.cookies import VERIFIED_CACHE_SIZE, CookieSigner
 from handlers.remembered import Remembered
 from handlers.session_object import Session, new_session_id
-from handlers.throttle import client_block
+from handlers.throttle import client_block, counter_name
 from handlers.xsrf import XsrfTokens
 from settings import Settings
 from stores.base import (
@@ -101,7 +101,8 @@ class SessionManager:
         if session.privileged or client is None:
             return True
         budget = self.settings.new_sessions_per_address
-        count = await self.store.count(f"new-session\0{client_block(client)}", self.settings.new_sessions_window)
+        name = counter_name(self.settings, "new-session", client_block(client))
+        count = await self.store.count(name, self.settings.new_sessions_window)
         if count == budget + 1:
             log.warning(
                 "new-session budget spent: new sessions of this address not stored (address=%s)",

@@ -29,7 +29,7 @@ class StoreOptionsError(ValueError):
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` (an IPv6 host in brackets) as (host, port); ValueError if it is not one."""
     host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ValueError(f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
 

@@ -7,6 +7,7 @@ import inspect
 import math
 import types
 from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 import tornado.web
@@ -106,6 +107,19 @@ class TransferHandler(AuthenticatedHandler):
         self.write_json({"sent": True})
 
 
+class CartMixin:
+    """A method a handler gets from a mixin, not from its own class body."""
+
+    async def post(self: Any) -> None:
+        session = await self.get_session()
+        session["mixed"] = True
+
+
+class MixedHandler(CartMixin, AuthenticatedHandler):
+    def prepare(self) -> None:
+        pass
+
+
 class CarelessHandler(SessionHandler):
     """Overrides prepare() without calling it at all."""
 
@@ -142,6 +156,7 @@ def app(config, store, users, clock) -> SessionApplication:
         (r"/api/plain", PlainSessionHandler),
         (r"/api/transfer", TransferHandler),
         (r"/api/careless", CarelessHandler),
+        (r"/api/mixed", MixedHandler),
     ]
     return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
 
@@ -229,7 +244,7 @@ async def test_the_decorator_on_a_plain_session_handler_knows_the_user(browser: 
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("path", ["/api/transfer", "/api/careless"])
+@pytest.mark.parametrize("path", ["/api/transfer", "/api/careless", "/api/mixed"])
 async def test_a_prepare_override_cannot_skip_the_csrf_check(browser: Browser, make_browser, path):
     await browser.login()
     evil = make_browser(origin="http://evil.example")
