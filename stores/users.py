@@ -138,6 +138,8 @@ class UserDirectory:
         self._waiting: deque[asyncio.Future[None]] = deque()
         # Known devices' checks: served before any in ``_waiting``, bounded the same way.
         self._waiting_first: deque[asyncio.Future[None]] = deque()
+        # The accounts with a check in (or on its way into) that queue: one each.
+        self._accounts_first: set[str] = set()
         # Hashes actually run (each a few hundred ms of a core), and checks dropped unhashed
         # because their caller had gone: what the bounds are judged by.
         self.hashes_run = 0
@@ -198,18 +200,27 @@ class UserDirectory:
 
         Raises `HashingBusy` at once when ``max_waiting`` checks of its kind already wait for a
         thread. A ``priority`` check (a known device's) waits in a queue of its own that is served
-        first, so a flood of other checks never holds it back. ``admit()`` is awaited once a
-        thread is free for this check: whatever it raises (`CheckAbandoned` when the client has
-        gone, a refusal) drops the check unhashed and frees the thread. Cancelling the task that
-        awaits this while it waits drops it too; once hashing has started, the thread finishes it
-        and frees its place.
+        first, so a flood of other checks never holds it back; one per account at a time (any more
+        for that account wait with the others), so an account's own device cookie cannot fill it.
+        ``admit()`` is awaited once a thread is free for this check: whatever it raises
+        (`CheckAbandoned` when the client has gone, a refusal) drops the check unhashed and frees
+        the thread. Cancelling the task that awaits this while it waits drops it too; once hashing
+        has started, the thread finishes it and frees its place.
         """
-        found = self._users.get(normalise_email(email))
+        account = normalise_email(email)
+        found = self._users.get(account)
         password_hash = found[1] if found else self._decoy_hash
         if len(password) > MAX_PASSWORD_LENGTH:
             password = ""
             found = None
-        await self._thread_turn(priority)
+        first = priority and account not in self._accounts_first
+        if first:
+            self._accounts_first.add(account)
+        try:
+            await self._thread_turn(first)
+        finally:
+            if first:
+                self._accounts_first.discard(account)
         if admit is not None:
             try:
                 await admit()

@@ -132,3 +132,40 @@ def test_counter_names_are_keyed_digests(config: Settings):
     assert "max@gmail.com" not in name and len(name) == 64
     assert name != counter_name(config.replace(session_secrets=("another secret",)), "login-account", "max@gmail.com")
     assert json.dumps(name)  # plain text for any store
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_accounts_own_device_cookie_cannot_fill_the_known_devices_queue(
+    http_server, config, store, clock, make_browser, gate: Gate
+):
+    config = config.replace(login_pair_budget=100)
+    owner, attacker = make_browser(), make_browser()
+    users = directory(max_waiting=2)
+    serve(http_server, SessionApplication(config, store, users, clock=clock))
+    assert (await owner.login(MAX)).code == 200
+    assert (await attacker.login(LILY)).code == 200  # the attacker's own account: a known device
+    users.close()
+
+    users = UserDirectory(json.loads(DEMO_USERS_FILE.read_text()), executor=gate.executor, max_waiting=2, threads=1)
+    serve(http_server, SessionApplication(config, store, users, clock=clock))
+    wrong = {**LILY, "password": "wrong"}
+    # Copies of the attacker's device cookie: one check takes the thread, one waits ahead of the
+    # others; any more for that account wait with everyone else's.
+    flood = []
+    for _ in range(4):
+        copy = make_browser()
+        copy.cookies = {"device": attacker.cookies["device"]}
+        flood.append(asyncio.ensure_future(copy.login(wrong)))
+    await until(lambda: users.waiting == 3)
+    mine = asyncio.ensure_future(owner.login(MAX))  # the owner's known browser: still goes first
+    await until(lambda: users.waiting == 4 or mine.done())
+    assert not mine.done()
+    finished: list[str] = []
+    mine.add_done_callback(lambda _: finished.append("owner"))
+    for task in flood:
+        task.add_done_callback(lambda _: finished.append("flood"))
+    gate.open()
+    assert (await mine).code == 200
+    assert [r.code for r in await asyncio.gather(*flood)] == [401] * 4
+    # The thread's first check, the account's one place ahead, then the owner, then the rest.
+    assert finished == ["flood", "flood", "owner", "flood", "flood"]
