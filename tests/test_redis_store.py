@@ -89,7 +89,7 @@ async def test_a_session_is_one_hash_under_a_hashed_key_with_a_sealed_json_recor
 async def test_an_acl_user_and_password_from_the_url(http_server, users, clock, browser):
     password = test_secret()
     # The user docs/STORES.md sets up: its keys and the commands the store (and its scripts) run.
-    commands = "+hmget +evalsha +script|load +unlink +ping +exists +hset +hget +hincrby +expire +incr +ttl"
+    commands = "+hmget +evalsha +script|load +unlink +ping +exists +hset +hget +hincrby +expire +incr +ttl +set"
     acl = ["--user", "default", "off", "--user", "sessions", "on", f">{password}", "~session:*", "-@all"]
     acl += commands.split()
     with Redis(*acl) as server:
