@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -193,6 +194,26 @@ async def test_sessions_keep_working_through_a_sentinel_failover(http_server, us
                 assert body_json(await b.get("/api/balance")) == {"balance": 53762}
                 assert (await b.get("/api")).body.decode() == "You visited this page 2 times"
             assert (await make_browser().login()).code == 200
+            await app.store.close()
+        finally:
+            sentinel.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http_server, users, clock, make_browser):
+    with Redis() as primary:
+        sentinel = RedisSentinel(primary, down_after_ms=1000)
+        try:
+            sentinel.start()
+            assert sentinel.process is not None
+            sentinel.process.send_signal(signal.SIGSTOP)  # up, but answering nothing
+            app = redis_app(http_server, users, clock, sentinels=sentinel.address, sentinel_service=sentinel.service)
+            browser = make_browser()
+            # Bounded by the store's timeouts (0.3 s each) rather than redis-py's retries with
+            # backoff (13-15 s before): the client gives up at 5 s, which fails the test.
+            r = await browser.client.fetch(browser.base_url + "/api", request_timeout=5, raise_error=False)
+            assert (r.code, r.headers.get("Retry-After")) == (503, "2")
+            sentinel.process.send_signal(signal.SIGCONT)
             await app.store.close()
         finally:
             sentinel.stop()
