@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 
 from harness import free_port as free_port  # one record of the ports handed out, for tests and benchmark alike
+from stores.users import DEMO_USERS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -552,3 +554,35 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
             found.append((str(ipaddress.ip_address(words)), int(port_hex, 16)))
             assert len(address_hex) == width
     return found
+
+
+@contextlib.contextmanager
+def prod_behind_nginx(root: Path, pki: TestPKI, static_root: Path) -> Iterator[str]:
+    """A prod app process on memcached, with the demo users, behind the deploy's nginx over TLS
+    serving ``static_root``: yields the site's origin (https://localhost:PORT)."""
+    sys.path.insert(0, str(ROOT / "deploy"))
+    from render_nginx import render
+
+    with Memcached() as memcached:
+        env = {
+            "SESSION_SECRETS": secrets.token_urlsafe(32),  # a fresh random secret, as every test's
+            "USERS_FILE": str(DEMO_USERS_FILE),
+            "MEMCACHED_SERVERS": memcached.address,
+        }
+        with AppProcess(env, args=("--env=prod",)) as app:
+            https_port = free_port()
+            site = render(
+                server_name="localhost",
+                app_ports=[app.port],
+                certificate=pki.server_cert,
+                certificate_key=pki.server_key,
+                static_root=str(static_root),
+                http_listen=f"127.0.0.1:{free_port()}",
+                https_listen=f"127.0.0.1:{https_port}",
+            )
+            nginx = Nginx(root / "nginx", site).start()
+            try:
+                wait_for_port(https_port)
+                yield f"https://localhost:{https_port}"
+            finally:
+                nginx.stop()

@@ -34,13 +34,18 @@ from typing import NoReturn
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, expect, sync_playwright
 
-from stores.users import DEMO_USERS_FILE
 from tests.conftest import test_secret
-from tests.services import ROOT, AppProcess, Memcached, Nginx, TestPKI, free_port, require_binary, wait_for_port
+from tests.services import (
+    ROOT,
+    AppProcess,
+    TestPKI,
+    free_port,
+    prod_behind_nginx,
+    require_binary,
+)
 from tests.test_browser_e2e import CHROMIUM_FLAGS
 
 sys.path.insert(0, str(ROOT / "deploy"))
-from render_nginx import render
 
 pytestmark = [pytest.mark.memcached, pytest.mark.slow]  # an Angular build, Chromium and nginx
 
@@ -220,30 +225,8 @@ def production(example: Path, pki: TestPKI, tmp_path_factory) -> Iterator[Setup]
         text=True,
     )
     assert build.returncode == 0, f"ng build failed:\n{build.stdout}\n{build.stderr}"
-    with Memcached() as memcached:
-        env = {
-            "SESSION_SECRETS": test_secret(),
-            "USERS_FILE": str(DEMO_USERS_FILE),
-            "MEMCACHED_SERVERS": memcached.address,
-        }
-        with AppProcess(env, args=("--env=prod",)) as app:
-            http_port, https_port = free_port(), free_port()
-            site = render(
-                server_name="localhost",
-                app_ports=[app.port],
-                certificate=pki.server_cert,
-                certificate_key=pki.server_key,
-                static_root=str(root / "dist" / "browser"),
-                http_listen=f"127.0.0.1:{http_port}",
-                https_listen=f"127.0.0.1:{https_port}",
-            )
-            nginx = Nginx(root / "nginx", site).start()
-            try:
-                wait_for_port(https_port)
-                origin = f"https://localhost:{https_port}"
-                yield Setup("production", origin + "/", origin, "__Host-sid", False)
-            finally:
-                nginx.stop()
+    with prod_behind_nginx(root, pki, root / "dist" / "browser") as origin:
+        yield Setup("production", origin + "/", origin, "__Host-sid", False)
 
 
 @pytest.fixture(scope="module", params=["cross-origin", "proxy", "production"])

@@ -21,14 +21,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from stores.users import DEMO_USERS_FILE
 from tests.conftest import test_secret
-from tests.services import ROOT, AppProcess, Memcached, Nginx, TestPKI, free_port, wait_for_port
+from tests.services import ROOT, AppProcess, TestPKI, free_port, prod_behind_nginx
 from tests.test_browser_e2e import StaticServer, chromium, open_client
 
 sys.path.insert(0, str(ROOT / "deploy"))
 from render_client import render
-from render_nginx import render as render_nginx
 
 pytestmark = pytest.mark.slow  # Chromium, nginx and server processes
 
@@ -126,32 +124,9 @@ def cross_origin_setup(root: Path) -> Iterator[ClientSetup]:
 
 
 def prod_setup(root: Path) -> Iterator[ClientSetup]:
-    pki = TestPKI(root)
-    with Memcached() as memcached:
-        env = {
-            "SESSION_SECRETS": test_secret(),
-            # The demo users themselves: even then the prod page prefills nothing.
-            "USERS_FILE": str(DEMO_USERS_FILE),
-            "MEMCACHED_SERVERS": memcached.address,
-        }
-        with AppProcess(env, args=("--env=prod",)) as app:
-            https_port = free_port()
-            site = render_nginx(
-                server_name="localhost",
-                app_ports=[app.port],
-                certificate=pki.server_cert,
-                certificate_key=pki.server_key,
-                static_root=str(ROOT / "static"),
-                http_listen=f"127.0.0.1:{free_port()}",
-                https_listen=f"127.0.0.1:{https_port}",
-            )
-            nginx = Nginx(root / "nginx", site).start()
-            try:
-                wait_for_port(https_port)
-                origin = f"https://localhost:{https_port}"
-                yield ClientSetup(origin + "/", origin, "'self'", prefilled=False)
-            finally:
-                nginx.stop()
+    # The demo users themselves: even then the prod page prefills nothing.
+    with prod_behind_nginx(root, TestPKI(root), ROOT / "static") as origin:
+        yield ClientSetup(origin + "/", origin, "'self'", prefilled=False)
 
 
 @pytest.fixture(
