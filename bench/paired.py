@@ -33,19 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import (
     BENCH,
-    LOGIN,
     ROOT,
     SCENARIOS,
     UNLIMITED_CLIENT,
     Server,
     free_port,
+    memcached_command,
     prepare_browsers,
     process,
     split_cpus,
+    users_file,
     wait_for_port,
     wrk,
 )
-from stores.users import hash_password
 
 ROUTES = ("counter", "balance")
 
@@ -92,12 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if split:
         os.sched_setaffinity(0, split[1])
     work = Path(tempfile.mkdtemp(prefix="bench-paired-"))
-    users = work / "users.json"
-    password_hash = hash_password(LOGIN["password"], cost=(10, 8, 1))
-    users.write_text(json.dumps([{**LOGIN, "name": "Max Miller", "balance": 53762, "password_hash": password_hash}]))
+    users = users_file(work)
     memcached_port = free_port()
-    memcached = [shutil.which("memcached") or "/usr/bin/memcached", "-l", "127.0.0.1", "-p", str(memcached_port)]
-    memcached += ["-U", "0", "-m", "512", "-t", "1"] + (["-u", "root"] if os.geteuid() == 0 else [])
+    memcached = memcached_command(memcached_port)
     base_env = {
         "SESSION_SECRETS": os.urandom(32).hex(),
         "USERS_FILE": str(users),

@@ -241,6 +241,23 @@ def wait_for_port(port: int, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+def users_file(directory: Path) -> Path:
+    """The benchmark's users file: the login user, with a cheap hash (the benchmark logs in
+    thousands of browsers; login cost is not what it measures)."""
+    path = directory / "users.json"
+    password_hash = hash_password(LOGIN["password"], cost=(10, 8, 1))
+    user = {"email": LOGIN["email"], "name": "Max Miller", "balance": 53762, "password_hash": password_hash}
+    path.write_text(json.dumps([user]))
+    return path
+
+
+def memcached_command(port: int) -> list[str]:
+    """memcached on loopback ``port``: 512 MB, one thread, no UDP."""
+    command = [shutil.which("memcached") or "/usr/bin/memcached", "-l", "127.0.0.1", "-p", str(port)]
+    command += ["-U", "0", "-m", "512", "-t", "1"]
+    return command + (["-u", "root"] if os.geteuid() == 0 else [])
+
+
 def our_server(name: str, env: dict[str, str]) -> Server:
     port = free_port()
     return Server(name, [sys.executable, "server.py", "--env=dev", f"--port={port}"], env, ROOT, port)
@@ -650,26 +667,10 @@ def main(argv: list[str] | None = None) -> int:
         # This script, and so wrk, memcached and the proxy it starts, keep off the servers' core.
         os.sched_setaffinity(0, split[1])
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    users = work / "users.json"
-    # A cheap hash: the benchmark logs in thousands of browsers; login cost is not what it measures.
-    users.write_text(
-        json.dumps(
-            [
-                {
-                    "email": LOGIN["email"],
-                    "name": "Max Miller",
-                    "balance": 53762,
-                    "password_hash": hash_password(LOGIN["password"], cost=(10, 8, 1)),
-                }
-            ]
-        )
-    )
+    users = users_file(work)
     secret = os.urandom(32).hex()
     memcached_port, proxy_port = free_port(), free_port()
-    memcached_bin = shutil.which("memcached") or "/usr/bin/memcached"
-    memcached_cmd = [memcached_bin, "-l", "127.0.0.1", "-p", str(memcached_port), "-U", "0", "-m", "512", "-t", "1"]
-    if os.geteuid() == 0:
-        memcached_cmd += ["-u", "root"]
+    memcached_cmd = memcached_command(memcached_port)
     base_env = {"SESSION_SECRETS": secret, "USERS_FILE": str(users), "LOG_FORMAT": "text", **UNLIMITED_CLIENT}
     memcached_env = {**base_env, "SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached_port}"}
     servers = [our_server("ours-memory", base_env), our_server("ours-memcached", memcached_env)]

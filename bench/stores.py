@@ -30,20 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import STORES_SECTION, replace_section
 from bench.run import (
     BENCH,
-    LOGIN,
     ROOT,
     SCENARIOS,
     UNLIMITED_CLIENT,
     Server,
     free_port,
+    memcached_command,
     pin,
     prepare_browsers,
     process,
     split_cpus,
+    users_file,
     wait_for_port,
     wrk,
 )
-from stores.users import hash_password
 
 ROUTES = ("counter", "balance")
 STORES = ("memcached", "redis")
@@ -60,12 +60,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if split:
         os.sched_setaffinity(0, split[1])
     work = Path(tempfile.mkdtemp(prefix="bench-stores-"))
-    users = work / "users.json"
-    password_hash = hash_password(LOGIN["password"], cost=(10, 8, 1))
-    users.write_text(json.dumps([{**LOGIN, "name": "Max Miller", "balance": 53762, "password_hash": password_hash}]))
+    users = users_file(work)
     memcached_port, redis_port = free_port(), free_port()
-    memcached = [shutil.which("memcached") or "/usr/bin/memcached", "-l", "127.0.0.1", "-p", str(memcached_port)]
-    memcached += ["-U", "0", "-m", "512", "-t", "1"] + (["-u", "root"] if os.geteuid() == 0 else [])
+    memcached = memcached_command(memcached_port)
     redis = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(redis_port)]
     redis += ["--dir", str(work), "--save", ""]
     redis += (

@@ -14,6 +14,25 @@ from tests.services import ROOT, require_binary
 pytestmark = pytest.mark.slow  # the benchmark's machinery, valgrind included
 
 
+def test_paired_rounds_against_a_revision_measure_both_sides(tmp_path):
+    require_binary("wrk")
+    require_binary("memcached")
+    command = [sys.executable, "bench/paired.py", "--baseline", "HEAD", "--rounds", "1", "--duration", "1"]
+    command += ["--concurrency", "2", "--stores", "memory", "--sessions", "5", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (path,) = tmp_path.glob("paired-*.json")
+    report = json.loads(path.read_text())
+    assert report["errors"] == {"ours": 0, "base": 0}
+    rows = {(r["store"], r["route"], r["concurrency"]): r for r in report["rows"]}
+    assert set(rows) == {("memory", "counter", 2), ("memory", "balance", 2)}
+    for row in rows.values():
+        assert row["ours_rps"] > 0 and row["baseline_rps"] > 0 and row["ratio"]["median"] > 0
+    # The baseline's temporary worktree is gone again.
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "bench-baseline-" not in worktrees
+
+
 def test_bench_smoke_run_measures_every_scenario(tmp_path):
     require_binary("wrk")
     require_binary("memcached")
