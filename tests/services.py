@@ -61,18 +61,41 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.05)
 
 
-class Memcached:
+class ServerProcess:
+    """A server process on a loopback port that a test can pause, resume and stop."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """End the server: SIGKILL (a crash) by default, SIGTERM for a clean shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused server must see the signal
+            self.process.send_signal(sig)
+            self.process.wait(10)
+        self.process = None
+
+    def pause(self) -> None:
+        """Stop the process where it is (SIGSTOP): its port stays open and answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+class Memcached(ServerProcess):
     """A memcached process on a free loopback port."""
 
     def __init__(self, *extra_args: str, port: int | None = None) -> None:
         self.binary = require_binary("memcached")
         self.port = port or free_port()
         self.extra_args = extra_args
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self) -> Memcached:
         args = [self.binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64", "-t", "2"]
@@ -81,21 +104,6 @@ class Memcached:
         self.process = subprocess.Popen([*args, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for_port(self.port)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def _exchange(self, request: bytes, reply_end: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
@@ -145,7 +153,7 @@ class Memcached:
         self.stop()
 
 
-class Redis:
+class Redis(ServerProcess):
     """A redis-server process on a free loopback port, its files in a directory of its own.
 
     ``appendfsync``: None keeps no append-only file (a cache, like memcached); "everysec" or
@@ -158,11 +166,6 @@ class Redis:
         self.extra_args = extra_args
         self.appendfsync = appendfsync
         self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -188,22 +191,6 @@ class Redis:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"redis on port {self.port} does not answer")
             time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGKILL) -> None:
-        """End the server: SIGKILL (a crash) by default, SIGTERM for a clean shutdown."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.send_signal(sig)
-            self.process.wait(10)
-        self.process = None
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def command(self, *args: str | bytes | int) -> Any:
         """One command over RESP on a fresh connection; its reply decoded (bytes as text)."""
@@ -267,7 +254,7 @@ class _RespReader:
         raise RuntimeError(f"unexpected reply {line[:40]!r}")
 
 
-class RedisSentinel:
+class RedisSentinel(ServerProcess):
     """A Redis Sentinel on a free loopback port, monitoring ``primary`` as ``service``.
 
     It marks the primary down after ``down_after_ms`` without an answer, and (a quorum of one)
@@ -285,11 +272,6 @@ class RedisSentinel:
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
             f"sentinel failover-timeout {service} 10000\n"
         )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self) -> RedisSentinel:
         self.process = subprocess.Popen(
@@ -313,11 +295,8 @@ class RedisSentinel:
         replies: list[Any] = self._command("SENTINEL", "replicas", self.service)
         return replies
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        super().stop(sig)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -155,7 +155,6 @@ async def test_a_restarted_redis_costs_no_request_an_error(http_server, users, c
 
 
 def signal_for(appendfsync: str) -> int:
-    import signal
 
     return signal.SIGKILL if appendfsync == "always" else signal.SIGTERM
 
@@ -205,15 +204,14 @@ async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http
         sentinel = RedisSentinel(primary, down_after_ms=1000)
         try:
             sentinel.start()
-            assert sentinel.process is not None
-            sentinel.process.send_signal(signal.SIGSTOP)  # up, but answering nothing
+            sentinel.pause()  # up, but answering nothing
             app = redis_app(http_server, users, clock, sentinels=sentinel.address, sentinel_service=sentinel.service)
             browser = make_browser()
             # Bounded by the store's timeouts (0.3 s each) rather than redis-py's retries with
             # backoff (13-15 s before): the client gives up at 5 s, which fails the test.
             r = await browser.client.fetch(browser.base_url + "/api", request_timeout=5, raise_error=False)
             assert (r.code, r.headers.get("Retry-After")) == (503, "2")
-            sentinel.process.send_signal(signal.SIGCONT)
+            sentinel.resume()
             await app.store.close()
         finally:
             sentinel.stop()
