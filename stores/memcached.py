@@ -1,11 +1,12 @@
-"""The production store: memcached through pymemcache, off the IOLoop, over one or many nodes.
+"""The production store: memcached over one or many nodes.
 
-pymemcache is a blocking client, so every round trip runs on a small thread pool with one pooled
-connection per thread and node; the IOLoop only hands work over and takes results back. What the
-requests of one loop iteration ask of a node travels as one batch, in one worker call and one
-round trip: their compare-and-swap writes (updates and touches) and one multi-get for their loads, in a
-single send (``BatchClient.exchange``). A thread hand-off and a round trip cost more than the
-work itself on loopback, so batching them is what keeps the store close to the in-memory one.
+What the requests of one loop iteration ask of a node travels as one batch in one round trip:
+their compare-and-swap writes (updates and touches) and one multi-get for their loads, in a
+single send, on a pipelined connection the IOLoop reads itself (`stores.memcached_wire`): a
+request's loads and saves cost no thread hand-off, which at one connection would cost more than
+the round trip. The rare calls (creating a session, deleting one, counters, probes, and reading
+again after a lost compare-and-swap) go through pymemcache's blocking pooled client on a small
+thread pool.
 
 Placement and node health: `stores.memcached_ring` (rendezvous hashing; a failing node answers
 503 for its sessions until it has failed for ``dead_after`` seconds, then leaves the ring until
@@ -58,16 +59,17 @@ from stores.base import (
     counter_digest,
 )
 from stores.memcached_client import (
-    BatchPooledClient,
     CasContention,
     CasResult,
     CasWrite,
+    CheckedPooledClient,
     WriteRefused,
     count_blocking,
     memcached_exptime,
     tls_context,
 )
 from stores.memcached_ring import Node, Ring
+from stores.memcached_wire import Wire
 from stores.options import KEY_PREFIX, Options, parse_address
 from stores.periodic import Periodic
 from stores.sealing import SealedRecords
@@ -179,7 +181,7 @@ class MemcachedStore(SessionStore):
         if not servers:
             raise ValueError("at least one memcached server is required")
         if not KEY_PREFIX.fullmatch(prefix):
-            # Batches send keys unchecked (see BatchClient.exchange): this makes every key valid.
+            # Batches send keys unchecked (see request_bytes): this makes every key valid.
             raise ValueError(f"memcached key prefix {prefix!r}: up to 100 printable ASCII characters, no spaces")
         self.prefix = prefix
         self.max_record_size = max_record_size
@@ -189,9 +191,12 @@ class MemcachedStore(SessionStore):
         self._workers = Workers(threads, name="memcached")
         self.threads = threads
         clients = {}
+        self._wires: dict[str, Wire] = {}
         for server in servers:
-            clients[server] = BatchPooledClient(
-                parse_address(server),
+            host, port = parse_address(server)
+            self._wires[server] = Wire(host, port, connect_timeout=connect_timeout, timeout=timeout, tls=tls)
+            clients[server] = CheckedPooledClient(
+                (host, port),
                 connect_timeout=connect_timeout,
                 timeout=timeout,
                 no_delay=True,
@@ -260,6 +265,7 @@ class MemcachedStore(SessionStore):
         self._workers.shutdown()
         for node in self._ring.nodes.values():
             node.client.close()
+            self._wires[node.name].close()
 
     async def probe(self) -> None:
         """Probe failed nodes, so they are retired after ``dead_after`` and rejoin once they answer."""
@@ -311,10 +317,8 @@ class MemcachedStore(SessionStore):
         pending, self._pending = self._pending, {}
         for node, batch in pending.items():
             writes = [write for write, _ in batch.writes]
-            # Handed to a worker at once: the round trip overlaps the loop's next iteration.
-            self._workers.submit(
-                node.client.exchange, (writes, list(batch.loads)), functools.partial(self._landed, node, batch)
-            )
+            # Sent at once on the node's pipelined connection; the answers land on the IOLoop.
+            self._wires[node.name].exchange(writes, list(batch.loads), functools.partial(self._landed, node, batch))
 
     def _landed(self, node: Node, batch: _Batch, answer: Any, error: BaseException | None) -> None:
         """A batch's answers (or its failure) reach each waiting request."""

@@ -1,9 +1,11 @@
 """memcached's protocol as the memcached store speaks it, on pymemcache's connections.
 
-pymemcache does connections, TLS, timeouts and pooling. Here: the exptime rule, a client TLS
-context, one batch of compare-and-swap writes and a multi-get in a single send and one pass over
-the answers (`BatchClient.exchange`), a pool that reopens connections memcached has closed, and
-the counter's incr-or-add. Blocking calls: the store runs them on its worker threads.
+pymemcache does connections, TLS, timeouts and pooling for the store's rare calls (adds,
+deletes, counters, probes, a retry after a lost compare-and-swap), which run on its worker
+threads. Here: the exptime rule, a client TLS context, a pool that reopens connections memcached
+has closed, the counter's incr-or-add, and the bytes of a batch (compare-and-swap writes and one
+multi-get in a single send, `request_bytes`) and what its write answers mean (`cas_result`),
+which `stores.memcached_wire` sends and reads on the IOLoop.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from typing import Any, NamedTuple, TypeAlias
 from pymemcache.client.base import Client, PooledClient
 from pymemcache.exceptions import (
     MemcacheClientError,
-    MemcacheError,
-    MemcacheUnexpectedCloseError,
     MemcacheUnknownError,
 )
 from pymemcache.pool import ObjectPool
@@ -34,7 +34,6 @@ THIRTY_DAYS = 30 * 24 * 3600
 CasWrite = tuple[str, bytes, bytes, int]
 # What a gets found: key -> (value, cas token); a missing key is absent.
 Found: TypeAlias = dict[str, tuple[bytes, bytes]]
-RECEIVE_SIZE = 65536
 
 
 class WriteRefused(Exception):
@@ -77,97 +76,22 @@ def tls_context(ca_file: str, cert_file: str | None = None, key_file: str | None
     return context
 
 
-class BatchClient(Client):  # type: ignore[misc]  # pymemcache ships no type hints
-    """pymemcache's client, plus one batch of writes and loads in a single send.
+def request_bytes(writes: Sequence[CasWrite], keys: Sequence[str]) -> bytes:
+    """One batch's commands: a ``cas`` per write, then one ``gets`` of ``keys`` (none if empty).
 
-    pymemcache's own ``cas`` takes one key per round trip, its multi-key store shares one cas
-    token among all keys, and its ``gets_many`` parses the answer a line at a time (re-slicing
-    the buffer for each). A batch here is one send of every ``cas`` and one ``gets``, and one
-    pass over the answers, on the client's own connection (TLS and timeouts included).
+    Keys are sent as given: the store makes them (a checked prefix and a hex digest), so
+    pymemcache's per-key check, over a quarter of the cost of a batch, is not repeated here.
     """
-
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
-        """Send the writes, then a gets of ``keys``; read their answers in that order.
-
-        The gets comes last, so a load sees the writes of its own batch. Keys are sent as given:
-        the store makes them (a checked prefix and a hex digest), so pymemcache's per-key check,
-        over a quarter of the cost of a batch, is not repeated here.
-        """
-        request = [
-            b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), exptime, len(value), token, value)
-            for key, value, token, exptime in writes
-        ]
-        if keys:
-            request.append(b"gets %s\r\n" % " ".join(keys).encode("ascii"))
-        if not request:
-            return Exchanged([], {})
-        if self.sock is None:
-            self._connect()
-        assert self.sock is not None
-        try:
-            self.sock.sendall(b"".join(request))
-            answers = _Answers(self.sock)
-            written = [_cas_result(answers.line()) for _ in writes]
-            found: Found = {}
-            if keys:
-                while (line := answers.line()) != b"END":
-                    if not line.startswith(b"VALUE "):
-                        raise MemcacheUnknownError(line[:64].decode("ascii", "replace"))
-                    _, key, _, size, token = line.split()
-                    found[key.decode("ascii")] = (answers.value(int(size)), token)
-            if answers.unread():
-                raise MemcacheUnexpectedCloseError()  # more answers than questions: out of step
-        except (OSError, MemcacheError):
-            self.close()
-            raise
-        except (ValueError, UnicodeDecodeError) as e:  # a VALUE line not as the protocol has it
-            self.close()
-            raise MemcacheUnknownError("unreadable answer from memcached") from e
-        return Exchanged(written, found)
+    request = [
+        b"cas %s 0 %d %d %s\r\n%s\r\n" % (key.encode("ascii"), exptime, len(value), token, value)
+        for key, value, token, exptime in writes
+    ]
+    if keys:
+        request.append(b"gets %s\r\n" % " ".join(keys).encode("ascii"))
+    return b"".join(request)
 
 
-class _Answers:
-    """What memcached sent back, read from the socket only as far as the next answer needs."""
-
-    __slots__ = ("buffer", "position", "receive_size", "sock")
-
-    def __init__(self, sock: Any, receive_size: int = RECEIVE_SIZE) -> None:
-        self.sock = sock
-        self.receive_size = receive_size
-        self.buffer = b""
-        self.position = 0
-
-    def _receive(self) -> None:
-        chunk = self.sock.recv(self.receive_size)
-        if not chunk:
-            raise MemcacheUnexpectedCloseError()
-        self.buffer = self.buffer[self.position :] + chunk
-        self.position = 0
-
-    def line(self) -> bytes:
-        """The next line, without its CRLF."""
-        while (end := self.buffer.find(b"\r\n", self.position)) < 0:
-            self._receive()
-        line = self.buffer[self.position : end]
-        self.position = end + 2
-        return line
-
-    def value(self, size: int) -> bytes:
-        """The next ``size`` bytes, which memcached ends with CRLF."""
-        while len(self.buffer) - self.position < size + 2:
-            self._receive()
-        end = self.position + size
-        if self.buffer[end : end + 2] != b"\r\n":
-            raise MemcacheUnexpectedCloseError()
-        value = self.buffer[self.position : end]
-        self.position = end + 2
-        return value
-
-    def unread(self) -> bool:
-        return self.position < len(self.buffer)
-
-
-def _cas_result(line: bytes) -> CasResult:
+def cas_result(line: bytes) -> CasResult:
     if line == b"STORED":
         return True
     if line == b"EXISTS":
@@ -202,10 +126,8 @@ class _CheckedPool(ObjectPool):  # type: ignore[misc]
         return client
 
 
-class BatchPooledClient(PooledClient):  # type: ignore[misc]
-    """A PooledClient whose connections are BatchClients, checked before each use."""
-
-    client_class = BatchClient
+class CheckedPooledClient(PooledClient):  # type: ignore[misc]
+    """pymemcache's PooledClient, its connections checked before each use (see `_CheckedPool`)."""
 
     def __init__(
         self,
@@ -220,17 +142,11 @@ class BatchPooledClient(PooledClient):  # type: ignore[misc]
         # The pool PooledClient would build, with the same settings, but checked.
         self.client_pool = _CheckedPool(
             self._create_client,
-            after_remove=BatchClient.close,
+            after_remove=Client.close,
             max_size=max_pool_size,
             idle_timeout=pool_idle_timeout,
             lock_generator=lock_generator,
         )
-
-    def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
-        """One batch (see `BatchClient.exchange`) on one pooled connection."""
-        with self.client_pool.get_and_release(destroy_on_fail=True) as client:
-            result: Exchanged = client.exchange(writes, keys)
-            return result
 
 
 def count_blocking(client: PooledClient, key: str, exptime: int) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pymemcache.client.rendezvous import RendezvousHash
 
 from stores.base import StoreUnavailable
-from stores.memcached_client import BatchPooledClient
+from stores.memcached_client import CheckedPooledClient
 
 log = logging.getLogger("stores.memcached")
 
@@ -23,7 +23,7 @@ log = logging.getLogger("stores.memcached")
 class Node:
     """One memcached server: its pooled client and what the IOLoop knows of its health."""
 
-    def __init__(self, name: str, client: BatchPooledClient) -> None:
+    def __init__(self, name: str, client: CheckedPooledClient) -> None:
         self.name = name
         self.client = client
         self.failing_since: float | None = None
@@ -33,7 +33,7 @@ class Node:
 class Ring:
     """The nodes by name, the one each key lives on, and their health."""
 
-    def __init__(self, clients: Mapping[str, BatchPooledClient], dead_after: float) -> None:
+    def __init__(self, clients: Mapping[str, CheckedPooledClient], dead_after: float) -> None:
         self.nodes = {name: Node(name, client) for name, client in clients.items()}
         self.dead_after = dead_after
         self._hash = RendezvousHash(nodes=list(self.nodes))

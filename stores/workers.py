@@ -54,15 +54,6 @@ class Workers:
         self._outbox.append((function, args, functools.partial(_settle, future)))
         return future
 
-    def submit(self, function: Callable[..., Any], args: tuple[Any, ...], done: Done) -> None:
-        """Start ``function(*args)`` on a worker thread now; ``done`` gets its outcome on the IOLoop.
-
-        For a caller that already gathers its own batch: no future, no wait for the next loop
-        iteration, so the call is on its way while the loop goes on with other requests.
-        """
-        self._loop = asyncio.get_running_loop()
-        self._jobs.put([(function, args, done)])
-
     def _dispatch(self) -> None:
         outbox, self._outbox = self._outbox, []
         for start in range(0, len(outbox), self.chunk):

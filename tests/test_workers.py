@@ -60,33 +60,3 @@ async def test_calls_run_off_the_event_loop_thread_and_in_parallel():
         assert await blocked is True
     finally:
         workers.shutdown()
-
-
-@pytest.mark.gen_test
-async def test_submitted_calls_report_on_the_loop_thread_and_a_failing_report_strands_nothing():
-    workers = Workers(1)
-    loop_thread = threading.get_ident()
-    reports: list[tuple[object, object, int]] = []
-    finished = asyncio.Event()
-
-    def report(result: object, error: BaseException | None) -> None:
-        reports.append((result, error, threading.get_ident()))
-        if result == "boom":
-            raise RuntimeError("a caller's bug")
-        if len(reports) == 3:
-            finished.set()
-
-    def fail() -> None:
-        raise OSError("connection refused")
-
-    try:
-        # One thread runs the three in order, so their results reach the loop together.
-        workers.submit(str, ("boom",), report)
-        workers.submit(fail, (), report)
-        workers.submit(int, ("7",), report)
-        await asyncio.wait_for(finished.wait(), 5)
-        assert [r[0] for r in reports] == ["boom", None, 7]
-        assert isinstance(reports[1][1], OSError)
-        assert {r[2] for r in reports} == {loop_thread}
-    finally:
-        workers.shutdown()

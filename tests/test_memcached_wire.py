@@ -1,0 +1,176 @@
+"""The memcached store's pipelined connection (`stores.memcached_wire`), against a real memcached."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator, Sequence
+
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheError
+
+from stores.memcached_client import CasWrite, Exchanged
+from stores.memcached_wire import Landed, Wire, _Batch, _Connection
+from tests.services import Memcached
+
+# Values that look like protocol, empty, binary, and larger than one receive.
+TRICKY_VALUES = [b"", b"END", b"\r\nEND\r\n", b"VALUE k 0 1 1\r\n", bytes(range(256)), b"x" * 70_000]
+
+
+@pytest.fixture
+def memcached() -> Iterator[Memcached]:
+    with Memcached() as server:
+        yield server
+
+
+def raw_client(memcached: Memcached) -> Client:
+    return Client(("127.0.0.1", memcached.port), default_noreply=False)
+
+
+async def exchange(wire: Wire, writes: Sequence[CasWrite], keys: Sequence[str]) -> Exchanged:
+    """One batch on ``wire``, awaited: its answers, or its failure raised."""
+    landed: asyncio.Future[Exchanged] = asyncio.get_running_loop().create_future()
+
+    def done(answer: Exchanged | None, error: BaseException | None) -> None:
+        if error is not None:
+            landed.set_exception(error)
+        else:
+            assert answer is not None
+            landed.set_result(answer)
+
+    wire.exchange(writes, keys, done)
+    return await landed
+
+
+def collector(results: list[Exchanged | BaseException | None]) -> Landed:
+    """A batch's report that appends its answer (or its error) to ``results``."""
+    return lambda answer, error: results.append(error or answer)
+
+
+@pytest.mark.gen_test
+async def test_answers_read_the_same_however_the_bytes_arrive():
+    answer = b"STORED\r\nEXISTS\r\nNOT_FOUND\r\nSERVER_ERROR out of memory storing object\r\n"
+    answer += b"".join(b"VALUE k%d 0 %d %d\r\n%s\r\n" % (i, len(v), 100 + i, v) for i, v in enumerate(TRICKY_VALUES))
+    answer += b"END\r\n"
+    loop = asyncio.get_running_loop()
+    for size in (1, 2, 3, 5, 8, 13, 4096, len(answer)):
+        left, right = socket.socketpair()
+        with right:
+            _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
+            results: list[Exchanged | BaseException | None] = []
+            # Two batches pipelined: the second's answer is an empty gets.
+            for writes in (4, 0):
+                connection.send(b"", _Batch(writes, True, collector(results), 0.0))
+            # The answer arrives in pieces of ``size`` bytes; then the second batch's END.
+            for start in range(0, len(answer), size):
+                connection.data_received(answer[start : start + size])
+            assert len(results) == 1
+            connection.data_received(b"END\r\n")
+            first, second = results
+            assert isinstance(first, Exchanged) and isinstance(second, Exchanged)
+            assert first.written[:3] == [True, False, None] and isinstance(first.written[3], Exception)
+            assert first.found == {f"k{i}": (v, b"%d" % (100 + i)) for i, v in enumerate(TRICKY_VALUES)}
+            assert second == Exchanged([], {})
+            connection.fail(ConnectionResetError())
+
+
+@pytest.mark.gen_test
+async def test_answers_out_of_step_fail_every_waiting_batch():
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
+        results: list[Exchanged | BaseException | None] = []
+        for _ in range(2):
+            connection.send(b"", _Batch(0, True, collector(results), 0.0))
+        connection.data_received(b"VALUE k 0 not-a-size 1\r\n")
+        assert len(results) == 2 and all(isinstance(r, MemcacheError) for r in results)
+        assert connection.closed
+
+
+@pytest.mark.gen_test
+async def test_a_batch_reads_what_pymemcache_reads(memcached: Memcached):
+    keys = [f"session:{i}" for i in range(len(TRICKY_VALUES))]
+    client = raw_client(memcached)
+    for key, value in zip(keys, TRICKY_VALUES, strict=True):
+        client.set(key, value, 60)
+    wire = Wire("127.0.0.1", memcached.port, connect_timeout=1, timeout=1)
+    try:
+        written, found = await exchange(wire, [], [*keys, "session:missing"])
+        assert written == [] and found == client.gets_many([*keys, "session:missing"])
+        found_before = found
+        # Writes go first in the same send, so the gets sees them; a stale token loses.
+        token = found[keys[0]][1]
+        writes = [(keys[0], b"new", token, 60), (keys[1], b"lost", b"1", 60), ("session:missing", b"x", b"1", 60)]
+        written, found = await exchange(wire, writes, keys[:2])
+        assert written == [True, False, None]
+        assert found[keys[0]][0] == b"new" and found[keys[1]][0] == TRICKY_VALUES[1]
+        # A write the server misreads (a token that is no number) gets two answers, CLIENT_ERROR and
+        # ERROR: the batch fails rather than pairing answers with the wrong questions, and the next
+        # batch reads its own answers (on a new connection).
+        with pytest.raises(MemcacheError):
+            await exchange(wire, [(keys[2], b"v", b"not-a-number", 60)], keys[:1])
+        answer = await exchange(wire, [], keys[2:4])
+        assert answer.found == {k: v for k, v in found_before.items() if k in keys[2:4]}
+    finally:
+        wire.close()
+        client.close()
+
+
+@pytest.mark.gen_test
+async def test_batches_are_pipelined_and_answered_in_order(memcached: Memcached):
+    client = raw_client(memcached)
+    keys = [f"session:p{i}" for i in range(50)]
+    for i, key in enumerate(keys):
+        client.set(key, b"%d" % i, 60)
+    wire = Wire("127.0.0.1", memcached.port, connect_timeout=1, timeout=1)
+    try:
+        # Fifty batches sent before any answer is read: each gets its own key's value back.
+        answers = await asyncio.gather(*(exchange(wire, [], [key]) for key in keys))
+        assert [a.found[key][0] for a, key in zip(answers, keys, strict=True)] == [b"%d" % i for i in range(50)]
+        # All on one connection.
+        assert int(client.stats()[b"curr_connections"]) <= 3
+    finally:
+        wire.close()
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_unanswered_batch_fails_within_the_timeout_and_the_wire_recovers(memcached: Memcached):
+    client = raw_client(memcached)
+    client.set("session:k", b"v", 60)
+    client.close()
+    wire = Wire("127.0.0.1", memcached.port, connect_timeout=0.3, timeout=0.3)
+    try:
+        assert (await exchange(wire, [], ["session:k"])).found["session:k"][0] == b"v"
+        memcached.pause()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = [exchange(wire, [], ["session:k"]) for _ in range(3)]
+        failures = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(f, TimeoutError) for f in failures)
+        # Bounded by the timeout (the loop's own clock; the margin is for a loaded machine).
+        assert loop.time() - started < 0.3 + 2.0
+        memcached.resume()
+        assert (await exchange(wire, [], ["session:k"])).found["session:k"][0] == b"v"
+    finally:
+        memcached.resume()
+        wire.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_refused_connection_fails_the_batch_and_a_restart_is_found(memcached: Memcached):
+    wire = Wire("127.0.0.1", memcached.port, connect_timeout=0.3, timeout=0.3)
+    try:
+        assert (await exchange(wire, [], ["session:none"])).found == {}
+        memcached.stop()
+        # The closed connection's end (or the refused new one) fails the batch; then refused.
+        with pytest.raises((OSError, MemcacheError)):
+            await exchange(wire, [], ["session:none"])
+        with pytest.raises(ConnectionRefusedError):
+            await exchange(wire, [], ["session:none"])
+        memcached.start()
+        assert (await exchange(wire, [], ["session:none"])).found == {}
+    finally:
+        wire.close()
