@@ -171,7 +171,10 @@ def kept_sections(path: Path) -> list[str]:
     if not path.exists():
         return []
     text = path.read_text()
-    return [found for heading in KEPT_SECTIONS if (found := section(text, heading))]
+    lines = text.splitlines()
+    # In the order the file has them: a regeneration leaves them as they were.
+    present = sorted((lines.index(heading), heading) for heading in KEPT_SECTIONS if heading in lines)
+    return [found for _, heading in present if (found := section(text, heading))]
 
 
 def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:

@@ -277,3 +277,12 @@ def test_missed_read_note_says_from_the_runs_cpu_whether_the_read_waited():
     assert "+15 µs on the IOLoop thread and +7 µs on the worker threads" in note
     # A report without CPU figures (an older run) still gets a note, without the figures it lacks.
     assert "Where it goes" not in memcached_read_note({}, 60.0, 38.0)
+
+
+def test_regenerated_markdown_keeps_the_written_sections_in_their_order(tmp_path):
+    from bench.report import ABUSE_SECTION, HISTORY_SECTION, STORES_SECTION, kept_sections
+
+    path = tmp_path / "BENCHMARKS.md"
+    written = [f"{heading}\n\n{heading[3:]} text.\n" for heading in (ABUSE_SECTION, HISTORY_SECTION, STORES_SECTION)]
+    path.write_text("# Benchmarks\n\n## Targets\n\nold figures\n\n" + "\n".join(written))
+    assert kept_sections(path) == written
