@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,42 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     for (mode, view), (left, right) in zip(views, rows, strict=True):
         _throughput_panel(left, view, mode)
         _latency_panel(right, view, "counter", "p99_ms", f"Page counter: p99 latency, {mode}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tick(value: float, _position: float) -> str:
+    """A log axis's label: 1, 2 and 5 times a power of ten, written plainly (0.2, 5, 20)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5)) else ""
+
+
+def write_latency_chart(report: dict[str, Any], path: Path) -> None:
+    """Per mode: median (p50) latency against concurrency for the page counter and the logged-in
+    read, every server, on logarithmic axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    views = _views(report)
+    fig, rows = plt.subplots(len(views), 2, figsize=(12, 4.4 * len(views)), squeeze=False)
+    for (mode, view), panels in zip(views, rows, strict=True):
+        for axes, scenario in zip(panels, ("counter", "balance"), strict=True):
+            title = f"{SCENARIO_LABELS[scenario]}: p50 latency, {mode}"
+            _latency_panel(axes, view, scenario, "p50_ms", title)
+            axes.set_xscale("log")
+            axes.set_yscale("log")
+            concurrencies = view["settings"]["concurrency"]
+            axes.set_xticks(concurrencies, [str(c) for c in concurrencies])
+            axes.xaxis.set_minor_formatter(NullFormatter())
+            for formatter in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
+                formatter(FuncFormatter(_tick))
+    rows[0][0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -289,8 +326,11 @@ def kept_sections(path: Path) -> list[str]:
     return [found for _, heading in present if (found := section(text, heading))]
 
 
-def _intro(report: dict[str, Any], chart_name: str) -> list[str]:
+def _intro(report: dict[str, Any], chart_name: str, latency_chart: str | None) -> list[str]:
     s = report["settings"]
+    charts = [f"![Throughput and latency]({chart_name})", ""]
+    if latency_chart:
+        charts += [f"![Median latency against connections]({latency_chart})", ""]
     return [
         "# Benchmarks",
         "",
@@ -303,8 +343,7 @@ def _intro(report: dict[str, Any], chart_name: str) -> list[str]:
         f"{report['machine']['cpus']} cores (Python {report['machine']['python']}){_pinning(report)}; run on "
         f"{report['when']}, {report['seconds']:.0f} s in all.",
         "",
-        f"![Throughput and latency]({chart_name})",
-        "",
+        *charts,
     ]
 
 
@@ -400,10 +439,10 @@ def _profile_section(profiles: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
+def write_markdown(report: dict[str, Any], path: Path, chart_name: str, latency_chart: str | None = None) -> None:
     """BENCHMARKS.md from ``report``, keeping the sections other scripts and people wrote there."""
     kept = kept_sections(path)
-    lines = _intro(report, chart_name) + _how_to_read(report) + _targets_section(report)
+    lines = _intro(report, chart_name, latency_chart) + _how_to_read(report) + _targets_section(report)
     lines += _floor_section(report) + _figures_section(report) + _cpu_section(report)
     lines += _memory_section(report.get("memory_store")) + _session_layer_section(report.get("session_layer_us"))
     lines += _instructions_section(report) + _profile_section(report.get("profile"))

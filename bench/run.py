@@ -379,11 +379,15 @@ def profile(server_env: dict[str, str], cookies_for: Server, args: argparse.Name
 
 
 def write_docs(report: dict[str, Any], docs: Path) -> None:
-    from bench.report import write_chart, write_markdown
+    from bench.report import write_chart, write_latency_chart, write_markdown
 
     docs.mkdir(exist_ok=True)
     write_chart(report, docs / "benchmarks.png")
-    write_markdown(report, docs / "BENCHMARKS.md", "benchmarks.png")
+    write_latency_chart(report, docs / LATENCY_CHART)
+    write_markdown(report, docs / "BENCHMARKS.md", "benchmarks.png", LATENCY_CHART)
+
+
+LATENCY_CHART = "benchmarks-latency.png"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -658,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(report)
     if not args.no_docs:
         write_docs(report, Path(args.docs))
-        print(f"\nwrote {args.docs}/BENCHMARKS.md and benchmarks.png")
+        print(f"\nwrote {args.docs}/BENCHMARKS.md, benchmarks.png and {LATENCY_CHART}")
     print(f"results: {out / 'latest.json'} ({report['seconds']} s)")
     shutil.rmtree(setup.work, ignore_errors=True)
     return 0

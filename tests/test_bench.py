@@ -127,8 +127,9 @@ def check_markdown(report: dict[str, Any], tmp_path: Any, modes: list[str]) -> N
 
     report["seconds"] = 1.0
     report["instructions"] = {"memory": {"ceiling": 800.0, "counter": 880.0, "balance": 860.0}}
-    write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png")
+    write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png", "latency.png")
     text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "![Median latency against connections](latency.png)" in text
     assert "## Distance to the floor" in text and "## The session layer alone" in text
     for mode in modes:
         assert f"| {mode} | memory counter / ceiling |" in text
@@ -141,7 +142,7 @@ def check_markdown(report: dict[str, Any], tmp_path: Any, modes: list[str]) -> N
 
 def test_charts_draw_every_mode(tmp_path):
     pytest.importorskip("matplotlib")
-    from bench.report import write_chart
+    from bench.report import write_chart, write_latency_chart
 
     results = []
     for mode in ("pinned", "unpinned"):
@@ -154,7 +155,8 @@ def test_charts_draw_every_mode(tmp_path):
                     )
     report = {"modes": ["pinned", "unpinned"], "settings": {"concurrency": [1, 10, 50]}, "results": results}
     write_chart(report, tmp_path / "a.png")
-    for name in ("a.png",):
+    write_latency_chart(report, tmp_path / "b.png")
+    for name in ("a.png", "b.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
