@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+from bench.figures import find, in_mode, mode_of, modes_of
 
 SERVERS = ["ours-memory", "ours-memcached", "express-memory", "express-memcached"]
 LABELS = {
@@ -27,79 +30,151 @@ COLOURS = {
 
 
 def _find(report: dict[str, Any], server: str, scenario: str, concurrency: int) -> dict[str, Any] | None:
-    return next(
-        (
-            r
-            for r in report["results"]
-            if (r["server"], r["scenario"], r["concurrency"]) == (server, scenario, concurrency)
-        ),
-        None,
-    )
+    return find(report["results"], server, scenario, concurrency)
 
 
-def write_chart(report: dict[str, Any], path: Path) -> None:
-    """Requests per second at the highest concurrency, per scenario and server, with the spread."""
-    import matplotlib
+def _views(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(mode, the report with that mode's results only), for each mode the report was measured in."""
+    return [(mode, {**report, "results": in_mode(report["results"], mode)}) for mode in modes_of(report)]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    top = max(report["settings"]["concurrency"])
-    servers = [s for s in SERVERS if any(r["server"] == s for r in report["results"])]
-    scenarios = list(SCENARIO_LABELS)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / len(servers)
+def _servers(report: dict[str, Any]) -> list[str]:
+    return [s for s in SERVERS if any(r["server"] == s for r in report["results"])]
+
+
+def _throughput_panel(axes: Any, view: dict[str, Any], mode: str) -> None:
+    top = max(view["settings"]["concurrency"])
+    servers, scenarios = _servers(view), list(SCENARIO_LABELS)
+    width = 0.8 / max(1, len(servers))
     for i, server in enumerate(servers):
         xs, heights, low, high = [], [], [], []
         for j, scenario in enumerate(scenarios):
-            r = _find(report, server, scenario, top)
+            r = _find(view, server, scenario, top)
             if r is None:
                 continue
             xs.append(j + (i - (len(servers) - 1) / 2) * width)
             heights.append(r["rps"])
             low.append(r["rps"] - r["rps_min"])
             high.append(r["rps_max"] - r["rps"])
-        left.bar(xs, heights, width, yerr=[low, high], capsize=3, label=LABELS[server], color=COLOURS[server])
-    left.set_xticks(range(len(scenarios)), [SCENARIO_LABELS[s].split(" (")[0] for s in scenarios])
-    left.set_ylabel("requests per second (median, bars: min-max)")
-    left.set_title(f"Throughput at {top} connections")
-    left.legend(fontsize=8, loc="upper right")
-    left.grid(axis="y", alpha=0.3)
+        axes.bar(xs, heights, width, yerr=[low, high], capsize=3, label=LABELS[server], color=COLOURS[server])
+    axes.set_xticks(range(len(scenarios)), [SCENARIO_LABELS[s].split(" (")[0] for s in scenarios])
+    axes.set_ylabel("requests per second (median, bars: min-max)")
+    axes.set_title(f"Throughput at {top} connections, {mode}")
+    axes.legend(fontsize=8, loc="upper right")
+    axes.grid(axis="y", alpha=0.3)
 
-    for server in servers:
-        concurrencies = sorted({r["concurrency"] for r in report["results"] if r["server"] == server})
-        values = [_find(report, server, "counter", c) for c in concurrencies]
-        right.plot(
+
+def _latency_panel(axes: Any, view: dict[str, Any], scenario: str, figure: str, title: str) -> None:
+    for server in _servers(view):
+        concurrencies = sorted({r["concurrency"] for r in view["results"] if r["server"] == server})
+        values = [_find(view, server, scenario, c) for c in concurrencies]
+        axes.plot(
             concurrencies,
-            [v["p99_ms"] if v else None for v in values],
+            [v[figure] if v else None for v in values],
             marker="o",
             label=LABELS[server],
             color=COLOURS[server],
         )
-    right.set_xlabel("connections")
-    right.set_ylabel("p99 latency, ms")
-    right.set_title("Page counter: p99 latency")
-    right.grid(alpha=0.3)
+    axes.set_xlabel("connections")
+    axes.set_ylabel(f"{figure.removesuffix('_ms')} latency, ms")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    """Per mode: requests per second at the highest concurrency, per scenario and server, with the
+    spread; the page counter's p99 latency against concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = _views(report)
+    fig, rows = plt.subplots(
+        len(views), 2, figsize=(12, 4.8 * len(views)), gridspec_kw={"width_ratios": [3, 2]}, squeeze=False
+    )
+    for (mode, view), (left, right) in zip(views, rows, strict=True):
+        _throughput_panel(left, view, mode)
+        _latency_panel(right, view, "counter", "p99_ms", f"Page counter: p99 latency, {mode}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tick(value: float, _position: float) -> str:
+    """A log axis's label: 1, 2 and 5 times a power of ten, written plainly (0.2, 5, 20)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5)) else ""
+
+
+def write_latency_chart(report: dict[str, Any], path: Path) -> None:
+    """Per mode: median (p50) latency against concurrency for the page counter and the logged-in
+    read, every server, on logarithmic axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    views = _views(report)
+    fig, rows = plt.subplots(len(views), 2, figsize=(12, 4.4 * len(views)), squeeze=False)
+    for (mode, view), panels in zip(views, rows, strict=True):
+        for axes, scenario in zip(panels, ("counter", "balance"), strict=True):
+            title = f"{SCENARIO_LABELS[scenario]}: p50 latency, {mode}"
+            _latency_panel(axes, view, scenario, "p50_ms", title)
+            axes.set_xscale("log")
+            axes.set_yscale("log")
+            concurrencies = view["settings"]["concurrency"]
+            axes.set_xticks(concurrencies, [str(c) for c in concurrencies])
+            axes.xaxis.set_minor_formatter(NullFormatter())
+            for formatter in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
+                formatter(FuncFormatter(_tick))
+    rows[0][0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def _pinning(report: dict[str, Any]) -> str:
-    machine = report["machine"]
-    if not machine.get("server_cpus"):
-        return ""
-    return (
-        f", each server under test pinned to CPU {', '.join(map(str, machine['server_cpus']))} and wrk, "
-        f"memcached and the delaying proxy to CPU {', '.join(map(str, machine['load_cpus']))}"
-    )
+    machine, modes = report["machine"], modes_of(report)
+    pinned = ""
+    if "pinned" in modes and machine.get("server_cpus"):
+        pinned = (
+            f"pinned (each server under test on CPU {', '.join(map(str, machine['server_cpus']))} and wrk, "
+            f"memcached and the delaying proxy on CPU {', '.join(map(str, machine['load_cpus']))})"
+        )
+    unpinned = "unpinned (every process left to the scheduler)" if "unpinned" in modes else ""
+    both = " and ".join(p for p in (pinned, unpinned) if p)
+    return f", measured {both}" if both else ""
 
 
 def _target_runs(settings: dict[str, Any]) -> str:
     runs = settings.get("target_runs", settings["runs"])
     if runs == settings["runs"]:
         return ""
-    return f" ({runs} runs at {max(settings['concurrency'])} connections, where the targets are read)"
+    top = max(settings["concurrency"])
+    where = f"1 and {top} connections" if 1 in settings["concurrency"] and top != 1 else f"{top} connections"
+    return f" ({runs} runs at {where}, where most targets are read)"
+
+
+def _how_to_read(report: dict[str, Any]) -> list[str]:
+    if len(modes_of(report)) < 2:
+        return []
+    return [
+        "## How to read: pinned and unpinned",
+        "",
+        "Every figure and target below is given per mode. **Pinned**: each server under test has a core "
+        "to itself and wrk, memcached and this script share the other, so a figure measures the server "
+        "and not the scheduler's choices (what the earlier runs published). **Unpinned**: nothing is "
+        "pinned, as on a host nobody tuned; the load generator, memcached and the server compete for both "
+        "cores, and the scheduler may move them between requests. Compare servers within a mode, not a "
+        "figure across modes; a target met in one mode only is met where that mode's conditions hold. "
+        "The raw round trip under the floor is timed from the benchmark's own process: pinned, that is "
+        "on memcached's core, while the server reaches memcached from the other core.",
+        "",
+    ]
 
 
 def _ratio_cell(found: tuple[float, list[float]] | None) -> str:
@@ -116,22 +191,96 @@ def _cpu_section(report: dict[str, Any]) -> list[str]:
         "",
         "The server process's CPU time (user and system, from /proc) over each run, per request: on its "
         "main thread (the IOLoop) and on its other threads (the memcached store's workers), and how busy "
-        "it kept its core (1.00 is all of it). Medians of the runs; the ratios are paired per round like "
-        "the targets, spread in brackets. In each round the throughput ratio is the product of the other "
-        "two: a route loses to the ceiling either by the CPU it spends or by leaving its core idle "
-        "(waiting).",
+        "it kept its core (1.00 is all of it; unpinned, a server may use more than one). Medians of the "
+        "runs; the ratios are paired per round like the targets, spread in brackets. In each round the "
+        "throughput ratio is the product of the other two: a route loses to the ceiling either by the CPU "
+        "it spends or by leaving its core idle (waiting).",
         "",
-        "| server | scenario | CPU µs per request | IOLoop thread | other threads | core busy "
+        "| mode | server | scenario | CPU µs per request | IOLoop thread | other threads | core busy "
         "| ceiling CPU / route CPU | busy / ceiling's | throughput / ceiling |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | {r['cpu_us']:.0f} | "
-            f"{r['loop_us']:.0f} | {r['others_us']:.0f} | {r['busy']:.2f} | {_ratio_cell(r.get('cpu_ratio'))} | "
-            f"{_ratio_cell(r.get('busy_ratio'))} | {_ratio_cell(r.get('rps_ratio'))} |"
+            f"| {mode_of(r)} | {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | "
+            f"{r['cpu_us']:.0f} | {r['loop_us']:.0f} | {r['others_us']:.0f} | {r['busy']:.2f} | "
+            f"{_ratio_cell(r.get('cpu_ratio'))} | {_ratio_cell(r.get('busy_ratio'))} | "
+            f"{_ratio_cell(r.get('rps_ratio'))} |"
         )
     return [*lines, ""]
+
+
+def _targets_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Targets",
+        "",
+        "A ratio is the median of the rounds' own ratios: each round takes one concurrency at a time and "
+        "runs each server's scenarios back to back, so a slow stretch of this shared machine touches both "
+        "sides of a ratio; the spread is the lowest and highest round. A latency's spread is its runs' "
+        "lowest and highest p50. The stall is the median of several expiries, its spread their lowest and "
+        "highest. Ours against express-session is read at every concurrency (never behind), and at one "
+        "connection on memcached against a higher goal (the lead); the memory store at scale is measured "
+        "once, not per mode.",
+        "",
+        "| mode | target | measured | spread | goal | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in report["targets"]:
+        spread = "-".join(str(v) for v in t["spread"]) if t.get("spread") else ""
+        verdict = "met" if t["met"] else "**missed**"
+        mode = t["mode"] if "mode" in t else mode_of(t)  # None: measured once
+        lines.append(f"| {mode or 'once'} | {t['target']} | {t['value']} | {spread} | {t['goal']} | {verdict} |")
+    return [*lines, ""]
+
+
+def _floor_section(report: dict[str, Any]) -> list[str]:
+    rows = report.get("floor")
+    if not rows:
+        return []
+    lines = [
+        "## Distance to the floor",
+        "",
+        "This server on memcached at one connection, beside the least it could take: the same scenario's "
+        "p50 on the memory store plus the round trips to memcached it needs times the raw round trip "
+        "(the median of thousands of `version` exchanges on one raw socket, from the benchmark's "
+        "process, in the same mode). The counter needs two (a `gets`, then a `cas`); the logged-in read "
+        "one (a `gets`; its touch goes out at most once per touch interval). What lies above the floor "
+        "is the store client's own cost.",
+        "",
+        "| mode | scenario | round trips | raw round trip ms | memory store p50 ms | floor ms | memcached p50 ms "
+        "| above the floor ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {SCENARIO_LABELS[r['scenario']]} | {r['round_trips']} | {r['rtt_ms']:.4f} | "
+            f"{r['memory_p50_ms']:.3f} | {r['floor_ms']:.3f} | {r['p50_ms']:.3f} | {r['above_floor_ms']:+.3f} |"
+        )
+    return [*lines, ""]
+
+
+def _figures_section(report: dict[str, Any]) -> list[str]:
+    lines = ["## All figures", ""]
+    for mode, view in _views(report):
+        for concurrency in report["settings"]["concurrency"]:
+            lines += [
+                f"### {mode}, {concurrency} connection{'s' if concurrency > 1 else ''}",
+                "",
+                "| server | scenario | req/s | spread | p50 ms | p99 ms | of this server's ceiling |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in view["results"]:
+                if r["concurrency"] != concurrency:
+                    continue
+                ceiling = _find(view, r["server"], "ceiling", concurrency)
+                share = f"{r['rps'] / ceiling['rps']:.2f}" if ceiling and r["scenario"] != "ceiling" else ""
+                lines.append(
+                    f"| {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | "
+                    f"{r['rps']:.0f} | {r['rps_min']:.0f}-{r['rps_max']:.0f} | {r['p50_ms']:.2f} | "
+                    f"{r['p99_ms']:.2f} | {share} |"
+                )
+            lines.append("")
+    return lines
 
 
 # Sections other scripts write into BENCHMARKS.md (bench/abuse.py, bench/stores.py): a full run keeps them.
@@ -171,13 +320,18 @@ def kept_sections(path: Path) -> list[str]:
     if not path.exists():
         return []
     text = path.read_text()
-    return [found for heading in KEPT_SECTIONS if (found := section(text, heading))]
+    lines = text.splitlines()
+    # In the order the file has them: a regeneration leaves them as they were.
+    present = sorted((lines.index(heading), heading) for heading in KEPT_SECTIONS if heading in lines)
+    return [found for _, heading in present if (found := section(text, heading))]
 
 
-def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
-    kept = kept_sections(path)
+def _intro(report: dict[str, Any], chart_name: str, latency_chart: str | None) -> list[str]:
     s = report["settings"]
-    lines = [
+    charts = [f"![Throughput and latency]({chart_name})", ""]
+    if latency_chart:
+        charts += [f"![Median latency against connections]({latency_chart})", ""]
+    return [
         "# Benchmarks",
         "",
         "Written by `bench/run.py` (see the README, Benchmarks). Every figure is the median of "
@@ -189,120 +343,109 @@ def write_markdown(report: dict[str, Any], path: Path, chart_name: str) -> None:
         f"{report['machine']['cpus']} cores (Python {report['machine']['python']}){_pinning(report)}; run on "
         f"{report['when']}, {report['seconds']:.0f} s in all.",
         "",
-        f"![Throughput and latency]({chart_name})",
-        "",
-        "## Targets",
-        "",
-        "A ratio is the median of the rounds' own ratios: each round takes one concurrency at a time and "
-        "runs each server's scenarios back to back, so a slow stretch of this shared machine touches both "
-        "sides of a ratio; the spread is the lowest and highest round. The stall is the median of "
-        "several expiries, its spread their lowest and highest.",
-        "",
-        "| target | measured | spread | goal | |",
-        "|---|---|---|---|---|",
+        *charts,
     ]
-    for t in report["targets"]:
-        spread = "-".join(str(v) for v in t["spread"]) if "spread" in t else ""
-        verdict = "met" if t["met"] else "**missed**"
-        lines.append(f"| {t['target']} | {t['value']} | {spread} | {t['goal']} | {verdict} |")
-    lines += ["", "## All figures", ""]
-    for concurrency in s["concurrency"]:
-        lines += [
-            f"### {concurrency} connection{'s' if concurrency > 1 else ''}",
-            "",
-            "| server | scenario | req/s | spread | p50 ms | p99 ms | of this server's ceiling |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in report["results"]:
-            if r["concurrency"] != concurrency:
-                continue
-            ceiling = _find(report, r["server"], "ceiling", concurrency)
-            share = f"{r['rps'] / ceiling['rps']:.2f}" if ceiling and r["scenario"] != "ceiling" else ""
-            lines.append(
-                f"| {LABELS.get(r['server'], r['server'])} | {SCENARIO_LABELS[r['scenario']]} | {r['rps']:.0f} | "
-                f"{r['rps_min']:.0f}-{r['rps_max']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {share} |"
-            )
-        lines.append("")
-    lines += _cpu_section(report)
-    memory = report.get("memory_store")
-    if memory:
-        lines += [
-            "## The memory store at scale",
-            "",
-            f"{memory['sessions']:,} sessions of the reference app's shape (page counter and logged-in user): "
-            f"{memory['rss_bytes_per_session']:.0f} bytes of resident memory per session "
-            f"({memory['rss_mib_total']} MiB). Expiring {memory['expired']:,} of them took "
-            f"{memory['sweep_seconds'] * 1000:.0f} ms in {memory['loop_turns_during_sweep']:.0f} slices; the longest "
-            f"the event loop waited meanwhile was {memory['longest_stall_ms']} ms"
-            + (
-                f" (median of {len(memory['waves'])} such expiries, spread "
-                f"{memory['longest_stall_spread_ms'][0]}-{memory['longest_stall_spread_ms'][1]} ms)."
-                if "waves" in memory
-                else "."
-            ),
-            "",
-        ]
-    alone = report.get("session_layer_us")
-    if alone:
-        lines += [
-            "## The session layer alone",
-            "",
-            "`bench/session_layer.py`: each step of a page-counter hit on the memory store in a tight loop, "
-            "without HTTP (warm caches, no contention: a floor for what it costs inside a loaded server).",
-            "",
-            "| step | µs per call |",
-            "|---|---|",
-            *[f"| {step.replace('_', ' ')} | {us} |" for step, us in alone.items()],
-            "",
-        ]
+
+
+def _memory_section(memory: dict[str, Any] | None) -> list[str]:
+    if not memory:
+        return []
+    return [
+        "## The memory store at scale",
+        "",
+        f"{memory['sessions']:,} sessions of the reference app's shape (page counter and logged-in user): "
+        f"{memory['rss_bytes_per_session']:.0f} bytes of resident memory per session "
+        f"({memory['rss_mib_total']} MiB). Expiring {memory['expired']:,} of them took "
+        f"{memory['sweep_seconds'] * 1000:.0f} ms in {memory['loop_turns_during_sweep']:.0f} slices; the longest "
+        f"the event loop waited meanwhile was {memory['longest_stall_ms']} ms"
+        + (
+            f" (median of {len(memory['waves'])} such expiries, spread "
+            f"{memory['longest_stall_spread_ms'][0]}-{memory['longest_stall_spread_ms'][1]} ms)."
+            if "waves" in memory
+            else "."
+        ),
+        "",
+    ]
+
+
+def _session_layer_section(alone: dict[str, Any] | None) -> list[str]:
+    if not alone:
+        return []
+    return [
+        "## The session layer alone",
+        "",
+        "`bench/session_layer.py`: each step of a page-counter hit on the memory store in a tight loop, "
+        "without HTTP (warm caches, no contention: a floor for what it costs inside a loaded server).",
+        "",
+        "| step | µs per call |",
+        "|---|---|",
+        *[f"| {step.replace('_', ' ')} | {us} |" for step, us in alone.items()],
+        "",
+    ]
+
+
+def _instructions_section(report: dict[str, Any]) -> list[str]:
     counted = report.get("instructions")
-    if counted:
+    if not counted:
+        return []
+    lines = [
+        "## Instructions per request",
+        "",
+        "`bench/instructions.py`: the instructions the whole server process executes per request under "
+        f"valgrind's callgrind, {report.get('instructions_connections', 1)} connection(s) sending at once "
+        "(every connection sends, then every answer is read, so memcached batches hold a request of "
+        "each), after a warm-up. Unlike requests per second on this shared machine, these repeat to "
+        "about 2% from run to run on the memory store and 5% on memcached (whose batches under valgrind "
+        "are not always whole; 1% at one connection), so they show the ratios that the throughput "
+        "figures above scatter around; they leave out what cache misses and the machine's other work cost.",
+        "",
+        "| route | " + " | ".join(f"{store} store, thousands | ceiling / route" for store in counted) + " |",
+        "|---|" + "---|---|" * len(counted),
+    ]
+    for route in ("ceiling", "counter", "balance"):
+        cells = []
+        for figures in counted.values():
+            thousands = figures.get(route)
+            share = f"{figures['ceiling'] / thousands:.3f}" if thousands and route != "ceiling" else ""
+            cells += [f"{thousands:,.1f}" if thousands else "", share]
+        lines.append(f"| {route} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _profile_section(profiles: dict[str, Any] | None) -> list[str]:
+    if not profiles:
+        return []
+    lines = [
+        "## Where the time goes",
+        "",
+        "The page counter at the highest concurrency against a server under cProfile (the IOLoop thread; "
+        "profiling slows it, so read shares, not absolute times). Share of busy time by area:",
+        "",
+    ]
+    areas = sorted({a for p in profiles.values() for a in p["areas"]})
+    lines += ["| area | " + " | ".join(f"{k} store" for k in profiles) + " |", "|---|" + "---|" * len(profiles)]
+    for a in sorted(areas, key=lambda a: -max(p["areas"].get(a, 0) for p in profiles.values())):
+        lines.append(f"| {a} | " + " | ".join(f"{p['areas'].get(a, 0):.1f} %" for p in profiles.values()) + " |")
+    for name, p in profiles.items():
         lines += [
-            "## Instructions per request",
             "",
-            "`bench/instructions.py`: the instructions the whole server process executes per request under "
-            f"valgrind's callgrind, {report.get('instructions_connections', 1)} connection(s) sending at once "
-            "(every connection sends, then every answer is read, so memcached batches hold a request of "
-            "each), after a warm-up. Unlike requests per second on this shared machine, these repeat to "
-            "about 2% from run to run on the memory store and 5% on memcached (whose batches under valgrind "
-            "are not always whole; 1% at one connection), so they show the ratios that the throughput "
-            "figures above scatter around; they leave out what cache misses and the machine's other work cost.",
+            f"Most expensive functions, {name} store ({p['busy_us_per_request']} µs busy per request "
+            "under the profiler):",
             "",
-            "| route | " + " | ".join(f"{store} store, thousands | ceiling / route" for store in counted) + " |",
-            "|---|" + "---|---|" * len(counted),
+            "| function | calls | share |",
+            "|---|---|---|",
         ]
-        for route in ("ceiling", "counter", "balance"):
-            cells = []
-            for figures in counted.values():
-                thousands = figures.get(route)
-                share = f"{figures['ceiling'] / thousands:.3f}" if thousands and route != "ceiling" else ""
-                cells += [f"{thousands:,.1f}" if thousands else "", share]
-            lines.append(f"| {route} | " + " | ".join(cells) + " |")
-        lines.append("")
-    profiles = report.get("profile")
-    if profiles:
-        lines += [
-            "## Where the time goes",
-            "",
-            "The page counter at the highest concurrency against a server under cProfile (the IOLoop thread; "
-            "profiling slows it, so read shares, not absolute times). Share of busy time by area:",
-            "",
-        ]
-        areas = sorted({a for p in profiles.values() for a in p["areas"]})
-        lines += ["| area | " + " | ".join(f"{k} store" for k in profiles) + " |", "|---|" + "---|" * len(profiles)]
-        for a in sorted(areas, key=lambda a: -max(p["areas"].get(a, 0) for p in profiles.values())):
-            lines.append(f"| {a} | " + " | ".join(f"{p['areas'].get(a, 0):.1f} %" for p in profiles.values()) + " |")
-        for name, p in profiles.items():
-            lines += [
-                "",
-                f"Most expensive functions, {name} store ({p['busy_us_per_request']} µs busy per request "
-                "under the profiler):",
-                "",
-                "| function | calls | share |",
-                "|---|---|---|",
-            ]
-            lines += [f"| `{f['function']}` | {f['calls']} | {f['percent']} % |" for f in p["top_functions"][:10]]
-        lines.append("")
+        lines += [f"| `{f['function']}` | {f['calls']} | {f['percent']} % |" for f in p["top_functions"][:10]]
+    return [*lines, ""]
+
+
+def write_markdown(report: dict[str, Any], path: Path, chart_name: str, latency_chart: str | None = None) -> None:
+    """BENCHMARKS.md from ``report``, keeping the sections other scripts and people wrote there."""
+    kept = kept_sections(path)
+    lines = _intro(report, chart_name, latency_chart) + _how_to_read(report) + _targets_section(report)
+    lines += _floor_section(report) + _figures_section(report) + _cpu_section(report)
+    lines += _memory_section(report.get("memory_store")) + _session_layer_section(report.get("session_layer_us"))
+    lines += _instructions_section(report) + _profile_section(report.get("profile"))
     notes = report.get("notes")
     if notes:
         lines += ["## Notes", "", *notes, ""]

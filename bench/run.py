@@ -1,13 +1,25 @@
 """The load benchmark: our server on both stores against its own ceiling and the reference app.
 
-    .venv/bin/python bench/run.py            # full run, a few minutes; updates docs/BENCHMARKS.md
-    .venv/bin/python bench/run.py --smoke    # seconds: checks the machinery only
+    .venv/bin/python bench/run.py            # full run, about 19 minutes on 2 cores; updates docs/BENCHMARKS.md
+    .venv/bin/python bench/run.py --smoke    # under a minute: checks the machinery only
 
 Starts memcached, the server (memory store, memcached store, memcached behind a 20 ms delaying
 proxy) and, when Node.js is present, the reference Express app (memory store and
 connect-memcached). Prepares 1,000 real browsers' cookies per server (anonymous ones for the page
 counter, logged-in ones for the balance), then drives each scenario with wrk and a Lua script
 that rotates through them. Every figure is the median of several runs, with the spread kept.
+
+Everything is measured in two modes (``--pinning``): pinned, each server on a core of its own and
+wrk, memcached and this script on the others; and unpinned, everything left to the scheduler, as
+on a host nobody tuned. Each mode also times the raw round trip to memcached from this process,
+the floor under a memcached request. The memory store at scale, the profile and the instruction
+counts are measured once.
+
+How long the defaults take on 2 cores, per mode: 5 rounds of every figure (4 servers, 3 scenarios,
+3 concurrencies: 36 runs of 2 s, 72 s a round) and 2 more rounds at 1 and 50 connections (24 runs,
+48 s), then the delayed counter (5 runs of 2 s at 1 and 50 connections): about 480 s. Both modes
+about 16 minutes; with the browsers' preparation, the profile, the memory store at scale and the
+instruction counts (about 2.5 minutes, once), about 19 minutes in all.
 """
 
 from __future__ import annotations
@@ -37,6 +49,18 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
+from bench.figures import MODES, in_mode  # noqa: E402
+from bench.figures import find as find  # noqa: E402  (re-exported)
+from bench.figures import paired as paired  # noqa: E402
+from bench.floor import floor_rows, raw_round_trip  # noqa: E402
+from bench.notes import explain as explain  # noqa: E402  (re-exported)
+from bench.notes import explain_modes  # noqa: E402
+from bench.notes import memcached_read_note as memcached_read_note  # noqa: E402
+from bench.pinning import apply_mode  # noqa: E402
+from bench.pinning import pin as pin  # noqa: E402  (re-exported)
+from bench.pinning import split_cpus as split_cpus  # noqa: E402
+from bench.targets import evaluate as evaluate  # noqa: E402
+from bench.targets import evaluate_modes, target_line  # noqa: E402
 from harness import cpu_seconds as cpu_seconds  # noqa: E402  (shared with the tests)
 from harness import free_port as free_port  # noqa: E402
 from stores.users import hash_password  # noqa: E402
@@ -57,26 +81,6 @@ UNLIMITED_CLIENT = {
 }
 
 T = TypeVar("T")
-
-
-def split_cpus() -> tuple[set[int], set[int]] | None:
-    """(the servers' CPU, everything else's), or None with fewer than two CPUs to split.
-
-    Each server under test gets one core to itself; wrk, memcached and this script share the
-    others. Left to the scheduler, wrk sometimes lands on the server's core, and a run measures
-    that instead of the server.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    return {cpus[-1]}, set(cpus[:-1])
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Move a process to ``cpus``: every thread it has now (threads it starts later inherit it)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(task.name), cpus)
 
 
 def wait_for(url: str, timeout: float = 30) -> None:
@@ -103,6 +107,11 @@ class Server:
     cookies: dict[str, Path] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     cpus: set[int] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self.process.pid if self.process and self.process.poll() is None else None
 
     @property
     def base_url(self) -> str:
@@ -196,7 +205,7 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
         "rps": round(statistics.median(rps), 1),
         "rps_min": round(min(rps), 1),
         "rps_max": round(max(rps), 1),
-        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),  # the floor is in µs
         "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
         "errors": int(sum(r["errors"] for r in runs)),
     }
@@ -277,12 +286,12 @@ def measure(servers: list[Server], args: argparse.Namespace) -> list[dict[str, A
         wrk(server.base_url, "/api", server.cookies["anonymous"], 10, 1)
     combos = [(scenario, concurrency) for scenario in SCENARIOS for concurrency in args.concurrency]
     runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
-    top = max(args.concurrency)
-    # The targets are read at the highest concurrency: it gets more rounds than the others.
+    # Most targets are read at one connection and at the highest: they get more rounds than the others.
+    targeted = [c for c in args.concurrency if c in (1, max(args.concurrency))]
     target_runs = max(args.runs, getattr(args, "target_runs", args.runs))
     for round_number in range(target_runs):
         print(f"round {round_number + 1} of {target_runs}", flush=True)
-        in_round = args.concurrency if round_number < args.runs else [top]
+        in_round = args.concurrency if round_number < args.runs else targeted
         # A new order each round (seeded: reproducible): one concurrency at a time, each server's
         # scenarios back to back, so the runs a ratio pairs are seconds apart.
         shuffle = random.Random(round_number).shuffle
@@ -318,31 +327,6 @@ def shuffled(items: Iterable[T], shuffle: Callable[[list[T]], None]) -> list[T]:
     return order
 
 
-def find(results: list[dict[str, Any]], server: str, scenario: str, concurrency: int) -> dict[str, Any] | None:
-    return next(
-        (r for r in results if (r["server"], r["scenario"], r["concurrency"]) == (server, scenario, concurrency)), None
-    )
-
-
-def paired(
-    results: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str], concurrency: int, figure: str = "rps"
-) -> tuple[float, list[float]] | None:
-    """``figure`` of (server, scenario) ``a`` over that of ``b``: the median of the rounds' own ratios
-    and their spread. Each pairs two runs of the same round, so a slow stretch of the machine
-    touches both sides of a ratio rather than one of them."""
-    first, second = find(results, *a, concurrency), find(results, *b, concurrency)
-    if not first or not second:
-        return None
-    pairs = [
-        x[figure] / y[figure]
-        for x, y in zip(first["runs"], second["runs"], strict=False)
-        if y.get(figure) and figure in x
-    ]
-    if not pairs:
-        return None
-    return round(statistics.median(pairs), 3), [round(min(pairs), 3), round(max(pairs), 3)]
-
-
 def cpu_figures(results: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """Our servers' CPU per request at ``top`` connections, beside their throughput.
 
@@ -364,226 +348,6 @@ def cpu_figures(results: list[dict[str, Any]], top: int) -> list[dict[str, Any]]
                 row["busy_ratio"] = paired(results, (server, scenario), (server, "ceiling"), top, "busy")
             rows.append(row)
     return rows
-
-
-def evaluate(results: list[dict[str, Any]], memory: dict[str, Any] | None, top: int) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured figure and whether it is met."""
-
-    def rps(server: str, scenario: str, c: int = top) -> float | None:
-        r = find(results, server, scenario, c)
-        return r["rps"] if r else None
-
-    targets: list[dict[str, Any]] = []
-
-    def ratio(name: str, a: tuple[str, str], b: tuple[str, str], minimum: float) -> None:
-        found = paired(results, a, b, top)
-        if found:
-            value, spread = found
-            targets.append(
-                {"target": name, "value": value, "spread": spread, "goal": f">= {minimum}", "met": value >= minimum}
-            )
-
-    ratio("memory counter / ceiling", ("ours-memory", "counter"), ("ours-memory", "ceiling"), 0.90)
-    ratio("memcached counter / memory counter", ("ours-memcached", "counter"), ("ours-memory", "counter"), 0.80)
-    ratio("memory balance / ceiling", ("ours-memory", "balance"), ("ours-memory", "ceiling"), 0.90)
-    ratio("memcached balance / ceiling", ("ours-memcached", "balance"), ("ours-memcached", "ceiling"), 0.90)
-    for store in ("memory", "memcached"):
-        for scenario in ("counter", "balance"):
-            ratio(
-                f"{store} {scenario} / express-session",
-                (f"ours-{store}", scenario),
-                (f"express-{store}", scenario),
-                1.0,
-            )
-    for r in results:
-        if r["concurrency"] == top and r["server"].startswith("ours-") and r["server"] != "ours-delayed":
-            value = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else 0.0
-            targets.append(
-                {
-                    "target": f"p99 / p50, {r['server']} {r['scenario']}",
-                    "value": round(value, 2),
-                    "goal": "<= 3",
-                    "met": value <= 3,
-                }
-            )
-    delayed_top, delayed_one = rps("ours-delayed", "counter", top), rps("ours-delayed", "counter", 1)
-    if delayed_top is not None and delayed_one:
-        value = delayed_top / delayed_one
-        targets.append(
-            {
-                "target": f"20 ms memcached: counter c={top} / c=1",
-                "value": round(value, 3),
-                "goal": ">= 10.0",
-                "met": value >= 10.0,
-            }
-        )
-    if memory:
-        per = memory["rss_bytes_per_session"]
-        targets.append(
-            {"target": "memory store bytes per session", "value": per, "goal": "<= 1024", "met": per <= 1024}
-        )
-        stall = memory["longest_stall_ms"]
-        target = {"target": "longest stall expiring 100,000 (ms)", "value": stall, "goal": "<= 10", "met": stall <= 10}
-        if "longest_stall_spread_ms" in memory:
-            target["spread"] = memory["longest_stall_spread_ms"]
-        targets.append(target)
-    return targets
-
-
-def explain(report: dict[str, Any], top: int) -> list[str]:
-    """What stands in the way of each missed target, from this run's own figures."""
-    results = report["results"]
-    missed = {t["target"] for t in report["targets"] if not t["met"]}
-
-    def rps(server: str, scenario: str) -> float:
-        r = find(results, server, scenario, top)
-        return float(r["rps"]) if r else float("nan")
-
-    notes = []
-
-    measured = {t["target"]: t["value"] for t in report["targets"]}
-
-    def extra_us(store: str, scenario: str) -> float:
-        # The server runs near one full core under load, so 1/rps is its time per request; the
-        # paired ratio (not the two medians) says how much longer the session route takes.
-        ratio = measured.get(f"{store} {scenario} / ceiling")
-        ceiling_us = 1e6 / rps(f"ours-{store}", "ceiling")
-        return ceiling_us * (1 / ratio - 1) if ratio else float("nan")
-
-    if "memcached counter / memory counter" in missed:
-        notes.append(
-            "- **memcached page counter.** The loads and compare-and-swap writes of one loop iteration go "
-            "to memcached as one batch: one hand-off to a worker thread, one send and one round trip "
-            "(`BatchClient.exchange`), the answers back by callback on the loop. Instrumented under load, "
-            "a batch's round trip took 0.75-1.1 ms of a cycle of about 20 ms, so the loop seldom waits; "
-            "a run below the target is within this machine's spread (see the spread columns) or a sign "
-            "that batches were small (few connections)."
-        )
-    counted = report.get("instructions", {}).get("memory")
-    counted_text = (
-        f"Counted in instructions (this run's table above), the counter keeps "
-        f"{counted['ceiling'] / counted['counter']:.3f} of the ceiling and the balance "
-        f"{counted['ceiling'] / counted['balance']:.3f}."
-        if counted
-        else "Counted in instructions (`bench/instructions.py`), the counter kept 0.926 of the ceiling and "
-        "the balance 0.934 when last counted."
-    )
-
-    if missed & {"memory counter / ceiling", "memory balance / ceiling"}:
-        alone = report.get("session_layer_us", {})
-        json_us = alone.get("decode_record_json", 0) + alone.get("encode_record_json", 0)
-        ceiling_us = 1e6 / rps("ours-memory", "ceiling")
-        cpu = {r["scenario"]: r for r in report.get("cpu", []) if r["server"] == "ours-memory"}
-        cpu_text = ""
-        if all(cpu.get(k, {}).get("cpu_ratio") for k in ("counter", "balance")):
-            cpu_text = (
-                f'It is CPU, not waiting ("Server CPU per request"): ceiling CPU / route CPU '
-                f"{cpu['counter']['cpu_ratio'][0]:.3f} on the counter and {cpu['balance']['cpu_ratio'][0]:.3f} on the "
-                f"balance, beside throughput ratios of {cpu['counter']['rps_ratio'][0]:.3f} and "
-                f"{cpu['balance']['rps_ratio'][0]:.3f}, with the core {cpu['counter']['busy']:.2f} and "
-                f"{cpu['balance']['busy']:.2f} busy. "
-            )
-        notes.append(
-            f"- **Session routes against the ceiling.** In this run the session layer adds "
-            f"{extra_us('memory', 'counter'):.0f} µs to the memory-store counter and "
-            f"{extra_us('memory', 'balance'):.0f} µs to the balance, against {ceiling_us:.0f} µs for a "
-            f"whole sessionless request; a 0.90 ratio allows {ceiling_us / 9:.0f} µs. {cpu_text}Alone, in a tight loop "
-            f'("The session layer alone"), loading, incrementing and saving a session costs '
-            f"{alone.get('load_increment_save', float('nan')):.0f} µs, {json_us:.0f} µs of it the record's "
-            "JSON (orjson); the rest is Python: the cookie and timeout checks, the Session object and its "
-            "operations, the store's bookkeeping. Inside a loaded server the same work takes about twice "
-            "as long, and the handler adds its own share (one more coroutine, the session's headers, the "
-            "XSRF cookie check). The ratio also falls as the bare request gets cheaper: cutting Tornado's "
-            "per-request costs (access lines, the Date header, TCP_NODELAY, 64 KiB zero-filled reads) sped "
-            f"every route up by the same microseconds, which is a larger share of the ceiling's. {counted_text} Of "
-            "the balance's extra instructions (56k when last taken apart), about 9k are Tornado writing the "
-            "one header it adds, Cache-Control, and about 10k the handler's own coroutine and finish. "
-            "The rest is cache misses: with "
-            "callgrind's simulated caches (one connection, counted before the cookie-header cache and the "
-            "other trims of 2026-11-27) the balance adds 3.3k level-1 instruction-cache "
-            "and 1.8k data-cache misses per request to the ceiling's 21.7k and 10.9k, about 25 µs at "
-            "level-2 latency, spread over the interpreter and the C functions the session path calls "
-            "(HMAC, JSON, dicts, allocation), none adding a tenth of them. It is not the rotation over "
-            "1,000 sessions (rotating over 10, the balance was no faster in paired runs). Compiling the "
-            "session core with mypyc (tried, not kept) halved the tight loop but moved a whole request by "
-            "about 2%: no single function stands out any more, and what would reach 0.90 is a shorter "
-            "path per request (less Python run and less code touched between the socket and the store: "
-            "fewer Tornado and coroutine layers), not a faster session core."
-        )
-    if "memcached balance / ceiling" in missed:
-        notes.append(memcached_read_note(report, extra_us("memcached", "balance"), extra_us("memory", "balance")))
-    if any(t.endswith("/ express-session") for t in missed):
-        ours, theirs = rps("ours-memory", "ceiling"), rps("express-memory", "ceiling")
-        notes.append(
-            f"- **express-session.** Node's HTTP stack (llhttp in C, V8) serves a sessionless route at "
-            f"{theirs:.0f} req/s here against Tornado's pure-Python HTTP/1.1 at {ours:.0f}. Relative to its "
-            f"own ceiling our session layer is the cheaper one: the memory-store counter keeps "
-            f"{rps('ours-memory', 'counter') / ours:.2f} of our ceiling, express-session's "
-            f"{rps('express-memory', 'counter') / theirs:.2f} of Express's. Beyond that the gap is the HTTP "
-            "layer, not sessions; in production several processes per host behind nginx scale with cores."
-        )
-    return notes
-
-
-def _points(share: float) -> str:
-    points = round(100 * share)
-    return f"{points} point{'' if points == 1 else 's'}"
-
-
-def memcached_read_note(report: dict[str, Any], extra_us: float, memory_extra_us: float) -> str:
-    """What stands in the way of the memcached read's target, from this run's CPU and instruction figures."""
-    cpu = {(r["server"], r["scenario"]): r for r in report.get("cpu", [])}
-    read, ceiling = cpu.get(("ours-memcached", "balance")), cpu.get(("ours-memcached", "ceiling"))
-    memory_read = cpu.get(("ours-memory", "balance"))
-    where = ""
-    if read and ceiling and memory_read and all(read.get(k) for k in ("cpu_ratio", "rps_ratio", "busy_ratio")):
-        where = (
-            f'Where it goes ("Server CPU per request" above): the server kept its core '
-            f"{read['busy']:.2f} busy on the read ({ceiling['busy']:.2f} on its ceiling), and the read cost "
-            f"{read['cpu_us']:.0f} µs of CPU a request against the ceiling's {ceiling['cpu_us']:.0f}: ceiling "
-            f"CPU / read CPU {read['cpu_ratio'][0]:.3f}, beside a throughput ratio of {read['rps_ratio'][0]:.3f}. "
-            f"In each round the throughput ratio is the CPU ratio times the core's busy share against the "
-            f"ceiling's, and that busy ratio is {read['busy_ratio'][0]:.3f} (median): waiting on memcached costs "
-            f"about {_points(1 - read['busy_ratio'][0])}, the CPU the read spends the rest (the two "
-            "medians can differ by more, being taken over rounds this far apart). Against the memory "
-            f"store's read ({memory_read['cpu_us']:.0f} µs) it spends {read['loop_us'] - memory_read['loop_us']:+.0f} "
-            f"µs on the IOLoop thread and {read['others_us'] - memory_read['others_us']:+.0f} µs on the worker "
-            "threads. "
-        )
-    counted = report.get("instructions", {})
-    on_memcached, on_memory = counted.get("memcached"), counted.get("memory")
-    count = ""
-    if on_memcached and on_memory:
-        extra = on_memcached["balance"] - on_memory["balance"]
-        count = (
-            f"Counted under callgrind at {report.get('instructions_connections', '?')} connections, the "
-            f"memcached read executes {extra:+.0f}k instructions ({extra / on_memory['balance']:+.1%}) against "
-            "the memory read: the same work, counted. The counts vary more than the work does (a memcached "
-            "read 860-912k over seven counts, a memory read 856-871k), since valgrind runs one thread at a "
-            "time and its batches are not always whole. "
-        )
-    return (
-        f"- **memcached reads.** In this run a memcached read adds {extra_us:.0f} µs to a request against the "
-        f"ceiling; the memory store's adds {memory_extra_us:.0f} µs. {where}{count}"
-        "What that CPU is: on the IOLoop thread, 25 more Python calls a read than on the memory store "
-        "(cProfile at 50 connections: 690 against 665): the key's SHA-256, a future per load, the batch's "
-        "bookkeeping, the record parsed and checked, and the coroutine frames between the handler and the "
-        "store resumed after the wait (none of them suspends on the memory store, though one made to wait "
-        "on a future for every load was no slower in paired runs: each step is small); on the workers, one "
-        "batch's send and receive (one receive a batch of about 47 answers, 9 KB, instrumented) and its "
-        "answers parsed in Python (3.0 µs a key in a tight loop, about a third of the workers' time), and the thread "
-        "hand-offs. The loop waits little because a batch holds 47-50 of the 50 requests in flight and its "
-        "round trip is under 1 ms of a cycle of about 20 ms. Measured and removed: a second value per load "
-        "(last_seen in a key of its own), the garbage collector walking the suspended requests, touches "
-        "as round trips of their own. Measured and not kept: the batch's reads parsed in C (libmemcached "
-        "through pylibmc: no fewer instructions per read), and the exchange on a non-blocking connection "
-        "in the IOLoop itself (asyncio, no worker threads: 1.08 and 0.99 of the threaded read's "
-        "throughput in paired runs of 12 and 19 rounds, this machine's noise). No step costs more than "
-        "about 1 µs; what would get the read to 0.90 is fewer Python steps per read, not a faster one: the "
-        "exchange, the parsing of a batch's answers and the resolution of its waiting requests in one "
-        "native call per batch, beside a compiled session core (mypyc on the core alone moved a whole "
-        "request by about 2%)."
-    )
 
 
 def profile(server_env: dict[str, str], cookies_for: Server, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -615,25 +379,35 @@ def profile(server_env: dict[str, str], cookies_for: Server, args: argparse.Name
 
 
 def write_docs(report: dict[str, Any], docs: Path) -> None:
-    from bench.report import write_chart, write_markdown
+    from bench.report import write_chart, write_latency_chart, write_markdown
 
     docs.mkdir(exist_ok=True)
     write_chart(report, docs / "benchmarks.png")
-    write_markdown(report, docs / "BENCHMARKS.md", "benchmarks.png")
+    write_latency_chart(report, docs / LATENCY_CHART)
+    write_markdown(report, docs / "BENCHMARKS.md", "benchmarks.png", LATENCY_CHART)
 
 
-def main(argv: list[str] | None = None) -> int:
+LATENCY_CHART = "benchmarks-latency.png"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Load benchmark of the session server.")
     # Many short runs rather than few long ones: on a shared machine a median of many is steadier.
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is kept)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (the median is kept)")
     parser.add_argument(
         "--target-runs",
         type=int,
-        default=9,
-        help="runs per figure at the highest concurrency, where the targets are read",
+        default=7,
+        help="runs per figure at 1 connection and the highest concurrency, where most targets are read",
     )
     parser.add_argument("--duration", type=int, default=2, help="whole seconds per wrk run")
     parser.add_argument("--concurrency", default="1,10,50", help="comma-separated connection counts")
+    parser.add_argument(
+        "--pinning",
+        default=",".join(MODES),
+        help="comma-separated modes: pinned (each server on a core of its own, the load on the others), "
+        "unpinned (everything left to the scheduler)",
+    )
     parser.add_argument("--sessions", type=int, default=1000, help="browsers prepared per server and kind")
     parser.add_argument("--no-express", action="store_true", help="skip the reference Express app")
     parser.add_argument("--no-memory", action="store_true", help="skip the 1,000,000-session memory test")
@@ -642,36 +416,52 @@ def main(argv: list[str] | None = None) -> int:
         "--no-instructions", action="store_true", help="skip counting instructions per request (callgrind)"
     )
     parser.add_argument("--out", default=str(BENCH / "results"), help="folder for the JSON results")
-    parser.add_argument("--docs", default=str(ROOT / "docs"), help="folder for BENCHMARKS.md and the chart")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="folder for BENCHMARKS.md and the charts")
     parser.add_argument("--no-docs", action="store_true", help="do not update the docs")
-    parser.add_argument("--smoke", action="store_true", help="a few seconds: check the machinery only")
+    parser.add_argument("--smoke", action="store_true", help="under a minute: check the machinery only (both modes)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.runs, args.target_runs, args.duration, args.concurrency, args.sessions = 1, 1, 1, "1,4", 20
         args.no_express = args.no_memory = args.no_profile = args.no_instructions = args.no_docs = True
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
-    top = max(args.concurrency)
+    args.pinning = [m.strip() for m in str(args.pinning).split(",") if m.strip()]
+    if not args.pinning or set(args.pinning) - set(MODES):
+        parser.error(f"--pinning takes a comma-separated list of {', '.join(MODES)}")
+    return args
 
+
+def missing_tools(args: argparse.Namespace) -> bool:
+    """Says what is missing; True if the benchmark cannot run. Leaves Express out without Node.js."""
     for binary in ("wrk", "memcached"):
         if not shutil.which(binary) and not Path(f"/usr/bin/{binary}").exists():
             print(f"bench: {binary} is not installed (make bench installs it as root)", file=sys.stderr)
-            return 2
-    express = not args.no_express and shutil.which("node") and (BENCH / "express" / "node_modules").is_dir()
+            return True
+    express = shutil.which("node") and (BENCH / "express" / "node_modules").is_dir()
     if not args.no_express and not express:
         print("bench: Node.js or bench/express/node_modules missing: the reference app is skipped", flush=True)
+        args.no_express = True
+    return False
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split = split_cpus()
-    if split:
-        # This script, and so wrk, memcached and the proxy it starts, keep off the servers' core.
-        os.sched_setaffinity(0, split[1])
+
+@dataclass
+class Setup:
+    """What one benchmark run starts: its memcached, the delaying proxy's port, and the servers."""
+
+    work: Path
+    base_env: dict[str, str]
+    memcached_env: dict[str, str]
+    memcached_port: int
+    proxy_port: int
+    servers: list[Server]
+    delayed: Server
+
+
+def make_setup(express: bool) -> Setup:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    users = users_file(work)
     secret = os.urandom(32).hex()
     memcached_port, proxy_port = free_port(), free_port()
-    memcached_cmd = memcached_command(memcached_port)
-    base_env = {"SESSION_SECRETS": secret, "USERS_FILE": str(users), "LOG_FORMAT": "text", **UNLIMITED_CLIENT}
+    base_env = {"SESSION_SECRETS": secret, "USERS_FILE": str(users_file(work)), "LOG_FORMAT": "text"}
+    base_env.update(UNLIMITED_CLIENT)
     memcached_env = {**base_env, "SESSION_STORE": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached_port}"}
     servers = [our_server("ours-memory", base_env), our_server("ours-memcached", memcached_env)]
     if express:
@@ -683,116 +473,198 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
     delayed = our_server("ours-delayed", {**memcached_env, "MEMCACHED_SERVERS": f"127.0.0.1:{proxy_port}"})
-    for server in [*servers, delayed]:
-        server.cpus = split[0] if split else None
+    return Setup(work, base_env, memcached_env, memcached_port, proxy_port, servers, delayed)
 
-    results: list[dict[str, Any]] = []
-    report: dict[str, Any] = {
+
+def new_report(args: argparse.Namespace, split: tuple[set[int], set[int]] | None, modes: list[str]) -> dict[str, Any]:
+    return {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "modes": modes,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "server_cpus": sorted(split[0]) if split else None,
-            "load_cpus": sorted(split[1]) if split else None,
+            # Where the pinned runs put the servers and the load.
+            "server_cpus": sorted(split[0]) if split and "pinned" in modes else None,
+            "load_cpus": sorted(split[1]) if split and "pinned" in modes else None,
         },
         "settings": {
             "runs": args.runs,
             "target_runs": max(args.runs, args.target_runs),
             "duration_s": args.duration,
             "concurrency": args.concurrency,
+            "pinning": modes,
             "browsers_per_kind": args.sessions,
             "wrk_threads": 1,
         },
     }
-    started = time.monotonic()
+
+
+def measure_delayed(delayed: Server, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The counter through the 20 ms proxy at one connection and the highest concurrency."""
+    results = []
+    for concurrency in sorted({1, max(args.concurrency)}):
+        runs = [
+            wrk(delayed.base_url, "/api", delayed.cookies["anonymous"], concurrency, max(args.duration, 2))
+            for _ in range(args.runs)
+        ]
+        entry = delayed_figure(concurrency, runs)
+        results.append(entry)
+        print(
+            f"  ours-delayed       counter  c={concurrency:<3} {entry['rps']:8.0f} rps  p50 {entry['p50_ms']:6.2f} ms",
+            flush=True,
+        )
+    return results
+
+
+@dataclass
+class Placement:
+    """Where the processes go in each mode: the CPUs, and the helpers' process ids."""
+
+    split: tuple[set[int], set[int]] | None
+    every_cpu: set[int]
+    helpers: list[int]
+
+    def apply(self, mode: str, servers: list[Server]) -> None:
+        apply_mode(mode, self.split, self.every_cpu, servers, self.helpers)
+
+
+def measure_mode(mode: str, setup: Setup, args: argparse.Namespace, placement: Placement) -> dict[str, Any]:
+    """Every figure of one mode, and the raw round trip to memcached from this process in it."""
+    placement.apply(mode, [*setup.servers, setup.delayed])
+    print(f"== {mode}: {MODE_WORDS[mode]}", flush=True)
+    round_trip = raw_round_trip(setup.memcached_port)
+    print(f"  raw round trip to memcached: {round_trip['median_ms']:.4f} ms (median)", flush=True)
+    results = measure(setup.servers, args)
+    print(f"ours-delayed: memcached behind a {DELAY_MS} ms delaying proxy", flush=True)
+    results += measure_delayed(setup.delayed, args)
+    return {"results": [{"mode": mode, **r} for r in results], "round_trip": round_trip}
+
+
+MODE_WORDS = {
+    "pinned": "each server on a core of its own; wrk, memcached and this script on the others",
+    "unpinned": "servers, wrk, memcached and this script left to the scheduler",
+}
+
+
+def run_servers(setup: Setup, args: argparse.Namespace, report: dict[str, Any], placement: Placement) -> None:
+    """Starts memcached, the proxy and the servers; measures every mode; profiles (once)."""
+    proxy_command = [sys.executable, str(BENCH / "delay_proxy.py"), str(setup.proxy_port)]
+    proxy_command += [str(setup.memcached_port), str(DELAY_MS)]
+    work, modes = setup.work, report["modes"]
     with (
-        process(memcached_cmd, work / "memcached.log"),
-        process(
-            [sys.executable, str(BENCH / "delay_proxy.py"), str(proxy_port), str(memcached_port), str(DELAY_MS)],
-            work / "proxy.log",
-        ) as proxy,
+        process(memcached_command(setup.memcached_port), work / "memcached.log") as memcached,
+        process(proxy_command, work / "proxy.log") as proxy,
     ):
-        wait_for_port(memcached_port)
-        wait_for_port(proxy_port)
+        wait_for_port(setup.memcached_port)
+        wait_for_port(setup.proxy_port)
         if proxy.poll() is not None:  # something else answers on its port: no delay in the path
             raise RuntimeError(f"the delaying proxy exited: {(work / 'proxy.log').read_text()[-500:]}")
-        for server in [*servers, delayed]:
-            server.start(work)
+        placement.helpers = [memcached.pid, proxy.pid]
+        everything = [*setup.servers, setup.delayed]
         try:
-            for server in servers:
-                print(
-                    f"{server.name}: preparing {args.sessions} anonymous and {args.sessions} logged-in browsers",
-                    flush=True,
-                )
-                prepare_browsers(server, args.sessions, work)
-            results.extend(measure(servers, args))
-            print(f"ours-delayed: memcached behind a {DELAY_MS} ms delaying proxy", flush=True)
-            prepare_browsers(delayed, min(args.sessions, 200), work)
-            for concurrency in sorted({1, top}):
-                runs = [
-                    wrk(delayed.base_url, "/api", delayed.cookies["anonymous"], concurrency, max(args.duration, 2))
-                    for _ in range(args.runs)
-                ]
-                entry = delayed_figure(concurrency, runs)
-                results.append(entry)
-                print(
-                    f"  ours-delayed       counter  c={concurrency:<3} {entry['rps']:8.0f} rps  "
-                    f"p50 {entry['p50_ms']:6.2f} ms",
-                    flush=True,
-                )
+            for server in everything:
+                server.start(work)
+            for server in everything:
+                count = args.sessions if server is not setup.delayed else min(args.sessions, 200)
+                print(f"{server.name}: preparing {count} anonymous and {count} logged-in browsers", flush=True)
+                prepare_browsers(server, count, work)
+            measured = {mode: measure_mode(mode, setup, args, placement) for mode in modes}
         finally:
-            for server in [*servers, delayed]:
+            for server in everything:
                 server.stop()
+        report["results"] = [r for mode in modes for r in measured[mode]["results"]]
+        report["raw_round_trip"] = {mode: measured[mode]["round_trip"] for mode in modes}
         if not args.no_profile:
-            print("profiling the page counter on both stores", flush=True)
+            placement.apply(modes[0], setup.servers)
+            print(f"profiling the page counter on both stores ({modes[0]})", flush=True)
             report["profile"] = {
-                "memory": profile(base_env, servers[0], args, work),
-                "memcached": profile(memcached_env, servers[1], args, work),
+                "memory": profile(setup.base_env, setup.servers[0], args, work),
+                "memcached": profile(setup.memcached_env, setup.servers[1], args, work),
             }
-    memory = None
+
+
+def run_json(script: str) -> Any:
+    command = [sys.executable, str(BENCH / script)]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def measure_once(setup: Setup, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """What is measured once, not per mode: the memory store at scale, the session layer alone, and
+    instructions per request."""
+    top = max(args.concurrency)
     if not args.no_memory:
         print("memory store: 1,000,000 sessions", flush=True)
-        memory = json.loads(
-            subprocess.run(
-                [sys.executable, str(BENCH / "memory_sessions.py")], capture_output=True, text=True, check=True
-            ).stdout
-        )
-        report["memory_store"] = memory
-        print(f"  {memory}", flush=True)
+        report["memory_store"] = run_json("memory_sessions.py")
+        print(f"  {report['memory_store']}", flush=True)
     print("session layer alone (no HTTP)", flush=True)
-    report["session_layer_us"] = json.loads(
-        subprocess.run(
-            [sys.executable, str(BENCH / "session_layer.py")], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    if not args.no_instructions:
-        if shutil.which("valgrind") and shutil.which("callgrind_control"):
-            # At the targets' concurrency, so the counts hold the same batches as the ratios.
-            print(f"instructions per request (callgrind, {top} connections)", flush=True)
-            from bench.instructions import measure as count_instructions
+    report["session_layer_us"] = run_json("session_layer.py")
+    if args.no_instructions:
+        return
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("instructions per request: skipped, valgrind is not installed", flush=True)
+        return
+    # At the targets' concurrency, so the counts hold the same batches as the ratios.
+    print(f"instructions per request (callgrind, {top} connections)", flush=True)
+    from bench.instructions import measure as count_instructions
 
-            report["instructions_connections"] = top
-            report["instructions"] = {
-                store: count_instructions(ROOT, store, 10 * top, work, top) for store in ("memory", "memcached")
-            }
-            print(f"  {report['instructions']}", flush=True)
-        else:
-            print("instructions per request: skipped, valgrind is not installed", flush=True)
-    report["results"] = results
-    report["targets"] = evaluate(results, memory, top)
-    report["cpu"] = cpu_figures(results, top)
-    report["notes"] = explain(report, top)
-    report["seconds"] = round(time.monotonic() - started, 1)
-    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["instructions_connections"] = top
+    report["instructions"] = {
+        store: count_instructions(ROOT, store, 10 * top, setup.work, top) for store in ("memory", "memcached")
+    }
+    print(f"  {report['instructions']}", flush=True)
+
+
+def conclude(report: dict[str, Any], top: int) -> None:
+    """The targets, CPU figures, floor and notes, from the measured figures."""
+    results, modes = report["results"], report["modes"]
+    report["targets"] = evaluate_modes(results, report.get("memory_store"), top, modes)
+    report["cpu"] = [{"mode": mode, **row} for mode in modes for row in cpu_figures(in_mode(results, mode), top)]
+    report["floor"] = floor_rows(results, report["raw_round_trip"])
+    report["notes"] = explain_modes(report, top)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    if report["floor"]:
+        print("\ndistance to the floor (ours on memcached, 1 connection; floor = memory p50 + round trips x raw):")
+    for row in report["floor"]:
+        print(
+            f"  {row['mode']:9} {row['scenario']:8} p50 {row['p50_ms']:.3f} ms  floor {row['floor_ms']:.3f} ms "
+            f"({row['memory_p50_ms']:.3f} + {row['round_trips']} x {row['rtt_ms']:.4f})  "
+            f"above {row['above_floor_ms']:+.3f} ms"
+        )
     print("\ntargets:")
     for t in report["targets"]:
-        print(f"  {'met ' if t['met'] else 'MISS'}  {t['target']}: {t['value']} (goal {t['goal']})")
+        print(f"  {target_line(t)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if missing_tools(args):
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    every_cpu, split = set(os.sched_getaffinity(0)), split_cpus()
+    modes = [m for m in args.pinning if m != "pinned" or split]
+    if modes != args.pinning:
+        print("bench: fewer than two CPUs: no pinned runs", flush=True)
+    if not modes:
+        return 2
+    setup = make_setup(not args.no_express)
+    report = new_report(args, split, modes)
+    started = time.monotonic()
+    run_servers(setup, args, report, Placement(split, every_cpu, []))
+    pin(os.getpid(), every_cpu)
+    measure_once(setup, args, report)
+    conclude(report, max(args.concurrency))
+    report["seconds"] = round(time.monotonic() - started, 1)
+    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_summary(report)
     if not args.no_docs:
         write_docs(report, Path(args.docs))
-        print(f"\nwrote {args.docs}/BENCHMARKS.md and benchmarks.png")
+        print(f"\nwrote {args.docs}/BENCHMARKS.md, benchmarks.png and {LATENCY_CHART}")
     print(f"results: {out / 'latest.json'} ({report['seconds']} s)")
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(setup.work, ignore_errors=True)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -33,7 +34,7 @@ def test_paired_rounds_against_a_revision_measure_both_sides(tmp_path):
     assert "bench-baseline-" not in worktrees
 
 
-def test_bench_smoke_run_measures_every_scenario(tmp_path):
+def test_bench_smoke_run_measures_every_scenario_in_both_modes(tmp_path):
     require_binary("wrk")
     require_binary("memcached")
     result = subprocess.run(
@@ -45,42 +46,118 @@ def test_bench_smoke_run_measures_every_scenario(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "latest.json").read_text())
-    seen = {(r["server"], r["scenario"], r["concurrency"]) for r in report["results"]}
-    for server in ("ours-memory", "ours-memcached"):
-        for scenario in ("ceiling", "counter", "balance"):
-            for concurrency in (1, 4):
-                assert (server, scenario, concurrency) in seen
-    assert ("ours-delayed", "counter", 1) in seen
+    from bench.run import split_cpus
+
+    split = split_cpus()
+    modes = ["pinned", "unpinned"] if split else ["unpinned"]
+    assert report["modes"] == modes
+    seen = {(r["mode"], r["server"], r["scenario"], r["concurrency"]) for r in report["results"]}
+    for mode in modes:
+        for server in ("ours-memory", "ours-memcached"):
+            for scenario in ("ceiling", "counter", "balance"):
+                for concurrency in (1, 4):
+                    assert (mode, server, scenario, concurrency) in seen
+        assert (mode, "ours-delayed", "counter", 1) in seen
+        # The raw round trip to memcached, timed from the benchmark's process in each mode.
+        assert 0 < report["raw_round_trip"][mode]["median_ms"] <= report["raw_round_trip"][mode]["p90_ms"] < 5
     for r in report["results"]:
         assert r["rps"] > 0 and r["errors"] == 0, r
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         if r["server"] in ("ours-memory", "ours-memcached"):
             # The server's CPU over each run: whole-process figures, the IOLoop thread's within them.
-            assert 0 < r["loop_us"] <= r["cpu_us"] and 0 < r["busy"] <= 1.2, r
-    cpu = {(row["server"], row["scenario"]): row for row in report["cpu"]}
-    assert set(cpu) == {(s, c) for s in ("ours-memory", "ours-memcached") for c in ("ceiling", "counter", "balance")}
-    assert cpu[("ours-memcached", "balance")]["cpu_ratio"][0] > 0 and "cpu_ratio" not in cpu[("ours-memory", "ceiling")]
-    assert cpu[("ours-memcached", "balance")]["busy_ratio"][0] > 0
-    names = {t["target"] for t in report["targets"]}
-    assert {"memory counter / ceiling", "20 ms memcached: counter c=4 / c=1"} <= names
-    assert "targets:" in result.stdout
-    from bench.run import split_cpus
-
-    split = split_cpus()
+            # Pinned, a server has one core; unpinned, it may use both.
+            cores = 1.2 if r["mode"] == "pinned" else len(os.sched_getaffinity(0)) + 0.2
+            assert 0 < r["loop_us"] <= r["cpu_us"] and 0 < r["busy"] <= cores, r
+    check_floor(report, modes)
+    check_cpu_rows(report, modes)
+    check_targets(report, modes)
+    assert "targets:" in result.stdout and "distance to the floor" in result.stdout
     assert report["machine"]["server_cpus"] == (sorted(split[0]) if split else None)
     alone = report["session_layer_us"]
     assert set(alone) >= {"load_increment_save", "decode_record_json", "encode_record_json"}
     assert all(us > 0 for us in alone.values())
-    # The report renders from these results: markdown with the targets and every figure.
+    check_markdown(report, tmp_path, modes)
+
+
+def check_floor(report: dict[str, Any], modes: list[str]) -> None:
+    """Each memcached scenario at one connection beside the memory store's p50 plus its round trips."""
+    floor = {(row["mode"], row["scenario"]): row for row in report["floor"]}
+    assert set(floor) == {(mode, scenario) for mode in modes for scenario in ("counter", "balance")}
+    for (mode, scenario), row in floor.items():
+        memory = next(
+            r
+            for r in report["results"]
+            if (r["mode"], r["server"], r["scenario"], r["concurrency"]) == (mode, "ours-memory", scenario, 1)
+        )
+        trips = {"counter": 2, "balance": 1}[scenario]
+        assert row["round_trips"] == trips and row["rtt_ms"] == report["raw_round_trip"][mode]["median_ms"]
+        assert row["floor_ms"] == pytest.approx(memory["p50_ms"] + trips * row["rtt_ms"], abs=1e-3)
+        assert row["above_floor_ms"] == pytest.approx(row["p50_ms"] - row["floor_ms"], abs=1e-3)
+
+
+def check_cpu_rows(report: dict[str, Any], modes: list[str]) -> None:
+    cpu = {(row["mode"], row["server"], row["scenario"]): row for row in report["cpu"]}
+    servers, scenarios = ("ours-memory", "ours-memcached"), ("ceiling", "counter", "balance")
+    assert set(cpu) == {(m, s, c) for m in modes for s in servers for c in scenarios}
+    for mode in modes:
+        assert cpu[(mode, "ours-memcached", "balance")]["cpu_ratio"][0] > 0
+        assert "cpu_ratio" not in cpu[(mode, "ours-memory", "ceiling")]
+        assert cpu[(mode, "ours-memcached", "balance")]["busy_ratio"][0] > 0
+
+
+def check_targets(report: dict[str, Any], modes: list[str]) -> None:
+    names = {(t["mode"], t["target"]) for t in report["targets"]}
+    for mode in modes:
+        assert {
+            (mode, "memory counter / ceiling"),
+            (mode, "memory balance / ceiling"),
+            (mode, "memcached counter / ceiling"),
+            (mode, "memcached balance / ceiling"),
+            (mode, "memcached counter c=1 p50 ms"),
+            (mode, "memcached balance c=1 p50 ms"),
+            (mode, "20 ms memcached: counter c=4 / c=1"),
+        } <= names
+    latency = next(t for t in report["targets"] if t["target"] == "memcached counter c=1 p50 ms")
+    assert latency["goal"] == "<= 0.45" and latency["spread"][0] <= latency["value"] <= latency["spread"][1]
+
+
+def check_markdown(report: dict[str, Any], tmp_path: Any, modes: list[str]) -> None:
+    """The report renders: the targets per mode, the floor table and every figure per mode."""
     from bench.report import write_markdown
 
     report["seconds"] = 1.0
     report["instructions"] = {"memory": {"ceiling": 800.0, "counter": 880.0, "balance": 860.0}}
-    write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png")
+    write_markdown(report, tmp_path / "BENCHMARKS.md", "chart.png", "latency.png")
     text = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "| memory counter / ceiling |" in text and "## The session layer alone" in text
+    assert "![Median latency against connections](latency.png)" in text
+    assert "## Distance to the floor" in text and "## The session layer alone" in text
+    for mode in modes:
+        assert f"| {mode} | memory counter / ceiling |" in text
+        assert f"| {mode} | page counter (GET /api) | 2 |" in text  # the floor table's counter row
+        assert f"### {mode}, 4 connections" in text
     assert "## Server CPU per request (4 connections)" in text
     assert "| counter | 880.0 | 0.909 |" in text and "| ceiling | 800.0 |  |" in text
+    assert ("## How to read: pinned and unpinned" in text) == (len(modes) == 2)
+
+
+def test_charts_draw_every_mode(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.report import write_chart, write_latency_chart
+
+    results = []
+    for mode in ("pinned", "unpinned"):
+        for server in ("ours-memory", "ours-memcached", "express-memory", "express-memcached"):
+            for scenario in ("ceiling", "counter", "balance"):
+                for c in (1, 10, 50):
+                    results.append(
+                        {"mode": mode, "server": server, "scenario": scenario, "concurrency": c, "rps": 1000.0}
+                        | {"rps_min": 900.0, "rps_max": 1100.0, "p50_ms": c * 0.4, "p99_ms": c * 0.9}
+                    )
+    report = {"modes": ["pinned", "unpinned"], "settings": {"concurrency": [1, 10, 50]}, "results": results}
+    write_chart(report, tmp_path / "a.png")
+    write_latency_chart(report, tmp_path / "b.png")
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_ratio_targets_pair_the_runs_of_each_round():
@@ -134,10 +211,11 @@ def test_runs_a_ratio_pairs_are_close_together(monkeypatch, tmp_path):
     bench_run.measure(servers, argparse.Namespace(runs=2, target_runs=4, concurrency=[1, 10, 50], duration=1))
     measured = calls[len(servers) :]  # after one warm-up per server
     per_round = len(servers) * len(bench_run.SCENARIOS) * 3
-    # Two full rounds, then two more of the highest concurrency alone (the targets' figures).
+    # Two full rounds, then two more of one connection and the highest concurrency alone (the
+    # targets' figures).
     extra = measured[2 * per_round :]
-    assert len(extra) == 2 * len(servers) * len(bench_run.SCENARIOS)
-    assert {c for _, _, c in extra} == {50} and len(set(extra)) == len(extra) // 2
+    assert len(extra) == 2 * 2 * len(servers) * len(bench_run.SCENARIOS)
+    assert {c for _, _, c in extra} == {1, 50} and len(set(extra)) == len(extra) // 2
     measured = measured[: 2 * per_round]
     for start in range(0, len(measured), per_round):
         round_calls = measured[start : start + per_round]
@@ -277,3 +355,140 @@ def test_missed_read_note_says_from_the_runs_cpu_whether_the_read_waited():
     assert "+15 µs on the IOLoop thread and +7 µs on the worker threads" in note
     # A report without CPU figures (an older run) still gets a note, without the figures it lacks.
     assert "Where it goes" not in memcached_read_note({}, 60.0, 38.0)
+
+
+def fake_entry(
+    mode: str, server: str, scenario: str, c: int, per_round: list[float], p50: float = 1.0
+) -> dict[str, Any]:
+    runs = [{"rps": r, "p50_ms": p50, "p99_ms": 2 * p50} for r in per_round]
+    entry = {"mode": mode, "server": server, "scenario": scenario, "concurrency": c, "runs": runs}
+    return entry | {"rps": sorted(per_round)[len(per_round) // 2], "p50_ms": p50, "p99_ms": 2 * p50}
+
+
+def test_targets_are_given_per_mode_with_the_new_goals():
+    from bench.targets import evaluate_modes
+
+    results = []
+    for mode, ours in (("pinned", 150.0), ("unpinned", 95.0)):
+        for c in (1, 10, 50):
+            for scenario in ("ceiling", "counter", "balance"):
+                for store in ("memory", "memcached"):
+                    p50 = 0.4 if mode == "pinned" else 0.5
+                    results.append(fake_entry(mode, f"ours-{store}", scenario, c, [ours, ours, ours], p50))
+                    results.append(fake_entry(mode, f"express-{store}", scenario, c, [100.0, 100.0, 100.0]))
+    memory = {"rss_bytes_per_session": 449.0, "longest_stall_ms": 1.5}
+    targets = {(t["mode"], t["target"]): t for t in evaluate_modes(results, memory, 50, ["pinned", "unpinned"])}
+    for mode, lead, behind in (("pinned", 1.5, True), ("unpinned", 0.95, False)):
+        for store in ("memory", "memcached"):
+            for scenario in ("counter", "balance"):
+                for c in (1, 10, 50):  # never behind express-session: same store, scenario and concurrency
+                    t = targets[(mode, f"{store} {scenario} c={c} / express-session")]
+                    assert (t["value"], t["goal"], t["met"]) == (lead, ">= 1.0", behind)
+                t = targets[(mode, f"{store} {scenario} / ceiling")]  # the session layer at 50 connections
+                assert (t["value"], t["goal"], t["met"]) == (1.0, ">= 0.9", True)
+        for scenario in ("counter", "balance"):
+            t = targets[(mode, f"lead: memcached {scenario} c=1 / express-session")]
+            assert (t["value"], t["goal"], t["met"]) == (lead, ">= 1.3", mode == "pinned")
+            t = targets[(mode, f"memcached {scenario} c=1 p50 ms")]
+            assert (t["goal"], t["met"]) == ("<= 0.45", mode == "pinned")
+    # The memory store at scale is measured once, not per mode; the superseded targets are gone.
+    assert targets[(None, "memory store bytes per session")]["met"]
+    assert not any(name == "memory counter / express-session" for _, name in targets)
+    assert {mode for mode, _ in targets} == {"pinned", "unpinned", None}
+
+
+def test_floor_is_the_memory_store_plus_the_round_trips():
+    from bench.floor import floor_rows
+
+    results = [
+        fake_entry("unpinned", "ours-memory", "counter", 1, [1.0], 0.30),
+        fake_entry("unpinned", "ours-memcached", "counter", 1, [1.0], 0.52),
+        fake_entry("unpinned", "ours-memory", "balance", 1, [1.0], 0.28),
+        fake_entry("unpinned", "ours-memcached", "balance", 1, [1.0], 0.33),
+        fake_entry("pinned", "ours-memory", "balance", 1, [1.0], 9.0),  # another mode's: not used
+    ]
+    rows = floor_rows(results, {"unpinned": {"median_ms": 0.05, "p90_ms": 0.06}})
+    assert [(r["scenario"], r["round_trips"], r["floor_ms"], r["above_floor_ms"]) for r in rows] == [
+        ("counter", 2, 0.4, 0.12),
+        ("balance", 1, 0.33, 0.0),
+    ]
+
+
+def test_raw_round_trip_times_a_memcached_on_one_socket():
+    import socketserver
+    import threading
+
+    from bench.floor import raw_round_trip
+
+    class Version(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() == b"version\r\n":
+                self.wfile.write(b"VERSION 1.6.0\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Version) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        timed = raw_round_trip(server.server_address[1], exchanges=200, warm_up=10)
+        server.shutdown()
+    assert 0 < timed["median_ms"] <= timed["p90_ms"] < 50
+
+
+def test_pinning_modes_move_the_script_its_helpers_and_the_servers():
+    import time
+    from pathlib import Path
+
+    from bench.pinning import apply_mode, split_cpus
+
+    every_cpu, split = set(os.sched_getaffinity(0)), split_cpus()
+    if split is None:
+        pytest.skip("one CPU: nothing to pin")
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    children = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+
+    class Running:
+        cpus: set[int] | None = None
+        pid = children[0].pid
+
+    def cpus_of(pid: int) -> set[int]:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        found = {frozenset(os.sched_getaffinity(int(t.name))) for t in tasks}
+        assert len(found) == 1, found  # every thread alike
+        return set(next(iter(found)))
+
+    server = Running()
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(Path(f"/proc/{children[0].pid}/task").iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        apply_mode("pinned", split, every_cpu, [server], [children[1].pid])
+        assert (cpus_of(children[0].pid), server.cpus) == (split[0], split[0])
+        assert cpus_of(children[1].pid) == split[1] and cpus_of(os.getpid()) == split[1]
+        apply_mode("unpinned", split, every_cpu, [server], [children[1].pid])
+        assert (cpus_of(children[0].pid), server.cpus) == (every_cpu, None)
+        assert cpus_of(children[1].pid) == every_cpu and cpus_of(os.getpid()) == every_cpu
+        with pytest.raises(ValueError):
+            apply_mode("sideways", split, every_cpu, [], [])
+    finally:
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            os.sched_setaffinity(int(task.name), every_cpu)
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def test_pinning_option_takes_the_modes_to_run():
+    from bench.run import parse_args
+
+    assert parse_args([]).pinning == ["pinned", "unpinned"]
+    assert parse_args(["--pinning", "unpinned"]).pinning == ["unpinned"]
+    assert parse_args(["--smoke", "--pinning", "pinned,unpinned"]).pinning == ["pinned", "unpinned"]
+    with pytest.raises(SystemExit):
+        parse_args(["--pinning", "pinned,sideways"])
+
+
+def test_regenerated_markdown_keeps_the_written_sections_in_their_order(tmp_path):
+    from bench.report import ABUSE_SECTION, HISTORY_SECTION, STORES_SECTION, kept_sections
+
+    path = tmp_path / "BENCHMARKS.md"
+    written = [f"{heading}\n\n{heading[3:]} text.\n" for heading in (ABUSE_SECTION, HISTORY_SECTION, STORES_SECTION)]
+    path.write_text("# Benchmarks\n\n## Targets\n\nold figures\n\n" + "\n".join(written))
+    assert kept_sections(path) == written
