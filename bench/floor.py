@@ -2,7 +2,8 @@
 
 The benchmark times many ``version`` exchanges with its memcached on one raw socket (no client
 library, no batching, one request in flight) and keeps the median: the least a round trip to
-that memcached costs from this machine in the mode being measured. A memcached scenario at one
+that memcached costs from where the servers run in the mode being measured (in pinned runs,
+from the servers' core, memcached being on the other: the cross-core wake-ups count). A memcached scenario at one
 connection cannot answer faster than the same scenario on the memory store plus the round trips
 it needs times that figure; what it takes beyond is the store client's own cost.
 """

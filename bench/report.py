@@ -171,8 +171,9 @@ def _how_to_read(report: dict[str, Any]) -> list[str]:
         "pinned, as on a host nobody tuned; the load generator, memcached and the server compete for both "
         "cores, and the scheduler may move them between requests. Compare servers within a mode, not a "
         "figure across modes; a target met in one mode only is met where that mode's conditions hold. "
-        "The raw round trip under the floor is timed from the benchmark's own process: pinned, that is "
-        "on memcached's core, while the server reaches memcached from the other core.",
+        "The raw round trip under the floor is timed on one raw socket from where the servers run: "
+        "pinned, from the servers' core to memcached on the other, so it includes the cross-core "
+        "wake-ups every server's round trip pays.",
         "",
     ]
 
