@@ -274,6 +274,7 @@ TORNADO_HOOKS = {
     "flush",
     "log_exception",
     "compute_etag",
+    "check_etag_header",
     "get_current_user",
     "get_login_url",
     "get",
