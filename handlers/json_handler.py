@@ -20,11 +20,11 @@ from handlers.cookies import cookie_values, parse_cookie_header
 from handlers.cors import add_cors_headers, answer_options, own_origin
 from handlers.headers import request_header
 from handlers.json_api import (
-    JSON,
     JSON_CONTENT_TYPE,
     STATUS_MESSAGES,
     ApiError,
     body_too_large,
+    encode_json,
     error_body,
     parse_json_body,
 )
@@ -194,7 +194,7 @@ class JsonHandler(RequestHandler):
         """Send ``value`` as the JSON response body."""
         self.set_status(status)
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
-        self.write(JSON.encode(value))
+        self.write(encode_json(value))
 
     def options(self, *args: str) -> None:
         """Answer a CORS preflight (no session is touched) or plain OPTIONS with Allow."""
