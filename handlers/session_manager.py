@@ -55,6 +55,11 @@ class SessionManager:
         self.verify = self.signer.verify
         self.xsrf_token = self.xsrf.issue
         self.xsrf_valid = self.xsrf.valid
+        # Read on every request; settings are frozen, so plain attributes here.
+        self._absolute_timeout = settings.absolute_timeout
+        self._touch_interval = settings.touch_interval
+        # Indexed by privileged (False, True): an anonymous session never gets the longer one.
+        self._idle_timeouts = (min(settings.idle_timeout, settings.anonymous_idle_timeout), settings.idle_timeout)
         self._log_key = hmac.digest(settings.session_secrets[-1].encode("utf-8"), b"log-id", "sha256")
         self._log_ids: Remembered = Remembered(VERIFIED_CACHE_SIZE)
 
@@ -72,14 +77,12 @@ class SessionManager:
 
     def idle_timeout(self, privileged: bool) -> int:
         """The idle timeout of a logged-in (privileged) or an anonymous session (never the longer)."""
-        if privileged:
-            return self.settings.idle_timeout
-        return min(self.settings.idle_timeout, self.settings.anonymous_idle_timeout)
+        return self._idle_timeouts[privileged]
 
     def _expired(self, record: Record, now: float) -> str | None:
-        if now - record["created_at"] >= self.settings.absolute_timeout:
+        if now - record["created_at"] >= self._absolute_timeout:
             return "absolute timeout"
-        if now - record["last_seen"] >= self.idle_timeout(is_privileged(record)):
+        if now - record["last_seen"] >= self._idle_timeouts[is_privileged(record)]:
             return "idle timeout"
         if record["created_at"] > now + 60:
             return "created in the future"
@@ -87,8 +90,8 @@ class SessionManager:
 
     def ttl(self, created_at: float, now: float, privileged: bool = True) -> float:
         """How long the store should keep a record: the sooner of the idle and absolute ends."""
-        left = self.settings.absolute_timeout - (now - created_at)
-        return max(1.0, min(float(self.idle_timeout(privileged)), left))
+        left = self._absolute_timeout - (now - created_at)
+        return max(1.0, min(float(self._idle_timeouts[privileged]), left))
 
     async def creation_allowed(self, session: Session, client: str | None) -> bool:
         """Whether a new anonymous session may be stored for ``client`` (an address) now.
@@ -144,7 +147,7 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         # A record sealed under an older secret is written again under the newest one at once.
-        touch_due = now - record["last_seen"] >= self.settings.touch_interval or loaded.stale_seal
+        touch_due = now - record["last_seen"] >= self._touch_interval or loaded.stale_seal
         return Session(session_id, loaded, resign=resign, touch_due=touch_due)
 
     async def save(self, session: Session, client: str | None = None) -> CookieChange | None:
