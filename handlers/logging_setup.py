@@ -61,6 +61,10 @@ class JsonFormatter(logging.Formatter):
         return json_line(record.created, record.levelno, record.name, record.getMessage(), fields)
 
 
+# The levels access lines are written at, by name (logging.getLevelName's answer, without a call).
+_LEVEL_NAMES = {level: logging.getLevelName(level) for level in (logging.INFO, logging.WARNING, logging.ERROR)}
+
+
 class AccessLines:
     """Access lines in the configured format, written once per loop iteration."""
 
@@ -84,10 +88,11 @@ class AccessLines:
         """Queue a line; ``fields`` are written in the JSON format only."""
         now = time.time()
         if self.json:
-            line = json_line(now, level, "access", message, fields or {})
+            line = json_line(now, level, "access", message, fields or {}) + "\n"
         else:
-            line = f"{self._text_time(now)} {logging.getLevelName(level)} access: {message}"
-        self._pending.append(line + "\n")
+            name = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
+            line = f"{self._text_time(now)} {name} access: {message}\n"
+        self._pending.append(line)
         if not self._scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -160,8 +165,9 @@ def log_request(handler: RequestHandler) -> None:
     if len(path) > LOGGED_PATH_LENGTH:
         # A client chooses the path: its log line stays short however long the path is.
         path = f"{path[:LOGGED_PATH_LENGTH]}...({len(request.path)} characters)"
-    duration_ms = round(request.request_time() * 1000, 2)
-    message = f"{request.method} {path} {status} {duration_ms:.2f}ms client={request.remote_ip} session={session_hash}"
+    duration = request.request_time() * 1000
+    # Formatted to two places directly: what the rounded duration formats to, without round().
+    message = f"{request.method} {path} {status} {duration:.2f}ms client={request.remote_ip} session={session_hash}"
     if _access_lines is not None and not _access_lines.json:
         _access_lines.add(level, message)  # a text line has no fields beside its message
         return
@@ -170,7 +176,7 @@ def log_request(handler: RequestHandler) -> None:
         "method": request.method,
         "path": path,
         "status": status,
-        "duration_ms": duration_ms,
+        "duration_ms": round(duration, 2),
         "client": request.remote_ip,
         "scheme": request.protocol,
         "session": session_hash,
