@@ -161,12 +161,24 @@ class SessionManager:
         """
         now = self.clock()
         change: CookieChange | None = None
-        if session.operations and session.stored_id is not None and not await self._update(session, now):
-            # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
-            # never resurrect it; the changes start a new anonymous session instead.
-            log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
-            session.id = new_session_id()
-            session.stored_id = None
+        if session.operations and session.stored_id is not None:
+            assert session.created_at is not None
+            # Applied to the newest stored record (one round trip with its version token).
+            merged = await self.store.update(
+                session.stored_id,
+                session.operations,
+                now,
+                self.ttl(session.created_at, now, session.privileged),
+                session.loaded,
+            )
+            if merged is not None:
+                self._adopt(session, session.stored_id, merged)
+            else:
+                # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
+                # never resurrect it; the changes start a new anonymous session instead.
+                log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+                session.id = new_session_id()
+                session.stored_id = None
         if session.operations and session.stored_id is None:
             change = await self._create(session, client, now)
         elif session.stored_id is not None and session.touch_due:
@@ -204,21 +216,6 @@ class SessionManager:
         log.info("session %s (session=%s)", event, hashed, extra={"event": f"session.{event}", "session": hashed})
         self._adopt(session, session.id, record)
         return CookieChange(self.sign(session.id))
-
-    async def _update(self, session: Session, now: float) -> bool:
-        """Apply the session's writes to its newest stored record; False if the record is gone."""
-        assert session.stored_id is not None and session.created_at is not None
-        merged = await self.store.update(
-            session.stored_id,
-            session.operations,
-            now,
-            self.ttl(session.created_at, now, session.privileged),
-            session.loaded,
-        )
-        if merged is None:
-            return False
-        self._adopt(session, session.stored_id, merged)
-        return True
 
     async def _touch(self, session: Session, now: float) -> None:
         """Refresh ``last_seen`` and the TTL of a session the request only read."""
