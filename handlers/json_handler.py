@@ -177,7 +177,7 @@ class JsonHandler(RequestHandler):
             written.add_done_callback(lambda _: connection.close())
         return written
 
-    def compute_etag(self) -> None:
+    def compute_etag(self) -> str | None:
         # API answers depend on the session; a validator would only invite stale 304s.
         return None
 
