@@ -2,7 +2,7 @@
 when it is short of descriptors, and how often the lines a client can cause reach the log.
 
 Only public Tornado APIs: the server's ``add_sockets``, ``handle_stream``, ``on_close`` and
-``stop`` hooks, IOStream, and IOLoop's ``add_handler`` / ``remove_handler``.
+``stop`` hooks, IOStream (and its public ``set_nodelay``), and IOLoop's ``add_handler`` / ``remove_handler``.
 """
 
 from __future__ import annotations
@@ -127,6 +127,23 @@ def connection_cap(max_connections: int | None = None, store_connections: int = 
     return available
 
 
+class ClientStream(IOStream):
+    """A client connection that keeps TCP_NODELAY on for its whole life.
+
+    Tornado turns Nagle's algorithm off as each response finishes and back on once it is sent:
+    two setsockopt calls (and a look-up of the socket's family) per request, about 1% of a
+    request's instructions. Answers here are written whole as they finish, so there is nothing
+    for Nagle's algorithm to gather between them: it is turned off once, at accept.
+    """
+
+    def __init__(self, connection: socket.socket, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        super().set_nodelay(True)
+
+    def set_nodelay(self, value: bool) -> None:
+        """Nothing to do: TCP_NODELAY is on from the start (see the class)."""
+
+
 class CappedHTTPServer(HTTPServer):
     """Tornado's HTTPServer with a cap on open connections, and an accept loop that pauses
     instead of spinning when the process runs out of descriptors.
@@ -198,7 +215,9 @@ class CappedHTTPServer(HTTPServer):
                 # Any other error belongs to the one connection it took off the queue.
                 self.accept_warning("accepting a connection failed: %s", e.strerror)
                 continue
-            stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+            stream = ClientStream(
+                connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+            )
             self.handle_stream(stream, address)
 
     def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:

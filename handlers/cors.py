@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from handlers.headers import request_header
 from handlers.json_api import ApiError
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def own_origin(handler: RequestHandler) -> str:
 
 def add_cors_headers(handler: RequestHandler, config: Settings) -> None:
     """Let an allowed origin read this answer (every answer, errors included)."""
-    origin = handler.request.headers.get("Origin")
+    origin = request_header(handler.request.headers, "Origin")
     if origin is not None and origin in config.cors_origins:
         handler.set_header("Access-Control-Allow-Origin", origin)
         handler.set_header("Access-Control-Allow-Credentials", "true")
@@ -45,7 +46,7 @@ def add_cors_headers(handler: RequestHandler, config: Settings) -> None:
 def answer_options(handler: RequestHandler, config: Settings, methods: list[str]) -> None:
     """Answer a CORS preflight (204 with what is allowed) or a plain OPTIONS (204 with Allow)."""
     listed = ", ".join(methods)
-    origin = handler.request.headers.get("Origin")
+    origin = request_header(handler.request.headers, "Origin")
     if origin is None:
         handler.set_header("Allow", f"{listed}, OPTIONS")
     elif origin not in config.cors_origins:

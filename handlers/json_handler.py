@@ -18,12 +18,13 @@ from tornado.web import RequestHandler, stream_request_body
 
 from handlers.cookies import cookie_values, parse_cookie_header
 from handlers.cors import add_cors_headers, answer_options, own_origin
+from handlers.headers import request_header
 from handlers.json_api import (
-    JSON,
     JSON_CONTENT_TYPE,
     STATUS_MESSAGES,
     ApiError,
     body_too_large,
+    encode_json,
     error_body,
     parse_json_body,
 )
@@ -106,13 +107,13 @@ class JsonHandler(RequestHandler):
     def request_cookie(self, name: str) -> str | None:
         """The request cookie ``name``, like ``get_cookie`` but parsed once and without Morsels."""
         if self._request_cookies is None:
-            header = self.request.headers.get("Cookie")
+            header = request_header(self.request.headers, "Cookie")
             self._request_cookies = parse_cookie_header(header) if header else {}
         return self._request_cookies.get(name)
 
     def request_cookie_values(self, name: str) -> list[str]:
         """Every value the request's Cookie header gives ``name`` (see `cookie_values`)."""
-        header = self.request.headers.get("Cookie")
+        header = request_header(self.request.headers, "Cookie")
         return cookie_values(header, name) if header else []
 
     def own_origin(self) -> str:
@@ -129,7 +130,7 @@ class JsonHandler(RequestHandler):
     def check_request(self) -> None:
         """The declared body size (413 before it is read) and, for unsafe methods, CSRF (403)."""
         self._request_checked = True
-        declared = self.request.headers.get("Content-Length")
+        declared = request_header(self.request.headers, "Content-Length")
         if declared is not None:
             if not (declared.isascii() and declared.isdigit()):
                 raise ApiError(400, "Invalid Content-Length.")
@@ -176,9 +177,16 @@ class JsonHandler(RequestHandler):
             written.add_done_callback(lambda _: connection.close())
         return written
 
-    def compute_etag(self) -> None:
+    def compute_etag(self) -> str | None:
         # API answers depend on the session; a validator would only invite stale 304s.
         return None
+
+    def check_etag_header(self) -> bool:
+        # Tornado's check runs a regex over If-None-Match on every GET; without that header it
+        # can only answer False, so ask Tornado only when the request carries one.
+        if "If-None-Match" not in self.request.headers:
+            return False
+        return super().check_etag_header()
 
     # Responses -------------------------------------------------------------------------------
 
@@ -186,7 +194,7 @@ class JsonHandler(RequestHandler):
         """Send ``value`` as the JSON response body."""
         self.set_status(status)
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
-        self.write(JSON.encode(value))
+        self.write(encode_json(value))
 
     def options(self, *args: str) -> None:
         """Answer a CORS preflight (no session is touched) or plain OPTIONS with Allow."""

@@ -61,6 +61,10 @@ class JsonFormatter(logging.Formatter):
         return json_line(record.created, record.levelno, record.name, record.getMessage(), fields)
 
 
+# The levels access lines are written at, by name (logging.getLevelName's answer, without a call).
+_LEVEL_NAMES = {level: logging.getLevelName(level) for level in (logging.INFO, logging.WARNING, logging.ERROR)}
+
+
 class AccessLines:
     """Access lines in the configured format, written once per loop iteration."""
 
@@ -80,13 +84,15 @@ class AccessLines:
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return f"{self._stamp},{int((now - second) * 1000):03d}"
 
-    def add(self, level: int, message: str, fields: dict[str, Any]) -> None:
+    def add(self, level: int, message: str, fields: dict[str, Any] | None = None) -> None:
+        """Queue a line; ``fields`` are written in the JSON format only."""
         now = time.time()
         if self.json:
-            line = json_line(now, level, "access", message, fields)
+            line = json_line(now, level, "access", message, fields or {}) + "\n"
         else:
-            line = f"{self._text_time(now)} {logging.getLevelName(level)} access: {message}"
-        self._pending.append(line + "\n")
+            name = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
+            line = f"{self._text_time(now)} {name} access: {message}\n"
+        self._pending.append(line)
         if not self._scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -147,32 +153,34 @@ LOGGED_PATH_LENGTH = 256
 
 def log_request(handler: RequestHandler) -> None:
     """The access line: method, path (no query), status, duration, real client, session hash."""
+    status = handler.get_status()
+    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
     app: SessionApplication = handler.application  # type: ignore[assignment]
     request = handler.request
-    status = handler.get_status()
     session = getattr(handler, "_session", None)
     session_hash = app.sessions.log_id(session.stored_id) if session is not None else "-"
     path = request.path
     if len(path) > LOGGED_PATH_LENGTH:
         # A client chooses the path: its log line stays short however long the path is.
         path = f"{path[:LOGGED_PATH_LENGTH]}...({len(request.path)} characters)"
+    duration = request.request_time() * 1000
+    # Formatted to two places directly: what the rounded duration formats to, without round().
+    message = f"{request.method} {path} {status} {duration:.2f}ms client={request.remote_ip} session={session_hash}"
+    if _access_lines is not None and not _access_lines.json:
+        _access_lines.add(level, message)  # a text line has no fields beside its message
+        return
     fields = {
         "event": "access",
         "method": request.method,
         "path": path,
         "status": status,
-        "duration_ms": round(request.request_time() * 1000, 2),
+        "duration_ms": round(duration, 2),
         "client": request.remote_ip,
         "scheme": request.protocol,
         "session": session_hash,
     }
-    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
-    if not access_log.isEnabledFor(level):
-        return
-    message = (
-        f"{request.method} {path} {status} {fields['duration_ms']:.2f}ms"
-        f" client={request.remote_ip} session={session_hash}"
-    )
     if _access_lines is not None:
         _access_lines.add(level, message, fields)
     else:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.httputil import HTTPHeaders
 from tornado.web import OutputTransform
 
 
 class SecurityHeaders(OutputTransform):
     """Applied to every response: no version in Server, nosniff, no framing, same-origin referrers."""
-
-    def __init__(self, request: HTTPServerRequest) -> None:
-        super().__init__(request)
 
     def transform_first_chunk(
         self, status_code: int, headers: HTTPHeaders, chunk: bytes, finishing: bool

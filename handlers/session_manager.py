@@ -55,6 +55,11 @@ class SessionManager:
         self.verify = self.signer.verify
         self.xsrf_token = self.xsrf.issue
         self.xsrf_valid = self.xsrf.valid
+        # Read on every request; settings are frozen, so plain attributes here.
+        self._absolute_timeout = settings.absolute_timeout
+        self._touch_interval = settings.touch_interval
+        # Indexed by privileged (False, True): an anonymous session never gets the longer one.
+        self._idle_timeouts = (min(settings.idle_timeout, settings.anonymous_idle_timeout), settings.idle_timeout)
         self._log_key = hmac.digest(settings.session_secrets[-1].encode("utf-8"), b"log-id", "sha256")
         self._log_ids: Remembered = Remembered(VERIFIED_CACHE_SIZE)
 
@@ -72,14 +77,12 @@ class SessionManager:
 
     def idle_timeout(self, privileged: bool) -> int:
         """The idle timeout of a logged-in (privileged) or an anonymous session (never the longer)."""
-        if privileged:
-            return self.settings.idle_timeout
-        return min(self.settings.idle_timeout, self.settings.anonymous_idle_timeout)
+        return self._idle_timeouts[privileged]
 
     def _expired(self, record: Record, now: float) -> str | None:
-        if now - record["created_at"] >= self.settings.absolute_timeout:
+        if now - record["created_at"] >= self._absolute_timeout:
             return "absolute timeout"
-        if now - record["last_seen"] >= self.idle_timeout(is_privileged(record)):
+        if now - record["last_seen"] >= self._idle_timeouts[is_privileged(record)]:
             return "idle timeout"
         if record["created_at"] > now + 60:
             return "created in the future"
@@ -87,8 +90,8 @@ class SessionManager:
 
     def ttl(self, created_at: float, now: float, privileged: bool = True) -> float:
         """How long the store should keep a record: the sooner of the idle and absolute ends."""
-        left = self.settings.absolute_timeout - (now - created_at)
-        return max(1.0, min(float(self.idle_timeout(privileged)), left))
+        left = self._absolute_timeout - (now - created_at)
+        return max(1.0, min(float(self._idle_timeouts[privileged]), left))
 
     async def creation_allowed(self, session: Session, client: str | None) -> bool:
         """Whether a new anonymous session may be stored for ``client`` (an address) now.
@@ -144,7 +147,7 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         # A record sealed under an older secret is written again under the newest one at once.
-        touch_due = now - record["last_seen"] >= self.settings.touch_interval or loaded.stale_seal
+        touch_due = now - record["last_seen"] >= self._touch_interval or loaded.stale_seal
         return Session(session_id, loaded, resign=resign, touch_due=touch_due)
 
     async def save(self, session: Session, client: str | None = None) -> CookieChange | None:
@@ -158,12 +161,24 @@ class SessionManager:
         """
         now = self.clock()
         change: CookieChange | None = None
-        if session.operations and session.stored_id is not None and not await self._update(session, now):
-            # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
-            # never resurrect it; the changes start a new anonymous session instead.
-            log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
-            session.id = new_session_id()
-            session.stored_id = None
+        if session.operations and session.stored_id is not None:
+            assert session.created_at is not None
+            # Applied to the newest stored record (one round trip with its version token).
+            merged = await self.store.update(
+                session.stored_id,
+                session.operations,
+                now,
+                self.ttl(session.created_at, now, session.privileged),
+                session.loaded,
+            )
+            if merged is not None:
+                self._adopt(session, session.stored_id, merged)
+            else:
+                # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
+                # never resurrect it; the changes start a new anonymous session instead.
+                log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+                session.id = new_session_id()
+                session.stored_id = None
         if session.operations and session.stored_id is None:
             change = await self._create(session, client, now)
         elif session.stored_id is not None and session.touch_due:
@@ -201,21 +216,6 @@ class SessionManager:
         log.info("session %s (session=%s)", event, hashed, extra={"event": f"session.{event}", "session": hashed})
         self._adopt(session, session.id, record)
         return CookieChange(self.sign(session.id))
-
-    async def _update(self, session: Session, now: float) -> bool:
-        """Apply the session's writes to its newest stored record; False if the record is gone."""
-        assert session.stored_id is not None and session.created_at is not None
-        merged = await self.store.update(
-            session.stored_id,
-            session.operations,
-            now,
-            self.ttl(session.created_at, now, session.privileged),
-            session.loaded,
-        )
-        if merged is None:
-            return False
-        self._adopt(session, session.stored_id, merged)
-        return True
 
     async def _touch(self, session: Session, now: float) -> None:
         """Refresh ``last_seen`` and the TTL of a session the request only read."""

@@ -106,7 +106,7 @@ class Session(MutableMapping[str, Any]):
     @property
     def unsaved(self) -> bool:
         """True if saving has anything to do: a write, a touch, or a cookie to re-sign or clear."""
-        return self.modified or self.touch_due or self.resign or self.stale_cookie
+        return bool(self.operations or self.retired_ids or self.touch_due or self.resign or self.stale_cookie)
 
     # Writing -------------------------------------------------------------------------------
 

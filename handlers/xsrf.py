@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from handlers.cookies import VERIFIED_CACHE_SIZE
 from handlers.cors import normalise_origin, own_origin
+from handlers.headers import request_header
 from handlers.json_api import ApiError
 from handlers.remembered import Remembered
 from stores.users import b64url
@@ -64,12 +65,12 @@ def check_csrf(handler: JsonHandler) -> None:
     must still be this session's token).
     """
     config = handler.app.config
-    origin = handler.request.headers.get("Origin")
+    origin = request_header(handler.request.headers, "Origin")
     if origin is not None:
         if origin in config.cors_origins or normalise_origin(origin) == own_origin(handler):
             return
         raise ApiError(403, "Cross-origin request refused.")
-    header = handler.request.headers.get(config.xsrf_header_name)
+    header = request_header(handler.request.headers, config.xsrf_header_name)
     session_id, _ = handler.app.sessions.verify(handler.request_cookie(config.cookie_name))
     if not header or not handler.app.sessions.xsrf_valid(header, session_id):
         raise ApiError(403, "Missing or invalid XSRF token.")

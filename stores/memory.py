@@ -143,34 +143,28 @@ class MemoryStore(SessionStore):
             del order[session_id]
         return False, self.sweep_batch
 
-    def _entry(self, session_id: str) -> tuple[OrderedDict[str, tuple[str, float]], tuple[str, float]] | None:
-        """Where a record is kept, and its entry there."""
-        entry = self._records.get(session_id)
-        if entry is not None:
-            return self._records, entry
-        entry = self._privileged.get(session_id)
-        if entry is not None:
-            return self._privileged, entry
-        return None
-
     def _live(self, session_id: str) -> str | None:
-        found = self._entry(session_id)
-        if found is None:
-            return None
-        table, (text, expires_at) = found
-        if expires_at <= self.clock():
+        table = self._records
+        entry = table.get(session_id)
+        if entry is None:
+            table = self._privileged
+            entry = table.get(session_id)
+            if entry is None:
+                return None
+        if entry[1] <= self.clock():
             del table[session_id]
             return None
         table.move_to_end(session_id)
-        return text
+        return entry[0]
 
-    def _put(self, session_id: str, record: Record, ttl: float) -> None:
+    def _put(self, session_id: str, record: Record, ttl: float, now: float | None = None) -> None:
+        """Keep ``record`` for ``ttl`` seconds from ``now`` (this store's clock, if not given)."""
         # As text: orjson's bytes keep the 4 KiB buffer they were written into; decoding copies
         # the JSON into an object of its own size (about 150 bytes for the reference app's record).
         text = dump_record(record, self.max_record_size).decode("utf-8")
         table, other = (self._privileged, self._records) if is_privileged(record) else (self._records, self._privileged)
         other.pop(session_id, None)
-        table[session_id] = (text, self.clock() + ttl)
+        table[session_id] = (text, (self.clock() if now is None else now) + ttl)
         table.move_to_end(session_id)
         while len(self._records) + len(self._privileged) > self.max_sessions:
             # An anonymous record first, even the one just stored: never a logged-in one while
@@ -205,13 +199,14 @@ class MemoryStore(SessionStore):
     def _update(
         self, session_id: str, operations: Sequence[Operation], now: float, ttl: float, loaded: Loaded | None
     ) -> Record | None:
-        found = self._entry(session_id)
-        entry = found[1] if found is not None else None
-        if loaded is not None and entry is not None and loaded.version is entry[0] and entry[1] > self.clock():
-            # Nothing was written since that load: apply to it rather than parse the value again.
-            merged = apply_operations(loaded.record, operations, now)
-            self._put(session_id, merged, ttl)
-            return merged
+        if loaded is not None:
+            entry = self._records.get(session_id) or self._privileged.get(session_id)
+            clock = self.clock()
+            if entry is not None and loaded.version is entry[0] and entry[1] > clock:
+                # Nothing was written since that load: apply to it rather than parse the value again.
+                merged = apply_operations(loaded.record, operations, now)
+                self._put(session_id, merged, ttl, clock)
+                return merged
         return self._apply(session_id, operations, now, ttl)
 
     def _apply(self, session_id: str, operations: Sequence[Operation], now: float, ttl: float) -> Record | None:

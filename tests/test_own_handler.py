@@ -145,9 +145,20 @@ class MappingHandler(SessionHandler):
         self.write_json({"keys": sorted(session), "length": len(session)})
 
 
+class VersionedHandler(JsonHandler):
+    """Computes its own validator: Tornado's If-None-Match check then answers 304 as it always does."""
+
+    def compute_etag(self) -> str:
+        return '"v1"'
+
+    def get(self) -> None:
+        self.write_json({"version": 1})
+
+
 @pytest.fixture
 def app(config, store, users, clock) -> SessionApplication:
     routes = [
+        (r"/api/versioned", VersionedHandler),
         (r"/api/mapping", MappingHandler),
         (r"/api/cart", CartHandler),
         (r"/api/odd", OddValueHandler),
@@ -159,6 +170,17 @@ def app(config, store, users, clock) -> SessionApplication:
         (r"/api/mixed", MixedHandler),
     ]
     return SessionApplication(config, store, users, clock=clock, extra_routes=routes)
+
+
+@pytest.mark.gen_test
+async def test_a_handler_that_sets_an_etag_gets_tornados_304(browser: Browser):
+    r = await browser.get("/api/versioned")
+    assert (r.code, r.headers["Etag"], body_json(r)) == (200, '"v1"', {"version": 1})
+    assert (await browser.get("/api/versioned", headers={"If-None-Match": '"v1"'})).code == 304
+    assert (await browser.get("/api/versioned", headers={"If-None-Match": '"v0"'})).code == 200
+    assert (await browser.get("/api/versioned", headers={"If-None-Match": "*"})).code == 304
+    # Our own answers carry no validator, so an If-None-Match never turns them into a 304.
+    assert (await browser.get("/livez", headers={"If-None-Match": "*"})).code == 200
 
 
 @pytest.mark.gen_test
@@ -274,6 +296,7 @@ TORNADO_HOOKS = {
     "flush",
     "log_exception",
     "compute_etag",
+    "check_etag_header",
     "get_current_user",
     "get_login_url",
     "get",
