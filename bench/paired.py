@@ -79,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=2, help="whole seconds per wrk run")
     parser.add_argument("--concurrency", default="1,50", help="comma-separated connection counts")
     parser.add_argument("--stores", default="memory,memcached", help="comma-separated stores")
+    parser.add_argument(
+        "--routes", default=",".join(ROUTES), help="comma-separated routes: counter, balance, ceiling (no session)"
+    )
     parser.add_argument("--sessions", type=int, default=500, help="browsers prepared per server and kind")
     parser.add_argument("--out", default=str(BENCH / "results"), help="folder for the JSON results")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     stores = args.stores.split(",")
+    routes = args.routes.split(",")
+    if unknown := set(routes) - set(SCENARIOS):
+        parser.error(f"unknown routes: {', '.join(sorted(unknown))}")
     revision = subprocess.run(
         ["git", "rev-parse", "--short", args.baseline], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             errors = {"ours": 0, "base": 0}
             rps: dict[tuple[str, str, int, str], list[float]] = {}
             p50: dict[tuple[str, str, int, str], list[float]] = {}
-            combos = [(store, route, c) for store in stores for route in ROUTES for c in concurrencies]
+            combos = [(store, route, c) for store in stores for route in routes for c in concurrencies]
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1} of {args.rounds}", flush=True)
                 order = list(combos)
