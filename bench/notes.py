@@ -30,11 +30,10 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
     if "memcached counter / memory counter" in missed:
         notes.append(
             "- **memcached page counter.** The loads and compare-and-swap writes of one loop iteration go "
-            "to memcached as one batch: one hand-off to a worker thread, one send and one round trip "
-            "(`BatchClient.exchange`), the answers back by callback on the loop. Instrumented under load, "
-            "a batch's round trip took 0.75-1.1 ms of a cycle of about 20 ms, so the loop seldom waits; "
-            "a run below the target is within this machine's spread (see the spread columns) or a sign "
-            "that batches were small (few connections)."
+            "to memcached as one batch: one send on a pipelined connection the IOLoop reads itself "
+            "(`stores/memcached_wire.py`), answers parsed as they arrive, no thread hand-off. A run below "
+            "the target is within this machine's spread (see the spread columns) or a sign that batches "
+            "were small (few connections)."
         )
     counted = report.get("instructions", {}).get("memory")
     counted_text = (
@@ -89,6 +88,10 @@ def explain(report: dict[str, Any], top: int) -> list[str]:
         )
     if "memcached balance / ceiling" in missed:
         notes.append(memcached_read_note(report, extra_us("memcached", "balance"), extra_us("memory", "balance")))
+    if any("c=1 p50" in t or t.startswith("lead:") for t in missed):
+        note = one_connection_note(report)
+        if note:
+            notes.append(note)
     if any(t.endswith("/ express-session") for t in missed):
         ours, theirs = rps("ours-memory", "ceiling"), rps("express-memory", "ceiling")
         notes.append(
@@ -142,24 +145,45 @@ def memcached_read_note(report: dict[str, Any], extra_us: float, memory_extra_us
     return (
         f"- **memcached reads.** In this run a memcached read adds {extra_us:.0f} µs to a request against the "
         f"ceiling; the memory store's adds {memory_extra_us:.0f} µs. {where}{count}"
-        "What that CPU is: on the IOLoop thread, 25 more Python calls a read than on the memory store "
-        "(cProfile at 50 connections: 690 against 665): the key's SHA-256, a future per load, the batch's "
-        "bookkeeping, the record parsed and checked, and the coroutine frames between the handler and the "
-        "store resumed after the wait (none of them suspends on the memory store, though one made to wait "
-        "on a future for every load was no slower in paired runs: each step is small); on the workers, one "
-        "batch's send and receive (one receive a batch of about 47 answers, 9 KB, instrumented) and its "
-        "answers parsed in Python (3.0 µs a key in a tight loop, about a third of the workers' time), and the thread "
-        "hand-offs. The loop waits little because a batch holds 47-50 of the 50 requests in flight and its "
-        "round trip is under 1 ms of a cycle of about 20 ms. Measured and removed: a second value per load "
-        "(last_seen in a key of its own), the garbage collector walking the suspended requests, touches "
-        "as round trips of their own. Measured and not kept: the batch's reads parsed in C (libmemcached "
-        "through pylibmc: no fewer instructions per read), and the exchange on a non-blocking connection "
-        "in the IOLoop itself (asyncio, no worker threads: 1.08 and 0.99 of the threaded read's "
-        "throughput in paired runs of 12 and 19 rounds, this machine's noise). No step costs more than "
-        "about 1 µs; what would get the read to 0.90 is fewer Python steps per read, not a faster one: the "
-        "exchange, the parsing of a batch's answers and the resolution of its waiting requests in one "
-        "native call per batch, beside a compiled session core (mypyc on the core alone moved a whole "
-        "request by about 2%)."
+        "What that CPU is: about 120 more Python calls a request than on the memory store (cProfile): the "
+        "key's SHA-256, a future per load, the batch's bookkeeping, the answer parsed and the record's MAC "
+        "checked, and the coroutine frames between the handler and the store resumed after the wait; "
+        "each a microsecond or less. The batch itself goes out on a pipelined connection the IOLoop reads "
+        "(`stores/memcached_wire.py`). Measured and removed earlier: a second value per load, the garbage "
+        "collector walking the suspended requests, touches as round trips of their own, and (at one "
+        "connection) the worker threads' hand-offs. Measured and not kept: the batch's reads parsed in C "
+        "(libmemcached through pylibmc: no fewer instructions per read) and a compiled session core "
+        "(mypyc: about 2% of a whole request). What would reach 0.90 is fewer Python steps between the "
+        "socket and the store, not a faster one."
+    )
+
+
+def one_connection_note(report: dict[str, Any]) -> str | None:
+    """Where a memcached request's time goes at one connection, from this run's floor rows."""
+    rows = {(r["mode"], r["scenario"]): r for r in report.get("floor", [])}
+    if not rows:
+        return None
+    parts = [
+        f"{mode} {scenario} p50 {r['p50_ms']:.3f} ms against a floor of {r['floor_ms']:.3f} "
+        f"({r['round_trips']} x {r['rtt_ms'] * 1000:.0f} µs raw round trip)"
+        for (mode, scenario), r in sorted(rows.items())
+    ]
+    return (
+        "- **One connection on memcached.** "
+        + "; ".join(parts)
+        + ". A round trip timed from the servers' core to memcached on the other costs several times one "
+        "on a shared core: on this virtual machine waking an idle core is dear, and each round trip wakes "
+        "two (memcached's, then the server's). The counter needs two (a `gets`, then a `cas`: the response "
+        "waits for the write, so no cookie promises what the store did not keep), as express-session's "
+        "`get` and `set` do. The store's own CPU per load and save is about 30 µs on one core (a "
+        "tight loop, no HTTP), most of it the two sends' system calls; what lies above the floor is "
+        "mostly the two wake-ups the raw figure does not pay twice (the script's socket waits in one "
+        "blocking receive, the server in epoll). Measured and not kept: spinning on the socket after a "
+        "send instead of sleeping (34-47 against 53-71 µs a round trip across cores, in a micro-benchmark), "
+        "which burns the core the IOLoop needs at higher concurrency and, unpinned, the core memcached "
+        "may need; a `cas` with the token a process already holds (no `gets`) was not built: a response "
+        "would be computed from a copy the store had not confirmed, and a read-only request would never "
+        "learn of a logout made through another process."
     )
 
 
@@ -172,6 +196,7 @@ def explain_modes(report: dict[str, Any], top: int) -> list[str]:
             "results": in_mode(report["results"], mode),
             "targets": [t for t in report["targets"] if t.get("mode") == mode],
             "cpu": [r for r in report.get("cpu", []) if mode_of(r) == mode],
+            "floor": [r for r in report.get("floor", []) if r.get("mode") == mode],
         }
         notes += [note.replace(".**", f" ({mode}).**", 1) for note in explain(view, top)]
     return notes
