@@ -49,6 +49,8 @@ def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: JsonHandler, *args: Any, **kwargs: Any) -> Any:
         if not self._request_checked:
             self.check_request()
+        # From here the request is the method's until it finishes, whether or not its client stays.
+        self._running = True
         return method(self, *args, **kwargs)
 
     wrapper._checked = True  # type: ignore[attr-defined]
@@ -80,6 +82,7 @@ class JsonHandler(RequestHandler):
         self._request_checked = False
         # Counted so a shutdown can wait for requests in flight.
         self._counted = True
+        self._running = False
         self.app.in_flight += 1
 
     def _uncount(self) -> None:
@@ -91,7 +94,11 @@ class JsonHandler(RequestHandler):
         self._uncount()
 
     def on_connection_close(self) -> None:
-        self._uncount()
+        # A client gone before the method began (while it sent its body, say) leaves nothing to
+        # wait for. Once the method runs, it finishes (and saves its session) even without its
+        # client, and a shutdown waits for that: on_finish uncounts it.
+        if not self._running:
+            self._uncount()
 
     # Headers ---------------------------------------------------------------------------------
 

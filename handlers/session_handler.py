@@ -34,6 +34,7 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
 
     @functools.wraps(method)
     async def wrapper(self: SessionHandler, *args: Any, **kwargs: Any) -> None:
+        self._running = True  # see JsonHandler.on_connection_close: finished even if the client leaves
         try:
             # Before the method, so Tornado's @authenticated (inside this wrapper) sees the user.
             self.current_user = self.user_of(await self.get_session())

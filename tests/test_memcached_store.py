@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -608,3 +609,50 @@ def test_a_key_prefix_memcached_cannot_take_is_refused():
     for prefix in ("two words:", "tab\t", "naïve:", "x" * 101):
         with pytest.raises(ValueError, match="key prefix"):
             MemcachedStore(["127.0.0.1:11211"], record_keys=RECORD_KEYS, prefix=prefix)
+
+
+def memcached_has_unread_bytes(server: Memcached) -> bool:
+    """Whether a connection to ``server`` holds bytes it has not read (it is paused, say)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                unread = int(fields[4].split(":")[1], 16)
+                if local_port == server.port and unread > 0:
+                    return True
+    return False
+
+
+def test_a_request_whose_client_left_still_saves_before_the_process_exits(memcached: Memcached):
+    env = {
+        "SESSION_STORE": "memcached",
+        "MEMCACHED_SERVERS": memcached.address,
+        "MEMCACHED_TIMEOUT": "10",
+        "SESSION_SECRETS": test_secret(),
+    }
+    with AppProcess(env) as app:
+        with urllib.request.urlopen(app.base_url + "/api", timeout=5) as first:
+            cookie = first.headers["Set-Cookie"].split(";")[0]
+        memcached.pause()
+        try:
+            with socket.create_connection(("127.0.0.1", app.port), timeout=5) as client:
+                client.sendall(f"GET /api HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode())
+                # The request's load has reached memcached (waiting there, unread): the method runs.
+                deadline = time.monotonic() + 10
+                while not memcached_has_unread_bytes(memcached):
+                    assert time.monotonic() < deadline, "the request's load never reached memcached"
+                    time.sleep(0.01)
+            # Its client is gone; the process is told to stop while the request waits on memcached.
+            app.send_signal(signal.SIGTERM)
+            app.wait_for_output("stopping")
+        finally:
+            memcached.resume()
+        assert app.wait() == 0
+        log = app.output
+    # The shutdown waited for it: nothing was answered with a 500, and the visit was saved.
+    assert " 500 " not in log and "Traceback" not in log
+    with AppProcess(env) as again:
+        request = urllib.request.Request(again.base_url + "/api", headers={"Cookie": cookie})
+        with urllib.request.urlopen(request, timeout=5) as third:
+            assert third.read().decode() == "You visited this page 3 times"
