@@ -500,8 +500,15 @@ def new_report(args: argparse.Namespace, split: tuple[set[int], set[int]] | None
     }
 
 
-def measure_delayed(delayed: Server, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The counter through the 20 ms proxy at one connection and the highest concurrency."""
+def measure_delayed(delayed: Server, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The counter through the 20 ms proxy at one connection and the highest concurrency.
+
+    Its browsers are prepared here, in each mode: anonymous sessions end after five idle minutes,
+    and a mode's other runs take longer than that (browsers whose sessions had ended would each
+    make a new session per request, and measure that)."""
+    count = min(args.sessions, 200)
+    print(f"{delayed.name}: preparing {count} anonymous and {count} logged-in browsers", flush=True)
+    prepare_browsers(delayed, count, work)
     results = []
     for concurrency in sorted({1, max(args.concurrency)}):
         runs = [
@@ -545,7 +552,7 @@ def measure_mode(mode: str, setup: Setup, args: argparse.Namespace, placement: P
     print(f"  raw round trip to memcached: {round_trip['median_ms']:.4f} ms (median)", flush=True)
     results = measure(setup.servers, args)
     print(f"ours-delayed: memcached behind a {DELAY_MS} ms delaying proxy", flush=True)
-    results += measure_delayed(setup.delayed, args)
+    results += measure_delayed(setup.delayed, args, setup.work)
     return {"results": [{"mode": mode, **r} for r in results], "round_trip": round_trip}
 
 
@@ -573,10 +580,9 @@ def run_servers(setup: Setup, args: argparse.Namespace, report: dict[str, Any], 
         try:
             for server in everything:
                 server.start(work)
-            for server in everything:
-                count = args.sessions if server is not setup.delayed else min(args.sessions, 200)
-                print(f"{server.name}: preparing {count} anonymous and {count} logged-in browsers", flush=True)
-                prepare_browsers(server, count, work)
+            for server in setup.servers:
+                print(f"{server.name}: preparing {args.sessions} anonymous and logged-in browsers", flush=True)
+                prepare_browsers(server, args.sessions, work)
             measured = {mode: measure_mode(mode, setup, args, placement) for mode in modes}
         finally:
             for server in everything:
