@@ -1,5 +1,5 @@
 # Quick start:  make run   (serve, dev settings)   |   make test   (lint, types, the whole suite)
-# Also:         make bench (the load benchmark; a few minutes; updates docs/BENCHMARKS.md)
+# Also:         make bench (the load benchmark, pinned and unpinned; about 18 minutes; updates docs/BENCHMARKS.md)
 # Each target installs what it needs: a virtual environment from the requirements files and,
 # when running as root, the system packages the tests start (memcached, redis, nginx, chromium).
 
