@@ -83,6 +83,23 @@ class ServerProcess:
         """Stop the process where it is (SIGSTOP): its port stays open and answers nothing."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        # The signal is delivered asynchronously: until every thread has stopped, the server may
+        # still answer what a test sends next. Wait for the kernel to report them stopped.
+        deadline = time.monotonic() + 5
+        while not all(state == "T" for state in self._thread_states()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the process did not stop")
+            time.sleep(0.001)
+
+    def _thread_states(self) -> list[str]:
+        """The scheduler state of each of the process's threads (R, S, T for stopped...)."""
+        assert self.process is not None
+        states = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                # /proc/<pid>/task/<tid>/stat: "tid (comm) state ..."; comm may hold spaces.
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        return states
 
     def resume(self) -> None:
         assert self.process is not None
