@@ -251,7 +251,8 @@ class MemcachedStore(SessionStore):
 
     @property
     def connections(self) -> int:
-        return self.threads * len(self._ring.nodes)
+        # Per node: the pool (one per thread) and the pipelined connection of loads and saves.
+        return (self.threads + 1) * len(self._ring.nodes)
 
     async def start(self) -> None:
         self._prober.start()

@@ -656,3 +656,16 @@ def test_a_request_whose_client_left_still_saves_before_the_process_exits(memcac
         request = urllib.request.Request(again.base_url + "/api", headers={"Cookie": cookie})
         with urllib.request.urlopen(request, timeout=5) as third:
             assert third.read().decode() == "You visited this page 3 times"
+
+
+def test_the_store_reserves_a_descriptor_per_pooled_and_pipelined_connection(memcached: Memcached):
+    other = Memcached().start()
+    try:
+        store = make_store(memcached, other, threads=3)
+        try:
+            # Per node: three pooled connections (one per worker thread) and the pipelined one.
+            assert store.connections == 2 * (3 + 1)
+        finally:
+            store.shutdown()
+    finally:
+        other.stop()
