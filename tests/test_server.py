@@ -7,6 +7,7 @@ import contextlib
 import gc
 import socket
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pytest
 from tornado.web import Application, RequestHandler
@@ -26,6 +27,17 @@ def serving(handler: type[RequestHandler]) -> Iterator[int]:
         yield port
     finally:
         server.stop()
+
+
+def read_answer(replies: BinaryIO) -> bytes:
+    """The body of the next answer in ``replies``, which must be a 200."""
+    assert replies.readline().startswith(b"HTTP/1.1 200")
+    length = 0
+    while (line := replies.readline()) != b"\r\n":
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return replies.read(length)
 
 
 class SizeReport(RequestHandler):
@@ -51,19 +63,37 @@ async def test_reads_are_small_and_requests_larger_than_a_read_arrive_whole():
                 sock.sendall(requests)
                 answers = []
                 for _ in range(2):
-                    assert replies.readline().startswith(b"HTTP/1.1 200")
-                    length = 0
-                    while (line := replies.readline()) != b"\r\n":
-                        name, _, value = line.partition(b":")
-                        if name.lower() == b"content-length":
-                            length = int(value)
-                    answers.append(replies.read(length))
+                    answers.append(read_answer(replies))
             return answers
 
         # A head and a body many reads long, and a second request behind them in the same bytes.
         answers = await asyncio.get_running_loop().run_in_executor(None, two_large_requests_in_one_send)
         assert answers == [b"%d 20000 100000" % READ_CHUNK_SIZE, b"%d 5 3" % READ_CHUNK_SIZE]
         assert READ_CHUNK_SIZE < 65536  # Tornado's default, allocated and zeroed for every read
+
+
+class NodelayReport(RequestHandler):
+    def get(self) -> None:
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        self.write(str(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+
+@pytest.mark.gen_test
+async def test_client_connections_keep_tcp_nodelay_on_between_requests():
+    # Tornado turns Nagle's algorithm back on once each response is sent; the server's own
+    # streams keep it off for the connection's life, so the second request still sees it off.
+    with serving(NodelayReport) as port:
+
+        def two_requests_on_one_connection() -> list[bytes]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as replies:
+                answers = []
+                for _ in range(2):
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answers.append(read_answer(replies))
+            return answers
+
+        answers = await asyncio.get_running_loop().run_in_executor(None, two_requests_on_one_connection)
+        assert all(int(answer) != 0 for answer in answers), answers
 
 
 def test_the_garbage_collector_is_settled_for_serving_and_still_collects():
