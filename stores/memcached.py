@@ -111,8 +111,9 @@ class MemcachedStore(SessionStore):
     Options (environment variables ``MEMCACHED_<OPTION>``): ``servers`` (host:port, comma-separated;
     127.0.0.1:11211), ``prefix`` ("session:"), ``timeout`` and ``connect_timeout`` (0.5 s),
     ``threads`` (16: worker threads, and pooled connections per node, for the calls outside the
-    batches: creates, deletes, counters, probes), ``dead_after`` (3 s failing before a node leaves the ring), ``probe_interval``
-    (1 s), and TLS: ``tls_ca`` (turns it on), ``tls_cert`` and ``tls_key`` (a client certificate).
+    batches: creates, deletes, counters, probes), ``dead_after`` (3 s failing before a node leaves
+    the ring), ``probe_interval`` (1 s), and TLS: ``tls_ca`` (turns it on), ``tls_cert`` and
+    ``tls_key`` (a client certificate).
     """
 
     name = "memcached"
