@@ -98,6 +98,7 @@ class MemcachedOptions(NamedTuple):
     connect_timeout: float
     timeout: float
     threads: int
+    busy_poll: float
     dead_after: float
     probe_interval: float
     tls_ca: str | None
@@ -111,7 +112,9 @@ class MemcachedStore(SessionStore):
     Options (environment variables ``MEMCACHED_<OPTION>``): ``servers`` (host:port, comma-separated;
     127.0.0.1:11211), ``prefix`` ("session:"), ``timeout`` and ``connect_timeout`` (0.5 s),
     ``threads`` (16: worker threads, and pooled connections per node, for the calls outside the
-    batches: creates, deletes, counters, probes), ``dead_after`` (3 s failing before a node leaves
+    batches: creates, deletes, counters, probes), ``busy_poll`` (200 µs: how long the loop polls
+    without sleeping for an answer to a batch sent on an idle connection; 0 turns it off; see
+    `stores.memcached_wire`), ``dead_after`` (3 s failing before a node leaves
     the ring), ``probe_interval`` (1 s), and TLS: ``tls_ca`` (turns it on), ``tls_cert`` and
     ``tls_key`` (a client certificate).
     """
@@ -130,6 +133,7 @@ class MemcachedStore(SessionStore):
             connect_timeout=read.number("connect_timeout", 0.5),
             timeout=read.number("timeout", 0.5),
             threads=int(read.number("threads", 16, whole=True)),
+            busy_poll=read.number("busy_poll", 200, zero=True),
             dead_after=read.number("dead_after", 3.0),
             probe_interval=read.number("probe_interval", 1.0),
             tls_ca=read.file("tls_ca"),
@@ -158,6 +162,7 @@ class MemcachedStore(SessionStore):
             connect_timeout=checked.connect_timeout,
             timeout=checked.timeout,
             threads=checked.threads,
+            busy_poll=checked.busy_poll / 1e6,
             max_record_size=context.max_record_size,
             dead_after=checked.dead_after,
             probe_interval=checked.probe_interval,
@@ -173,6 +178,7 @@ class MemcachedStore(SessionStore):
         connect_timeout: float = 0.5,
         timeout: float = 0.5,
         threads: int = 8,
+        busy_poll: float = 0.0,
         max_record_size: int = 64 * 1024,
         dead_after: float = 3.0,
         probe_interval: float = 1.0,
@@ -195,7 +201,9 @@ class MemcachedStore(SessionStore):
         self._wires: dict[str, Wire] = {}
         for server in servers:
             host, port = parse_address(server)
-            self._wires[server] = Wire(host, port, connect_timeout=connect_timeout, timeout=timeout, tls=tls)
+            self._wires[server] = Wire(
+                host, port, connect_timeout=connect_timeout, timeout=timeout, tls=tls, busy_poll=busy_poll
+            )
             clients[server] = CheckedPooledClient(
                 (host, port),
                 connect_timeout=connect_timeout,

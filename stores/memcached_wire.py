@@ -14,6 +14,14 @@ oldest unanswered batch bounds the wait: no answer to it within ``timeout`` clos
 and fails every batch on it (a later answer could not be trusted to match). A closed or failed
 connection is opened again by the next batch, within ``connect_timeout``.
 
+Busy polling (``busy_poll``, microseconds, as Linux names its own): when a batch leaves an idle
+connection, the loop keeps turning, each turn a poll of every socket that does not sleep, until
+the answers are in or ``busy_poll`` has passed. Asleep, the core idles through the round trip and
+wakes with its caches cold: at one connection, on this project's benchmark machine, a counter
+request then took 0.48 ms of CPU against 0.22 ms on the memory store, and its p50 fell from 0.56
+to 0.40 ms with the loop kept turning. The cost is CPU the process would otherwise spend idle,
+bounded per round trip; under load the loop has other work and seldom polls idle.
+
 pymemcache keeps the rest (adds, deletes, counters, probes, and the read-again-and-retry after a
 lost compare-and-swap): rare calls, on its pooled blocking connections and the store's threads.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -90,9 +99,18 @@ def _value_header(line: bytes) -> tuple[str, int, bytes]:
 class _Connection(asyncio.Protocol):
     """One connection to memcached and the batches sent on it, oldest first."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        busy_poll: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.loop = loop
         self.timeout = timeout
+        self.busy_poll = busy_poll  # seconds
+        self.clock = clock  # for busy polling: uvloop's loop.time() moves in whole milliseconds
+        self.polling_until = 0.0
         self.transport: asyncio.Transport | None = None
         self.sent: collections.deque[_Batch] = collections.deque()
         self.buffer = b""
@@ -110,6 +128,16 @@ class _Connection(asyncio.Protocol):
         self.transport.write(request)
         if self.timer is None:
             self.timer = self.loop.call_at(batch.sent_at + self.timeout, self._check_deadline)
+        if self.busy_poll and len(self.sent) == 1:
+            self.polling_until = self.clock() + self.busy_poll
+            self.loop.call_soon(self._poll)
+
+    def _poll(self) -> None:
+        """One turn of busy polling: called again on the loop's next turn (which polls the
+        sockets without sleeping, as it has a callback ready) while an answer is due, until
+        ``busy_poll`` has passed."""
+        if self.sent and not self.closed and self.clock() < self.polling_until:
+            self.loop.call_soon(self._poll)
 
     def _check_deadline(self) -> None:
         """The oldest unanswered batch has waited ``timeout``: fail the connection; else look again later."""
@@ -159,11 +187,19 @@ class Wire:
     """Batches to one memcached node over one pipelined connection, opened when first needed."""
 
     def __init__(
-        self, host: str, port: int, *, connect_timeout: float, timeout: float, tls: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        busy_poll: float = 0.0,
     ) -> None:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.busy_poll = busy_poll
         self.tls = tls
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -190,7 +226,7 @@ class Wire:
             server_hostname = self.host if self.tls is not None else None
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, self.timeout),
+                    lambda: _Connection(loop, self.timeout, self.busy_poll),
                     self.host,
                     self.port,
                     ssl=self.tls,

@@ -70,15 +70,16 @@ class Options:
             return default
         return value
 
-    def number(self, name: str, default: float, *, whole: bool = False) -> float:
-        """A positive number (a whole one if ``whole``)."""
+    def number(self, name: str, default: float, *, whole: bool = False, zero: bool = False) -> float:
+        """A positive number (a whole one if ``whole``; 0 too if ``zero``)."""
         value = self.raw.get(name, default)
         try:
             number = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
             number = math.nan
-        if not math.isfinite(number) or number <= 0 or (whole and number != int(number)):
-            self._problem(name, f"expected a positive {'whole ' if whole else ''}number, got {value!r}")
+        if not math.isfinite(number) or number < 0 or (number == 0 and not zero) or (whole and number != int(number)):
+            kind = "positive" if not zero else "non-negative"
+            self._problem(name, f"expected a {kind} {'whole ' if whole else ''}number, got {value!r}")
             return default
         return int(number) if whole else number
 

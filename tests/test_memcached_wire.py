@@ -10,6 +10,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
+from stores.memcached import MemcachedStore
 from stores.memcached_client import CasWrite, Exchanged
 from stores.memcached_wire import Landed, Wire, _Batch, _Connection
 from tests.services import Memcached
@@ -174,3 +175,68 @@ async def test_a_refused_connection_fails_the_batch_and_a_restart_is_found(memca
         assert (await exchange(wire, [], ["session:none"])).found == {}
     finally:
         wire.close()
+
+
+class StepClock:
+    """A clock for busy polling that moves only when told, and counts how often it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+async def loop_turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.gen_test
+async def test_busy_polling_lasts_until_the_answer_or_its_bound():
+    loop = asyncio.get_running_loop()
+    clock = StepClock()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, 0.0002, clock), sock=left)
+        results: list[Exchanged | BaseException | None] = []
+        connection.send(b"", _Batch(0, True, collector(results), loop.time()))
+        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # pipelined: no second poller
+        await loop_turns(20)
+        polled = clock.reads
+        assert polled >= 15  # every turn of the loop polled once, as the answers are due
+        connection.data_received(b"END\r\nEND\r\n")
+        await loop_turns(20)
+        assert len(results) == 2 and clock.reads <= polled + 2  # answered: the polling ends
+
+        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # idle again: polls again
+        await loop_turns(5)
+        assert clock.reads >= polled + 5
+        clock.now = 0.00021  # past the bound with no answer: the loop may sleep again
+        await loop_turns(3)
+        stopped = clock.reads
+        await loop_turns(20)
+        assert clock.reads == stopped and len(results) == 2  # still waiting, no longer polling
+        connection.fail(ConnectionResetError())
+        assert isinstance(results[-1], ConnectionResetError)
+
+
+@pytest.mark.gen_test
+async def test_busy_polling_off_reads_no_clock():
+    loop = asyncio.get_running_loop()
+    clock = StepClock()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, 0.0, clock), sock=left)
+        connection.send(b"", _Batch(0, True, collector([]), loop.time()))
+        await loop_turns(10)
+        assert clock.reads == 0
+        connection.fail(ConnectionResetError())
+
+
+def test_busy_poll_is_read_in_microseconds_and_zero_turns_it_off():
+    assert MemcachedStore.check_options({}).busy_poll == 200
+    assert MemcachedStore.check_options({"busy_poll": "0"}).busy_poll == 0
+    assert MemcachedStore.check_options({"busy_poll": "50"}).busy_poll == 50
