@@ -112,9 +112,9 @@ class MemcachedStore(SessionStore):
     Options (environment variables ``MEMCACHED_<OPTION>``): ``servers`` (host:port, comma-separated;
     127.0.0.1:11211), ``prefix`` ("session:"), ``timeout`` and ``connect_timeout`` (0.5 s),
     ``threads`` (16: worker threads, and pooled connections per node, for the calls outside the
-    batches: creates, deletes, counters, probes), ``busy_poll`` (200 µs: how long the loop polls
-    without sleeping for an answer to a batch sent on an idle connection; 0 turns it off; see
-    `stores.memcached_wire`), ``dead_after`` (3 s failing before a node leaves
+    batches: creates, deletes, counters, probes), ``busy_poll`` (200 µs: how long the loop polls,
+    rather than sleeps, after a batch is sent while answers are due; 0 turns it off; see
+    `stores.busy_poll`), ``dead_after`` (3 s failing before a node leaves
     the ring), ``probe_interval`` (1 s), and TLS: ``tls_ca`` (turns it on), ``tls_cert`` and
     ``tls_key`` (a client certificate).
     """
@@ -133,7 +133,7 @@ class MemcachedStore(SessionStore):
             connect_timeout=read.number("connect_timeout", 0.5),
             timeout=read.number("timeout", 0.5),
             threads=int(read.number("threads", 16, whole=True)),
-            busy_poll=read.number("busy_poll", 200, zero=True),
+            busy_poll=read.busy_poll(),
             dead_after=read.number("dead_after", 3.0),
             probe_interval=read.number("probe_interval", 1.0),
             tls_ca=read.file("tls_ca"),

@@ -14,13 +14,8 @@ oldest unanswered batch bounds the wait: no answer to it within ``timeout`` clos
 and fails every batch on it (a later answer could not be trusted to match). A closed or failed
 connection is opened again by the next batch, within ``connect_timeout``.
 
-Busy polling (``busy_poll``, microseconds, as Linux names its own): when a batch leaves an idle
-connection, the loop keeps turning, each turn a poll of every socket that does not sleep, until
-the answers are in or ``busy_poll`` has passed. Asleep, the core idles through the round trip and
-wakes with its caches cold: at one connection, on this project's benchmark machine, a counter
-request then took 0.48 ms of CPU against 0.22 ms on the memory store, and its p50 fell from 0.56
-to 0.40 ms with the loop kept turning. The cost is CPU the process would otherwise spend idle,
-bounded per round trip; under load the loop has other work and seldom polls idle.
+Busy polling (`stores.busy_poll`): while a batch's answers are due, the loop polls rather than
+sleeps, for up to ``busy_poll`` after the last send.
 
 pymemcache keeps the rest (adds, deletes, counters, probes, and the read-again-and-retry after a
 lost compare-and-swap): rare calls, on its pooled blocking connections and the store's threads.
@@ -31,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
 from pymemcache.exceptions import MemcacheUnexpectedCloseError, MemcacheUnknownError
 
+from stores.busy_poll import BusyPoll
 from stores.memcached_client import CasResult, CasWrite, Exchanged, Found, cas_result, request_bytes
 
 # What a finished batch reports to, on the IOLoop: (answers, None) or (None, error).
@@ -103,14 +98,11 @@ class _Connection(asyncio.Protocol):
         self,
         loop: asyncio.AbstractEventLoop,
         timeout: float,
-        busy_poll: float = 0.0,
-        clock: Callable[[], float] = time.perf_counter,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.loop = loop
         self.timeout = timeout
-        self.busy_poll = busy_poll  # seconds
-        self.clock = clock  # for busy polling: uvloop's loop.time() moves in whole milliseconds
-        self.polling_until = 0.0
+        self.busy_poll = busy_poll or BusyPoll(0.0, bool)
         self.transport: asyncio.Transport | None = None
         self.sent: collections.deque[_Batch] = collections.deque()
         self.buffer = b""
@@ -128,16 +120,10 @@ class _Connection(asyncio.Protocol):
         self.transport.write(request)
         if self.timer is None:
             self.timer = self.loop.call_at(batch.sent_at + self.timeout, self._check_deadline)
-        if self.busy_poll and len(self.sent) == 1:
-            self.polling_until = self.clock() + self.busy_poll
-            self.loop.call_soon(self._poll)
+        self.busy_poll.sent(self.loop)
 
-    def _poll(self) -> None:
-        """One turn of busy polling: called again on the loop's next turn (which polls the
-        sockets without sleeping, as it has a callback ready) while an answer is due, until
-        ``busy_poll`` has passed."""
-        if self.sent and not self.closed and self.clock() < self.polling_until:
-            self.loop.call_soon(self._poll)
+    def answers_due(self) -> bool:
+        return bool(self.sent) and not self.closed
 
     def _check_deadline(self) -> None:
         """The oldest unanswered batch has waited ``timeout``: fail the connection; else look again later."""
@@ -226,7 +212,7 @@ class Wire:
             server_hostname = self.host if self.tls is not None else None
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, self.timeout, self.busy_poll),
+                    self._new_connection(loop),
                     self.host,
                     self.port,
                     ssl=self.tls,
@@ -241,6 +227,14 @@ class Wire:
             self._connecting = None
         self._connection = connection
         self._release(connection, None)
+
+    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> Callable[[], _Connection]:
+        def new() -> _Connection:
+            connection = _Connection(loop, self.timeout)
+            connection.busy_poll = BusyPoll(self.busy_poll, connection.answers_due)
+            return connection
+
+        return new
 
     def _release(self, connection: _Connection | None, error: BaseException | None) -> None:
         """Send the batches that waited for a connection, or fail them with ``error``."""

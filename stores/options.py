@@ -108,6 +108,13 @@ class Options:
             self._problem(name, f"{path!r} is not a readable file")
         return path
 
+    def busy_poll(self) -> float:
+        """The ``busy_poll`` option (`stores.busy_poll`): microseconds, 200 unless set, 0 for off,
+        at most 10,000 (past that, polling spends more CPU than any round trip it shortens)."""
+        micros = self.number("busy_poll", 200, zero=True)
+        self.require(micros <= 10_000, "busy_poll", f"at most 10000 microseconds, got {micros:g}")
+        return micros
+
     def require(self, condition: bool, name: str, message: str) -> None:
         if not condition:
             self._problem(name, message)

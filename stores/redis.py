@@ -58,6 +58,7 @@ from stores.base import (
     apply_operations,
     counter_digest,
 )
+from stores.busy_poll import BusyPoll
 from stores.options import Options, parse_address
 from stores.redis_protocol import COUNT, CREATE, PING, SAVE, Script, WrongType, bulk, pack, redis_seconds
 from stores.sealing import SealedRecords
@@ -74,6 +75,7 @@ class RedisOptions(NamedTuple):
     connect_timeout: float
     max_connections: int
     cas_retries: int
+    busy_poll: float
 
 
 class RedisStore(SessionStore):
@@ -85,7 +87,8 @@ class RedisStore(SessionStore):
     is then unused) with ``sentinel_service`` (the name they monitor), ``prefix`` ("session:"),
     ``timeout`` and ``connect_timeout`` (0.5 s), ``max_connections`` (64: the pool's bound; a
     request waits up to ``timeout`` for one), ``cas_retries`` (64 compare-and-swap rounds before
-    an update gives up with a 503).
+    an update gives up with a 503), ``busy_poll`` (200 µs: how long the loop polls without
+    sleeping after a batch is sent, while answers are due; 0 turns it off; `stores.busy_poll`).
     """
 
     name = "redis"
@@ -116,6 +119,7 @@ class RedisStore(SessionStore):
             connect_timeout=read.number("connect_timeout", 0.5),
             max_connections=int(read.number("max_connections", 64, whole=True)),
             cas_retries=int(read.number("cas_retries", 64, whole=True)),
+            busy_poll=read.busy_poll(),
         )
         read.done()
         return checked
@@ -139,6 +143,8 @@ class RedisStore(SessionStore):
         # Connections between batches, most recently used last (all of them from the pool, so
         # bounded by max_connections).
         self._idle: list[AbstractConnection] = []
+        self._in_flight = 0  # batches sent and not yet answered
+        self._busy_poll = BusyPoll(options.busy_poll / 1e6, lambda: self._in_flight > 0)
         self._sentinel: Sentinel | None = None
         common: dict[str, Any] = {
             "socket_timeout": options.timeout,
@@ -262,11 +268,16 @@ class RedisStore(SessionStore):
             # timeout sets a timer for each): the batch's answers arrive together anyway.
             async with asyncio.timeout(self.timeout):
                 await connection.send_packed_command(b"".join(packed for packed, _ in batch), check_health=False)
-                for _ in batch:
-                    try:
-                        answers.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as e:  # one command's error: the connection stays in step
-                        answers.append(e)
+                self._in_flight += 1
+                self._busy_poll.sent(asyncio.get_running_loop())
+                try:
+                    for _ in batch:
+                        try:
+                            answers.append(await connection.read_response(timeout=math.inf))
+                        except ResponseError as e:  # one command's error: the connection stays in step
+                            answers.append(e)
+                finally:
+                    self._in_flight -= 1
         except (RedisError, TimeoutError) as e:  # redis-py closes the connection on these
             await connection.disconnect()
             await pool.release(connection)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
+from stores.busy_poll import BusyPoll
 from stores.memcached import MemcachedStore
 from stores.memcached_client import CasWrite, Exchanged
 from stores.memcached_wire import Landed, Wire, _Batch, _Connection
@@ -194,31 +195,43 @@ async def loop_turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
+def polled(loop: asyncio.AbstractEventLoop, bound: float, clock: StepClock) -> Callable[[], _Connection]:
+    """A connection factory whose connections busy-poll up to ``bound`` seconds on ``clock``."""
+
+    def new() -> _Connection:
+        connection = _Connection(loop, 5.0)
+        connection.busy_poll = BusyPoll(bound, connection.answers_due, clock)
+        return connection
+
+    return new
+
+
 @pytest.mark.gen_test
-async def test_busy_polling_lasts_until_the_answer_or_its_bound():
+async def test_busy_polling_lasts_until_the_answers_or_its_bound():
     loop = asyncio.get_running_loop()
     clock = StepClock()
     left, right = socket.socketpair()
     with right:
-        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, 0.0002, clock), sock=left)
+        _, connection = await loop.create_connection(polled(loop, 0.0002, clock), sock=left)
         results: list[Exchanged | BaseException | None] = []
         connection.send(b"", _Batch(0, True, collector(results), loop.time()))
-        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # pipelined: no second poller
+        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # pipelined: one poller
+        reads = clock.reads
         await loop_turns(20)
-        polled = clock.reads
-        assert polled >= 15  # every turn of the loop polled once, as the answers are due
+        assert clock.reads - reads >= 15  # each turn of the loop polled once, as answers are due
         connection.data_received(b"END\r\nEND\r\n")
-        await loop_turns(20)
-        assert len(results) == 2 and clock.reads <= polled + 2  # answered: the polling ends
+        await loop_turns(3)
+        assert len(results) == 2 and not connection.busy_poll.polling  # answered: polling ends
 
-        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # idle again: polls again
-        await loop_turns(5)
-        assert clock.reads >= polled + 5
+        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # due again: polls again
+        await loop_turns(3)
+        assert connection.busy_poll.polling
         clock.now = 0.00021  # past the bound with no answer: the loop may sleep again
         await loop_turns(3)
-        stopped = clock.reads
+        assert not connection.busy_poll.polling and len(results) == 2
+        reads = clock.reads
         await loop_turns(20)
-        assert clock.reads == stopped and len(results) == 2  # still waiting, no longer polling
+        assert clock.reads == reads  # still waiting, no longer polling
         connection.fail(ConnectionResetError())
         assert isinstance(results[-1], ConnectionResetError)
 
@@ -229,11 +242,22 @@ async def test_busy_polling_off_reads_no_clock():
     clock = StepClock()
     left, right = socket.socketpair()
     with right:
-        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, 0.0, clock), sock=left)
+        _, connection = await loop.create_connection(polled(loop, 0.0, clock), sock=left)
         connection.send(b"", _Batch(0, True, collector([]), loop.time()))
         await loop_turns(10)
-        assert clock.reads == 0
+        assert clock.reads == 0 and not connection.busy_poll.polling
         connection.fail(ConnectionResetError())
+
+
+@pytest.mark.gen_test
+async def test_a_real_exchange_stops_polling_once_answered(memcached: Memcached):
+    wire = Wire("127.0.0.1", memcached.port, connect_timeout=1, timeout=1, busy_poll=10.0)
+    try:
+        assert await exchange(wire, [], ["session:none"]) == Exchanged([], {})
+        await loop_turns(3)
+        assert wire._connection is not None and not wire._connection.busy_poll.polling
+    finally:
+        wire.close()
 
 
 def test_busy_poll_is_read_in_microseconds_and_zero_turns_it_off():

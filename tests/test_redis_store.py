@@ -18,6 +18,7 @@ import pytest
 from handlers.app import SessionApplication
 from server import session_store
 from settings import Settings, load_settings
+from stores.base import StoreContext
 from stores.redis import RedisStore
 from stores.sealing import RecordSeal, record_keys
 from tests.conftest import MAX, Browser, body_json, serve, test_secret
@@ -215,3 +216,30 @@ async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http
             await app.store.close()
         finally:
             sentinel.stop()
+
+
+@pytest.mark.gen_test
+async def test_busy_polling_ends_once_the_answers_are_in(redis: Redis):
+    context = StoreContext(record_keys([test_secret()]), 4096, time.time)
+    store = RedisStore.from_options({"url": redis.url, "busy_poll": "10000"}, context)
+    try:
+        assert store._busy_poll.bound == 0.01
+        assert await store.load("no-such-session") is None  # connected
+        waiting = asyncio.ensure_future(store.load("no-such-session"))
+        polled_while_waiting = False
+        while not waiting.done():
+            polled_while_waiting |= store._busy_poll.polling
+            await asyncio.sleep(0)
+        assert waiting.result() is None
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert polled_while_waiting and not store._busy_poll.polling
+    finally:
+        await store.close()
+
+
+def test_busy_poll_is_read_in_microseconds_and_bounded():
+    assert RedisStore.check_options({}).busy_poll == 200
+    assert RedisStore.check_options({"busy_poll": "0"}).busy_poll == 0
+    with pytest.raises(ValueError, match="busy_poll"):
+        RedisStore.check_options({"busy_poll": "20000"})
