@@ -204,7 +204,7 @@ class RedisStore(SessionStore):
         return f"{self.prefix}count:{counter_digest(key)}"
 
     def _decode(self, key: str, version: Any, raw: Any) -> Loaded | None:
-        if version is None or not isinstance(raw, bytes):
+        if not isinstance(version, bytes) or not isinstance(raw, bytes):
             return None
         return self._records.decode(key, raw, version)
 
@@ -326,6 +326,17 @@ class RedisStore(SessionStore):
             log.error("redis unavailable: %s", error.__class__.__name__)
         return StoreUnavailable(f"redis: {error.__class__.__name__}")
 
+    def _unexpected(self) -> StoreUnavailable:
+        """A reply of a shape no command here gets from Redis (a proxy or server that is not
+        Redis): an outage, a 503, never a crash."""
+        return self._failed(ResponseError("a reply of an unexpected shape"))
+
+    def _pair(self, reply: Any) -> tuple[Any, Any]:
+        """``[v, r]`` as HMGET (or the save script, on a lost race) answers it."""
+        if type(reply) is not list or len(reply) != 2:
+            raise self._unexpected()
+        return reply[0], reply[1]
+
     async def ready(self) -> bool:
         try:
             return bool(await self._command(PING))
@@ -337,9 +348,10 @@ class RedisStore(SessionStore):
     async def load(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
         try:
-            version, raw = await self._command(pack(b"HMGET", key.encode("ascii"), b"v", b"r"))
+            reply = await self._command(pack(b"HMGET", key.encode("ascii"), b"v", b"r"))
         except WrongType:
             return None
+        version, raw = self._pair(reply)
         return self._decode(key, version, raw)
 
     async def create(self, session_id: str, record: Record, ttl: float) -> bool:
@@ -377,11 +389,11 @@ class RedisStore(SessionStore):
                     answer = await self._compare_and_swap(key, current.version, merged, ttl)
                     if answer is None:
                         return None
-                    if not isinstance(answer, list):
-                        queue.latest = Loaded(merged, str(answer).encode("ascii"))
+                    if type(answer) is int:
+                        queue.latest = Loaded(merged, b"%d" % answer)
                         return merged
                     # Another process came first: its record came back with the answer.
-                    current = self._decode(key, answer[0], answer[1])
+                    current = self._decode(key, *self._pair(answer))
                 raise StoreUnavailable("session updated too often at once")
         finally:
             queue.users -= 1
@@ -410,9 +422,12 @@ class RedisStore(SessionStore):
 
     async def count(self, key: str, window: float) -> int:
         try:
-            return int(await self._script(COUNT, self.counter_key(key), redis_seconds(window)))
+            count = await self._script(COUNT, self.counter_key(key), redis_seconds(window))
         except WrongType:
             raise StoreUnavailable("a counter key holds something else") from None
+        if type(count) is not int:
+            raise self._unexpected()
+        return count
 
 
 class _Queue:

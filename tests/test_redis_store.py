@@ -18,7 +18,7 @@ import pytest
 from handlers.app import SessionApplication
 from server import session_store
 from settings import Settings, load_settings
-from stores.base import StoreContext
+from stores.base import Loaded, StoreContext, StoreUnavailable
 from stores.redis import RedisStore
 from stores.sealing import RecordSeal, record_keys
 from tests.conftest import MAX, Browser, body_json, serve, test_secret
@@ -243,3 +243,90 @@ def test_busy_poll_is_read_in_microseconds_and_bounded():
     assert RedisStore.check_options({"busy_poll": "0"}).busy_poll == 0
     with pytest.raises(ValueError, match="busy_poll"):
         RedisStore.check_options({"busy_poll": "20000"})
+
+
+class NotRedis:
+    """A loopback server that speaks the Redis protocol and answers every command with what
+    ``replies`` holds for its name (``+OK`` otherwise): replies of shapes Redis never sends."""
+
+    def __init__(self, replies: dict[bytes, bytes]) -> None:
+        self.replies = replies
+        self.server: asyncio.Server | None = None
+        self.serving: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.serving:
+            task.cancel()
+        await asyncio.gather(*self.serving, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.serving.add(task)
+        try:
+            while True:
+                header = await reader.readline()
+                if not header:
+                    return
+                parts = []
+                for _ in range(int(header[1:])):
+                    size = int((await reader.readline())[1:])
+                    parts.append((await reader.readexactly(size + 2))[:-2])
+                writer.write(self.replies.get(parts[0].upper(), b"+OK\r\n"))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        (b"HMGET", b":7\r\n"),  # an integer where two values belong
+        (b"HMGET", b"*3\r\n$1\r\n1\r\n$1\r\nx\r\n$1\r\ny\r\n"),  # three values
+        (b"HMGET", b"$5\r\nhello\r\n"),  # one string
+    ],
+)
+async def test_a_load_answered_in_a_shape_redis_never_sends_is_an_outage(command: bytes, reply: bytes):
+    async with NotRedis({command: reply}) as url:
+        store = RedisStore.from_options({"url": url}, StoreContext(record_keys([test_secret()]), 4096, time.time))
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.load("a-session")
+        finally:
+            await store.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "reply",
+    [b"$3\r\nabc\r\n", b"*1\r\n$1\r\n1\r\n", b"+\xff\xfe\r\n", b"*2\r\n:1\r\n:2\r\n"],
+)
+async def test_a_save_or_count_answered_in_a_shape_redis_never_sends_is_an_outage(reply: bytes):
+    pair = b"*2\r\n$1\r\n1\r\n$1\r\nx\r\n"  # a version and a record (that does not open: no session)
+    async with NotRedis({b"EVALSHA": reply, b"HMGET": pair}) as url:
+        context = StoreContext(record_keys([test_secret()]), 4096, time.time)
+        store = RedisStore.from_options({"url": url}, context)
+        record = {"created_at": 1.0, "last_seen": 1.0, "data": {}}
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.count("login:someone", 60)
+            outcome: Any = None
+            try:
+                outcome = await store.update("a-session", [], 2.0, 60, Loaded(record, b"1"))
+            except StoreUnavailable:
+                outcome = "unavailable"
+            # Either refused as an outage, or (a pair whose record does not open) no session.
+            assert outcome in ("unavailable", None)
+        finally:
+            await store.close()
