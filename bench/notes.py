@@ -172,18 +172,16 @@ def one_connection_note(report: dict[str, Any]) -> str | None:
         "- **One connection on memcached.** "
         + "; ".join(parts)
         + ". A round trip timed from the servers' core to memcached on the other costs several times one "
-        "on a shared core: on this virtual machine waking an idle core is dear, and each round trip wakes "
-        "two (memcached's, then the server's). The counter needs two (a `gets`, then a `cas`: the response "
-        "waits for the write, so no cookie promises what the store did not keep), as express-session's "
-        "`get` and `set` do. The store's own CPU per load and save is about 30 µs on one core (a "
-        "tight loop, no HTTP), most of it the two sends' system calls; what lies above the floor is "
-        "mostly the two wake-ups the raw figure does not pay twice (the script's socket waits in one "
-        "blocking receive, the server in epoll). Measured and not kept: spinning on the socket after a "
-        "send instead of sleeping (34-47 against 53-71 µs a round trip across cores, in a micro-benchmark), "
-        "which burns the core the IOLoop needs at higher concurrency and, unpinned, the core memcached "
-        "may need; a `cas` with the token a process already holds (no `gets`) was not built: a response "
-        "would be computed from a copy the store had not confirmed, and a read-only request would never "
-        "learn of a logout made through another process."
+        "on a shared core: on this virtual machine waking an idle core is dear. The counter needs two (a "
+        "`gets`, then a `cas`: the response waits for the write, so no cookie promises what the store did "
+        "not keep), as express-session's `get` and `set` do. While an answer is due the IOLoop keeps "
+        "turning rather than sleeping (`stores/busy_poll.py`, `MEMCACHED_BUSY_POLL`): asleep, the core woke "
+        "with cold caches and a counter request took 0.48 ms of CPU against 0.22 on the memory store "
+        "(docs/BENCHMARKS.md, history). What lies above the floor is the store's own work per request "
+        "(the key's hash, the batch, the answer parsed and the record's MAC checked) and the sends' "
+        "system calls, which pay the remote core's wake-up. Not built: a `cas` with the token a process "
+        "already holds (no `gets`): a response would be computed from a copy the store had not confirmed, "
+        "and a read-only request would never learn of a logout made through another process."
     )
 
 
