@@ -9,9 +9,12 @@ ready, each turn of the loop polls its sockets with a zero timeout, so one callb
 schedules itself again is enough: an answer is read on the turn it arrives, and every other
 socket is served as usual in between.
 
-The cost is CPU the process would otherwise spend idle, bounded: polling stops ``bound`` seconds
-after the last request was sent, answered or not. ``bound`` is the store's ``busy_poll`` option,
-in microseconds as Linux names its own (``net.core.busy_poll``); 0 turns it off.
+Polling stops as soon as no answer is due, and at most ``bound`` seconds after the last send,
+answered or not: the store's ``busy_poll`` option, given in microseconds as Linux gives its own
+(``net.core.busy_poll``), at most 1,000 (a round trip longer than a millisecond is not worth a
+core), 0 for off. The cost is CPU time: on its own core, time the process would have spent idle;
+on a host whose cores are all busy (a store on the same machine, say), time the scheduler takes
+from whatever else is runnable, as from any running process, which is why it stays bounded.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class BusyPoll:
     """Keeps the running loop turning while ``due()`` holds, until ``bound`` seconds after the
     last `sent`. The clock is perf_counter: uvloop's loop.time() moves in whole milliseconds."""
 
-    __slots__ = ("bound", "clock", "due", "polling", "until")
+    __slots__ = ("bound", "clock", "due", "loop", "polling", "until")
 
     def __init__(self, bound: float, due: Callable[[], bool], clock: Callable[[], float] = time.perf_counter) -> None:
         self.bound = bound
@@ -33,17 +36,23 @@ class BusyPoll:
         self.clock = clock
         self.until = 0.0
         self.polling = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def sent(self, loop: asyncio.AbstractEventLoop) -> None:
         """A request has just been sent on ``loop``: poll for its answer."""
         if not self.bound:
             return
         self.until = self.clock() + self.bound
-        if not self.polling:
+        # A chain left on another loop (closed, or stopped with the turn still queued) is not
+        # this loop's: start one here.
+        if not self.polling or loop is not self.loop:
             self.polling = True
+            self.loop = loop
             loop.call_soon(self._turn, loop)
 
     def _turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self.loop:
+            return  # a chain another loop took over
         if self.due() and self.clock() < self.until:
             loop.call_soon(self._turn, loop)
         else:

@@ -162,7 +162,7 @@ class MemcachedStore(SessionStore):
             connect_timeout=checked.connect_timeout,
             timeout=checked.timeout,
             threads=checked.threads,
-            busy_poll=checked.busy_poll / 1e6,
+            busy_poll_seconds=checked.busy_poll / 1e6,
             max_record_size=context.max_record_size,
             dead_after=checked.dead_after,
             probe_interval=checked.probe_interval,
@@ -178,7 +178,7 @@ class MemcachedStore(SessionStore):
         connect_timeout: float = 0.5,
         timeout: float = 0.5,
         threads: int = 8,
-        busy_poll: float = 0.0,
+        busy_poll_seconds: float = 0.0,
         max_record_size: int = 64 * 1024,
         dead_after: float = 3.0,
         probe_interval: float = 1.0,
@@ -202,7 +202,12 @@ class MemcachedStore(SessionStore):
         for server in servers:
             host, port = parse_address(server)
             self._wires[server] = Wire(
-                host, port, connect_timeout=connect_timeout, timeout=timeout, tls=tls, busy_poll=busy_poll
+                host,
+                port,
+                connect_timeout=connect_timeout,
+                timeout=timeout,
+                tls=tls,
+                busy_poll_seconds=busy_poll_seconds,
             )
             clients[server] = CheckedPooledClient(
                 (host, port),

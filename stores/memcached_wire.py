@@ -180,12 +180,12 @@ class Wire:
         connect_timeout: float,
         timeout: float,
         tls: ssl.SSLContext | None = None,
-        busy_poll: float = 0.0,
+        busy_poll_seconds: float = 0.0,
     ) -> None:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self.busy_poll = busy_poll
+        self.busy_poll = busy_poll_seconds
         self.tls = tls
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None

@@ -110,9 +110,9 @@ class Options:
 
     def busy_poll(self) -> float:
         """The ``busy_poll`` option (`stores.busy_poll`): microseconds, 200 unless set, 0 for off,
-        at most 10,000 (past that, polling spends more CPU than any round trip it shortens)."""
+        at most 1,000 (a round trip longer than a millisecond is not worth a core)."""
         micros = self.number("busy_poll", 200, zero=True)
-        self.require(micros <= 10_000, "busy_poll", f"at most 10000 microseconds, got {micros:g}")
+        self.require(micros <= 1_000, "busy_poll", f"at most 1000 microseconds, got {micros:g}")
         return micros
 
     def require(self, condition: bool, name: str, message: str) -> None:

@@ -236,7 +236,10 @@ class RedisStore(SessionStore):
         packed = script.head + bulk(key.encode("ascii"), *args)
         answer = await self._command(packed)
         if isinstance(answer, NoScriptError):
-            await self._command(pack(b"SCRIPT", b"LOAD", script.source))
+            try:
+                await self._command(pack(b"SCRIPT", b"LOAD", script.source))
+            except WrongType:  # no command here touches a key: not Redis
+                raise self._unexpected() from None
             answer = await self._command(packed)
         if isinstance(answer, RedisError):
             raise self._failed(answer) from answer
@@ -339,7 +342,7 @@ class RedisStore(SessionStore):
 
     async def ready(self) -> bool:
         try:
-            return bool(await self._command(PING))
+            return await self._command(PING) in (b"PONG", "PONG")
         except (StoreUnavailable, WrongType):
             return False
 
@@ -358,9 +361,12 @@ class RedisStore(SessionStore):
         key = self.key(session_id)
         value = self._encode(key, record)
         try:
-            return bool(await self._script(CREATE, key, value, redis_seconds(ttl)))
+            stored = await self._script(CREATE, key, value, redis_seconds(ttl))
         except WrongType:
             return False
+        if stored not in (0, 1) or type(stored) is not int:
+            raise self._unexpected()
+        return stored == 1
 
     async def update(
         self,
@@ -415,10 +421,17 @@ class RedisStore(SessionStore):
         answer = await self._compare_and_swap(
             self.key(session_id), loaded.version, apply_operations(loaded.record, (), now), ttl
         )
-        return answer is not None
+        if answer is None:
+            return False
+        if type(answer) is not int:
+            self._pair(answer)  # changed meanwhile (alive), or not Redis's answer
+        return True
 
     async def delete(self, session_id: str) -> None:
-        await self._command(pack(b"UNLINK", self.key(session_id).encode("ascii")))
+        try:
+            await self._command(pack(b"UNLINK", self.key(session_id).encode("ascii")))
+        except WrongType:  # UNLINK takes any type: not Redis
+            raise self._unexpected() from None
 
     async def count(self, key: str, window: float) -> int:
         try:

@@ -251,10 +251,18 @@ async def test_busy_polling_off_reads_no_clock():
 
 @pytest.mark.gen_test
 async def test_a_real_exchange_stops_polling_once_answered(memcached: Memcached):
-    wire = Wire("127.0.0.1", memcached.port, connect_timeout=1, timeout=1, busy_poll=10.0)
+    wire = Wire("127.0.0.1", memcached.port, connect_timeout=1, timeout=1, busy_poll_seconds=10.0)
     try:
-        assert await exchange(wire, [], ["session:none"]) == Exchanged([], {})
+        assert await exchange(wire, [], ["session:none"]) == Exchanged([], {})  # connected
+        waiting = asyncio.ensure_future(exchange(wire, [], ["session:none"]))
+        polled_while_waiting = False
+        while not waiting.done():
+            connection = wire._connection
+            polled_while_waiting |= connection is not None and connection.busy_poll.polling
+            await asyncio.sleep(0)
+        assert waiting.result() == Exchanged([], {})
         await loop_turns(3)
+        assert polled_while_waiting
         assert wire._connection is not None and not wire._connection.busy_poll.polling
     finally:
         wire.close()
@@ -264,3 +272,24 @@ def test_busy_poll_is_read_in_microseconds_and_zero_turns_it_off():
     assert MemcachedStore.check_options({}).busy_poll == 200
     assert MemcachedStore.check_options({"busy_poll": "0"}).busy_poll == 0
     assert MemcachedStore.check_options({"busy_poll": "50"}).busy_poll == 50
+
+
+def test_a_poller_left_on_a_closed_loop_polls_on_the_next():
+    clock = StepClock()
+    due = [True]
+    poll = BusyPoll(1.0, lambda: due[0], clock)
+    first = asyncio.new_event_loop()
+    poll.sent(first)  # its turn is queued on a loop that never runs again
+    first.close()
+    second = asyncio.new_event_loop()
+    try:
+        poll.sent(second)
+        second.run_until_complete(loop_turns(1))
+        reads = clock.reads
+        second.run_until_complete(loop_turns(5))
+        assert clock.reads >= reads + 4  # polling on the loop that runs
+        due[0] = False
+        second.run_until_complete(loop_turns(3))
+        assert not poll.polling
+    finally:
+        second.close()

@@ -221,9 +221,9 @@ async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http
 @pytest.mark.gen_test
 async def test_busy_polling_ends_once_the_answers_are_in(redis: Redis):
     context = StoreContext(record_keys([test_secret()]), 4096, time.time)
-    store = RedisStore.from_options({"url": redis.url, "busy_poll": "10000"}, context)
+    store = RedisStore.from_options({"url": redis.url, "busy_poll": "1000"}, context)
     try:
-        assert store._busy_poll.bound == 0.01
+        assert store._busy_poll.bound == 0.001
         assert await store.load("no-such-session") is None  # connected
         waiting = asyncio.ensure_future(store.load("no-such-session"))
         polled_while_waiting = False
@@ -242,7 +242,7 @@ def test_busy_poll_is_read_in_microseconds_and_bounded():
     assert RedisStore.check_options({}).busy_poll == 200
     assert RedisStore.check_options({"busy_poll": "0"}).busy_poll == 0
     with pytest.raises(ValueError, match="busy_poll"):
-        RedisStore.check_options({"busy_poll": "20000"})
+        RedisStore.check_options({"busy_poll": "1001"})
 
 
 class NotRedis:
@@ -299,7 +299,7 @@ class NotRedis:
 )
 async def test_a_load_answered_in_a_shape_redis_never_sends_is_an_outage(command: bytes, reply: bytes):
     async with NotRedis({command: reply}) as url:
-        store = RedisStore.from_options({"url": url}, StoreContext(record_keys([test_secret()]), 4096, time.time))
+        store = not_redis_store(url)
         try:
             with pytest.raises(StoreUnavailable):
                 await store.load("a-session")
@@ -307,26 +307,62 @@ async def test_a_load_answered_in_a_shape_redis_never_sends_is_an_outage(command
             await store.close()
 
 
+PAIR = b"*2\r\n$1\r\n1\r\n$1\r\nx\r\n"  # a version and a record that does not open
+UNAVAILABLE = "unavailable"
+
+
+async def outcome(call: Any) -> Any:
+    """What a store call returned, or UNAVAILABLE for StoreUnavailable."""
+    try:
+        return await call
+    except StoreUnavailable:
+        return UNAVAILABLE
+
+
+def not_redis_store(url: str) -> RedisStore:
+    return RedisStore.from_options({"url": url}, StoreContext(record_keys([test_secret()]), 4096, time.time))
+
+
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
-    "reply",
-    [b"$3\r\nabc\r\n", b"*1\r\n$1\r\n1\r\n", b"+\xff\xfe\r\n", b"*2\r\n:1\r\n:2\r\n"],
+    ("reply", "update", "touch", "create"),
+    [
+        (b"$3\r\nabc\r\n", UNAVAILABLE, UNAVAILABLE, UNAVAILABLE),  # a string
+        (b"*1\r\n$1\r\n1\r\n", UNAVAILABLE, UNAVAILABLE, UNAVAILABLE),  # one value
+        (b"+\xff\xfe\r\n", UNAVAILABLE, UNAVAILABLE, UNAVAILABLE),  # a status, not ASCII
+        (b"*2\r\n:1\r\n:2\r\n", None, True, UNAVAILABLE),  # a pair whose record does not open
+        (b":2\r\n", {"created_at": 1.0, "last_seen": 2.0, "data": {}}, True, UNAVAILABLE),  # stored
+        (b"-NOSCRIPT No matching script\r\n", UNAVAILABLE, UNAVAILABLE, UNAVAILABLE),  # never loaded
+    ],
 )
-async def test_a_save_or_count_answered_in_a_shape_redis_never_sends_is_an_outage(reply: bytes):
-    pair = b"*2\r\n$1\r\n1\r\n$1\r\nx\r\n"  # a version and a record (that does not open: no session)
-    async with NotRedis({b"EVALSHA": reply, b"HMGET": pair}) as url:
-        context = StoreContext(record_keys([test_secret()]), 4096, time.time)
-        store = RedisStore.from_options({"url": url}, context)
-        record = {"created_at": 1.0, "last_seen": 1.0, "data": {}}
+async def test_scripts_answered_in_a_shape_redis_never_sends_are_an_outage(
+    reply: bytes, update: Any, touch: Any, create: Any
+):
+    record = {"created_at": 1.0, "last_seen": 1.0, "data": {}}
+    async with NotRedis({b"EVALSHA": reply, b"HMGET": PAIR}) as url:
+        store = not_redis_store(url)
         try:
-            with pytest.raises(StoreUnavailable):
-                await store.count("login:someone", 60)
-            outcome: Any = None
-            try:
-                outcome = await store.update("a-session", [], 2.0, 60, Loaded(record, b"1"))
-            except StoreUnavailable:
-                outcome = "unavailable"
-            # Either refused as an outage, or (a pair whose record does not open) no session.
-            assert outcome in ("unavailable", None)
+            assert await outcome(store.count("login:someone", 60)) == (2 if reply == b":2\r\n" else UNAVAILABLE)
+            assert await outcome(store.update("a-session", [], 2.0, 60, Loaded(record, b"1"))) == update
+            assert await outcome(store.touch("a-session", 2.0, 60, Loaded(record, b"1"))) == touch
+            assert await outcome(store.create("a-session", record, 60)) == create
+        finally:
+            await store.close()
+
+
+@pytest.mark.gen_test
+async def test_other_commands_answered_as_redis_never_does():
+    async with NotRedis({b"UNLINK": b"-WRONGTYPE not a key's type\r\n", b"PING": b":1\r\n"}) as url:
+        store = not_redis_store(url)
+        try:
+            assert await outcome(store.delete("a-session")) == UNAVAILABLE
+            assert await store.ready() is False
+        finally:
+            await store.close()
+    async with NotRedis({b"PING": b"+PONG\r\n", b"EVALSHA": b":1\r\n"}) as url:
+        store = not_redis_store(url)
+        try:  # the same harness, answered as Redis would
+            assert await store.ready() is True
+            assert await store.create("a-session", {"created_at": 1.0, "last_seen": 1.0, "data": {}}, 60) is True
         finally:
             await store.close()
