@@ -98,11 +98,11 @@ class _Connection(asyncio.Protocol):
         self,
         loop: asyncio.AbstractEventLoop,
         timeout: float,
-        busy_poll: BusyPoll | None = None,
+        busy_poll_seconds: float = 0.0,
     ) -> None:
         self.loop = loop
         self.timeout = timeout
-        self.busy_poll = busy_poll or BusyPoll(0.0, bool)
+        self.busy_poll = BusyPoll(busy_poll_seconds, self.answers_due)
         self.transport: asyncio.Transport | None = None
         self.sent: collections.deque[_Batch] = collections.deque()
         self.buffer = b""
@@ -185,7 +185,7 @@ class Wire:
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self.busy_poll = busy_poll_seconds
+        self.busy_poll_seconds = busy_poll_seconds
         self.tls = tls
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -212,7 +212,7 @@ class Wire:
             server_hostname = self.host if self.tls is not None else None
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    self._new_connection(loop),
+                    lambda: _Connection(loop, self.timeout, self.busy_poll_seconds),
                     self.host,
                     self.port,
                     ssl=self.tls,
@@ -227,14 +227,6 @@ class Wire:
             self._connecting = None
         self._connection = connection
         self._release(connection, None)
-
-    def _new_connection(self, loop: asyncio.AbstractEventLoop) -> Callable[[], _Connection]:
-        def new() -> _Connection:
-            connection = _Connection(loop, self.timeout)
-            connection.busy_poll = BusyPoll(self.busy_poll, connection.answers_due)
-            return connection
-
-        return new
 
     def _release(self, connection: _Connection | None, error: BaseException | None) -> None:
         """Send the batches that waited for a connection, or fail them with ``error``."""

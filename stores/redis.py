@@ -364,7 +364,7 @@ class RedisStore(SessionStore):
             stored = await self._script(CREATE, key, value, redis_seconds(ttl))
         except WrongType:
             return False
-        if stored not in (0, 1) or type(stored) is not int:
+        if type(stored) is not int or stored not in (0, 1):
             raise self._unexpected()
         return stored == 1
 

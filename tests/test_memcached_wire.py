@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
 from pymemcache.client.base import Client
@@ -195,24 +196,24 @@ async def loop_turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-def polled(loop: asyncio.AbstractEventLoop, bound: float, clock: StepClock) -> Callable[[], _Connection]:
-    """A connection factory whose connections busy-poll up to ``bound`` seconds on ``clock``."""
-
-    def new() -> _Connection:
-        connection = _Connection(loop, 5.0)
-        connection.busy_poll = BusyPoll(bound, connection.answers_due, clock)
-        return connection
-
-    return new
+@contextlib.asynccontextmanager
+async def polled_connection(bound: float) -> AsyncIterator[tuple[_Connection, StepClock]]:
+    """A connection on a socket pair that busy-polls up to ``bound`` seconds on a step clock."""
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, bound), sock=left)
+        clock = connection.busy_poll.clock = StepClock()
+        try:
+            yield connection, clock
+        finally:
+            connection.fail(ConnectionResetError())
 
 
 @pytest.mark.gen_test
 async def test_busy_polling_lasts_until_the_answers_or_its_bound():
     loop = asyncio.get_running_loop()
-    clock = StepClock()
-    left, right = socket.socketpair()
-    with right:
-        _, connection = await loop.create_connection(polled(loop, 0.0002, clock), sock=left)
+    async with polled_connection(0.0002) as (connection, clock):
         results: list[Exchanged | BaseException | None] = []
         connection.send(b"", _Batch(0, True, collector(results), loop.time()))
         connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # pipelined: one poller
@@ -239,14 +240,10 @@ async def test_busy_polling_lasts_until_the_answers_or_its_bound():
 @pytest.mark.gen_test
 async def test_busy_polling_off_reads_no_clock():
     loop = asyncio.get_running_loop()
-    clock = StepClock()
-    left, right = socket.socketpair()
-    with right:
-        _, connection = await loop.create_connection(polled(loop, 0.0, clock), sock=left)
+    async with polled_connection(0.0) as (connection, clock):
         connection.send(b"", _Batch(0, True, collector([]), loop.time()))
         await loop_turns(10)
         assert clock.reads == 0 and not connection.busy_poll.polling
-        connection.fail(ConnectionResetError())
 
 
 @pytest.mark.gen_test
