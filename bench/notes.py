@@ -172,17 +172,19 @@ def one_connection_note(report: dict[str, Any]) -> str | None:
         "- **One connection on memcached.** "
         + "; ".join(parts)
         + ". A round trip timed from the servers' core to memcached on the other costs several times one "
-        "on a shared core: on this virtual machine waking an idle core is dear. The counter needs two (a "
-        "`gets`, then a `cas`: the response waits for the write, so no cookie promises what the store did "
-        "not keep), as express-session's `get` and `set` do. While an answer is due the IOLoop keeps "
+        "on a shared core: on this virtual machine waking an idle core is dear. The counter needs one, "
+        "where express-session's `get` and `set` take two: it runs on the copy of the session this process "
+        "kept when it last wrote it, and writes with a `cas` against that copy's version, so a stored write "
+        "proves the copy was current (a lost one runs the request again on a fresh load; "
+        "`SessionHandler.runs_on_copies`); the response still waits for the write. While an answer is due "
+        "the IOLoop keeps "
         "turning rather than sleeping (`stores/busy_poll.py`, `MEMCACHED_BUSY_POLL`): asleep, the core woke "
         "with cold caches and a counter request took 0.48 ms of CPU against 0.22 on the memory store "
         "(docs/BENCHMARKS.md, history); the polling is CPU time, bounded per round trip. What lies above "
         "the floor is the store's own work per request "
         "(the key's hash, the batch, the answer parsed and the record's MAC checked) and the sends' "
-        "system calls, which pay the remote core's wake-up. Not built: a `cas` with the token a process "
-        "already holds (no `gets`): a response would be computed from a copy the store had not confirmed, "
-        "and a read-only request would never learn of a logout made through another process."
+        "system calls, which pay the remote core's wake-up. A read-only request still loads: with nothing "
+        "to write, only a read can confirm a copy."
     )
 
 

@@ -244,7 +244,8 @@ def _floor_section(report: dict[str, Any]) -> list[str]:
         "This server on memcached at one connection, beside the least it could take: the same scenario's "
         "p50 on the memory store plus the round trips to memcached it needs times the raw round trip "
         "(the median of thousands of `version` exchanges on one raw socket, from the benchmark's "
-        "process, in the same mode). The counter needs two (a `gets`, then a `cas`); the logged-in read "
+        "process, in the same mode). The counter needs one (a `cas` against the copy of the session this "
+        "process kept when it last wrote it, the key read back in the same send); the logged-in read "
         "one (a `gets`; its touch goes out at most once per touch interval). What lies above the floor "
         "is the store client's own cost.",
         "",

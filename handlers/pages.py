@@ -17,7 +17,13 @@ DEMO_USER = {"email": "max@gmail.com", "password": "1234"}
 
 
 class PageCounterHandler(SessionHandler):
-    """Counts this browser's visits. An increment, so concurrent visits all count."""
+    """Counts this browser's visits. An increment, so concurrent visits all count.
+
+    Its only effect is on the session: it may run on this process's copy (one round trip to a
+    shared store instead of two; see `SessionHandler`).
+    """
+
+    runs_on_copies = True
 
     async def get(self) -> None:
         session = await self.get_session()

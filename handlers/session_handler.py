@@ -17,7 +17,7 @@ from handlers.json_api import ApiError, not_logged_in, store_unavailable
 from handlers.json_handler import JsonHandler
 from handlers.session_object import Session
 from handlers.xsrf import xsrf_cookie_needed
-from stores.base import StoreUnavailable, StoreValueError
+from stores.base import StaleCopy, StoreUnavailable, StoreValueError
 from stores.users import User
 
 # The session key that holds the logged-in user's email.
@@ -35,14 +35,31 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
     @functools.wraps(method)
     async def wrapper(self: SessionHandler, *args: Any, **kwargs: Any) -> None:
         self._running = True  # see JsonHandler.on_connection_close: finished even if the client leaves
+        copy = self.runs_on_copies
         try:
-            # Before the method, so Tornado's @authenticated (inside this wrapper) sees the user.
-            self.current_user = self.user_of(await self.get_session())
-            result = method(self, *args, **kwargs)
-            if result is not None:  # as Tornado does: a coroutine, or None from a plain method
-                await result
-            if not self._response_finished:
-                await self.save_session()
+            while True:
+                try:
+                    # Before the method, so Tornado's @authenticated (inside this wrapper) sees the user.
+                    self.current_user = self.user_of(await self._get_session(copy))
+                    try:
+                        result = method(self, *args, **kwargs)
+                        if result is not None:  # as Tornado does: a coroutine, or None from a plain method
+                            await result
+                    except HTTPError:
+                        # A refusal decided on a copy is checked, as an answer would be, before it is sent.
+                        if self._session is not None and self._session.copy is not None:
+                            await self.app.sessions.confirm(self._session)
+                        raise
+                    if not self._response_finished:
+                        await self.save_session()
+                    return
+                except StaleCopy:
+                    if not copy:  # a store that calls a fresh load a stale copy
+                        raise store_unavailable() from None
+                    # It ran on this process's copy of the session, which the store no longer
+                    # holds: nothing was written or sent; run it again on the session as stored.
+                    self._start_again()
+                    copy = False
         except StoreUnavailable:
             raise store_unavailable() from None
         except StoreValueError as e:
@@ -68,7 +85,17 @@ class SessionHandler(JsonHandler):
     since been removed), set before each HTTP method runs. So ``@tornado.web.authenticated``
     works as Tornado users expect, answering an anonymous request with 401
     ``{"errorMessage": "You must be logged in."}`` instead of a redirect.
+
+    ``runs_on_copies = True`` saves a handler that changes its session a round trip on shared
+    stores: its methods run on the copy of the session this process last read or wrote (if the
+    store keeps one), and the save writes against that copy's version, so a stored write proves
+    the copy was current. If it was not, nothing is written or sent and the method runs again
+    on a fresh load. Set it only for methods whose effects are on the session alone (they may
+    run twice) and that return rather than call ``finish()`` or ``flush()``.
     """
+
+    # See the class docstring: methods may run on this process's copy of the session.
+    runs_on_copies = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -105,17 +132,28 @@ class SessionHandler(JsonHandler):
 
     async def get_session(self) -> Session:
         """This request's session, loaded from the store on first call (503 if unavailable)."""
+        return await self._get_session(False)
+
+    async def _get_session(self, copy: bool) -> Session:
         if self._session is None:
             try:
-                self._session = await self.app.sessions.load(self.request_cookie(self.app.config.cookie_name))
+                self._session = await self.app.sessions.load(self.request_cookie(self.app.config.cookie_name), copy)
             except StoreUnavailable:
                 raise store_unavailable() from None
             self._stale_cookie_at_load = self._session.stale_cookie
         return self._session
 
+    def _start_again(self) -> None:
+        """Forget what a run on a stale copy did to this response, to run the method again."""
+        self.clear()
+        self._session = None
+        self._cookies.clear()
+        self._stale_cookie_at_load = False
+        self.current_user = None
+
     async def save_session(self) -> None:
         """Save the session now (it is saved automatically when the method returns)."""
-        if self._session is None or not self._session.unsaved:
+        if self._session is None or not (self._session.unsaved or self._session.copy is not None):
             return
         change = await self.app.sessions.save(self._session, self.request.remote_ip)
         if change is not None:
@@ -130,6 +168,8 @@ class SessionHandler(JsonHandler):
         self._cookies[name] = (header, value is None)
 
     def flush(self, include_footers: bool = False) -> Future[None]:
+        if self._session is not None and self._session.copy is not None:
+            raise RuntimeError("runs_on_copies: the response was sent before the session was confirmed")
         # A cleared cookie is written last: curl's cookie jar, read back and written by the same
         # command (-b jar -c jar), brings a cleared cookie back when another Set-Cookie follows it
         # in the response (the next cookie purges the expired one from memory, then the jar file
@@ -145,6 +185,8 @@ class SessionHandler(JsonHandler):
         # is still cleared, as a successful request would (clearing it stores nothing).
         if self._session is not None:
             self._session.discard()
+            # An error answer says nothing a copy decided (refusals were confirmed: see run).
+            self._session.copy = None
             if self._stale_cookie_at_load and self._session.stored_id is None:
                 config = self.app.config
                 self._set_cookie(config.cookie_name, None, httponly=config.cookie_httponly)

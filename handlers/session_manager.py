@@ -22,6 +22,7 @@ from settings import Settings
 from stores.base import (
     Record,
     SessionStore,
+    StaleCopy,
     StoreUnavailable,
     apply_operations,
     is_privileged,
@@ -114,16 +115,25 @@ class SessionManager:
             )
         return count <= budget
 
-    async def load(self, cookie: str | None) -> Session:
+    async def load(self, cookie: str | None, copy: bool = False) -> Session:
         """The session a request's cookie names, or a new anonymous one. Never adopts an id.
 
-        Raises `StoreUnavailable` when the store cannot answer.
+        ``copy``: the store's copy of the record in this process may stand in for a load (no
+        round trip) when it has not expired; `save` then confirms it (`confirm`), or raises
+        `StaleCopy`. Raises `StoreUnavailable` when the store cannot answer.
         """
         session_id, resign = self.verify(cookie)
         if session_id is None:
             if cookie:
                 log.info("session cookie rejected (bad signature, format or age)", extra={"event": "session.rejected"})
             return Session(None, None, stale_cookie=bool(cookie))
+        if copy:
+            kept = self.store.copy(session_id)
+            if kept is not None:
+                now = self.clock()
+                if self._expired(kept.record, now) is None:
+                    touch_due = now - kept.record["last_seen"] >= self._touch_interval
+                    return Session(session_id, kept, resign=resign, touch_due=touch_due)
         loaded = await self.store.load(session_id)
         if loaded is None:
             hashed = self.log_id(session_id)
@@ -159,6 +169,11 @@ class SessionManager:
         the save. Raises `StoreUnavailable` (nothing promised to the client) or
         `StoreValueError` (data too large or not JSON).
         """
+        if session.copy is not None and not (
+            session.operations and session.stored_id is not None and not session.retired_ids
+        ):
+            # Built from a copy, and no write below would confirm it: ask the store first.
+            await self.confirm(session)
         now = self.clock()
         change: CookieChange | None = None
         if session.operations and session.stored_id is not None:
@@ -192,6 +207,21 @@ class SessionManager:
         session.resign = False
         session.stale_cookie = False
         return change
+
+    async def confirm(self, session: Session) -> None:
+        """Check a session built from this process's copy against the store: `StaleCopy` if the
+        stored record is another version now (or gone), so the request runs again on a fresh load.
+        """
+        copy = session.copy
+        if copy is None:
+            return
+        copy_id = session.stored_id if session.stored_id is not None else session.retired_ids[0]
+        loaded = await self.store.load(copy_id)
+        if loaded is None or loaded.version != copy.version:
+            raise StaleCopy(self.log_id(copy_id))
+        session.copy = None
+        if session.loaded is copy:
+            session.loaded = loaded
 
     async def _create(self, session: Session, client: str | None, now: float) -> CookieChange | None:
         """Store a new record for the session's writes; the cookie to set, or None if refused."""
@@ -244,7 +274,7 @@ class SessionManager:
 
     @staticmethod
     def _adopt(session: Session, session_id: str, record: Record) -> None:
-        session.loaded = None  # its version token is spent
+        session.loaded = session.copy = None  # its version token is spent; stored, so confirmed
         session.stored_id = session_id
         session.created_at = record["created_at"]
         session._data = record["data"]

@@ -38,6 +38,7 @@ class Session(MutableMapping[str, Any]):
 
     __slots__ = (
         "_data",
+        "copy",
         "created_at",
         "id",
         "loaded",
@@ -70,6 +71,9 @@ class Session(MutableMapping[str, Any]):
         self._data: dict[str, Any] = record["data"] if record else {}
         # The record as loaded, with the store's version token, for a cheaper update.
         self.loaded = loaded
+        # This process's copy the session was built from, until the store confirms it was current
+        # (see `SessionStore.copy`): None for a session loaded from the store.
+        self.copy = loaded if loaded is not None and not loaded.confirmed else None
         self.operations: list[Operation] = []
         self.retired_ids: list[str] = []
         self.resign = resign

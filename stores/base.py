@@ -45,6 +45,11 @@ class StoreValueError(Exception):
     """A value the store refuses to keep (not JSON, or larger than its limit). Handlers answer 413."""
 
 
+class StaleCopy(Exception):
+    """An update or touch given this process's copy of a record (`SessionStore.copy`) found the
+    stored record changed or gone since: nothing was written. The caller loads and starts again."""
+
+
 class Loaded(NamedTuple):
     """What `SessionStore.load` found: the record, and beside it what the store knows about it.
 
@@ -52,12 +57,14 @@ class Loaded(NamedTuple):
     a store without one): handing it back to `SessionStore.update` or `SessionStore.touch` lets
     the store write without reading again when nothing changed meanwhile. ``stale_seal``: the
     record was authenticated with an older secret's key; the session manager writes it again,
-    under the newest key, at once (a touch).
+    under the newest key, at once (a touch). ``confirmed``: False for a copy this process kept
+    (`SessionStore.copy`), which the store has not been asked about: it may be out of date.
     """
 
     record: Record
     version: Any = None
     stale_seal: bool = False
+    confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,12 @@ class SessionStore(abc.ABC):
     Atomicity: `update` applies operations to the newest stored version atomically across every
     process sharing the store, so concurrent writers lose nothing; `touch` never overwrites a
     write that landed after the load it was given.
+
+    Copies: a store that pays a round trip per load may keep, in this process, the record and
+    version it last read or wrote for each session (a bounded number), and hand one out through
+    `copy`, unconfirmed. An `update` or `touch` given such a copy writes only if the stored
+    version is still the copy's, and otherwise raises `StaleCopy`, writing nothing: a request
+    that ran on the copy is then run again on a fresh load, never answered from a stale one.
     """
 
     # The store's name, as settings choose it (SESSION_STORE) and its options' variables begin.
@@ -249,6 +262,12 @@ class SessionStore(abc.ABC):
         The record holds only the fields of a record (nothing a store keeps beside it).
         """
 
+    def copy(self, session_id: str) -> Loaded | None:
+        """This process's copy of the record as it last read or wrote it (``confirmed`` False),
+        or None: no copy kept (the default: a store whose loads are cheap keeps none). Never a
+        round trip; never a record this process did not see stored or store itself."""
+        return None
+
     @abc.abstractmethod
     async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         """Store ``record`` under an id no record has: True once stored.
@@ -272,7 +291,9 @@ class SessionStore(abc.ABC):
 
         ``loaded`` is what `load` returned, if the caller has it: a store with version tokens
         writes against that version in one round trip and reads again only if the record
-        changed meanwhile. Atomic across processes: no concurrent update is lost.
+        changed meanwhile. Atomic across processes: no concurrent update is lost. ``loaded``
+        from `copy` (unconfirmed): written only if the stored version is still its own, else
+        `StaleCopy` (changed or gone), nothing written.
         """
 
     @abc.abstractmethod
@@ -281,7 +302,8 @@ class SessionStore(abc.ABC):
 
         False if the record is missing (the caller's session has ended). ``loaded`` is as in
         `update`. A touch never overwrites a write that landed after the load: that write already
-        refreshed ``last_seen`` and the ttl, so the touch counts as done (True).
+        refreshed ``last_seen`` and the ttl, so the touch counts as done (True). Given an
+        unconfirmed copy, as `update`: `StaleCopy` unless the stored version is still the copy's.
         """
 
     @abc.abstractmethod

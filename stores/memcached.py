@@ -53,11 +53,13 @@ from stores.base import (
     Operation,
     Record,
     SessionStore,
+    StaleCopy,
     StoreContext,
     StoreUnavailable,
     apply_operations,
     counter_digest,
 )
+from stores.copies import Copies
 from stores.memcached_client import (
     CasContention,
     CasResult,
@@ -89,7 +91,8 @@ class _Batch:
 
     def __init__(self) -> None:
         self.loads: dict[str, list[asyncio.Future[_Fetched]]] = {}
-        self.writes: list[tuple[CasWrite, asyncio.Future[CasResult]]] = []
+        # A write's future gets its CasResult, or for a stored one the version it got (bytes).
+        self.writes: list[tuple[CasWrite, asyncio.Future[CasResult | bytes]]] = []
 
 
 class MemcachedOptions(NamedTuple):
@@ -99,6 +102,7 @@ class MemcachedOptions(NamedTuple):
     timeout: float
     threads: int
     busy_poll: float
+    copies: int
     dead_after: float
     probe_interval: float
     tls_ca: str | None
@@ -134,6 +138,7 @@ class MemcachedStore(SessionStore):
             timeout=read.number("timeout", 0.5),
             threads=int(read.number("threads", 16, whole=True)),
             busy_poll=read.busy_poll(),
+            copies=int(read.number("copies", 10_000, whole=True, zero=True)),
             dead_after=read.number("dead_after", 3.0),
             probe_interval=read.number("probe_interval", 1.0),
             tls_ca=read.file("tls_ca"),
@@ -163,6 +168,7 @@ class MemcachedStore(SessionStore):
             timeout=checked.timeout,
             threads=checked.threads,
             busy_poll_seconds=checked.busy_poll / 1e6,
+            copies=checked.copies,
             max_record_size=context.max_record_size,
             dead_after=checked.dead_after,
             probe_interval=checked.probe_interval,
@@ -179,6 +185,7 @@ class MemcachedStore(SessionStore):
         timeout: float = 0.5,
         threads: int = 8,
         busy_poll_seconds: float = 0.0,
+        copies: int = 10_000,
         max_record_size: int = 64 * 1024,
         dead_after: float = 3.0,
         probe_interval: float = 1.0,
@@ -195,6 +202,7 @@ class MemcachedStore(SessionStore):
         self._records = SealedRecords(record_keys, max_record_size, "memcached")
         self._prober = Periodic(probe_interval, self.probe, "memcached probe")
         self.cas_retries = cas_retries
+        self._copies = Copies(copies)
         self._workers = Workers(threads, name="memcached")
         self.threads = threads
         clients = {}
@@ -322,18 +330,34 @@ class MemcachedStore(SessionStore):
 
     async def load(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
+        node = self._ring.node_for(key)
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
-        self._batch(self._ring.node_for(key)).loads.setdefault(key, []).append(future)
+        self._batch(node).loads.setdefault(key, []).append(future)
         raw, token = await future
-        return self._decode(key, raw, token)
+        loaded = self._decode(key, raw, token)
+        if loaded is not None:
+            assert raw is not None
+            self._copies.keep(key, loaded, len(raw), node)
+        else:
+            self._copies.drop(key)
+        return loaded
+
+    def copy(self, session_id: str) -> Loaded | None:
+        key = self.key(session_id)
+        return self._copies.get(key, self._ring.node_for(key))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         for node, batch in pending.items():
             writes = [write for write, _ in batch.writes]
+            # The gets also reads back each written key (after the writes, in the same send): a
+            # stored write's new version, which the classic cas does not answer with, for the copy.
+            keys = list(batch.loads)
+            if self._copies.on:
+                keys.extend(write[0] for write in writes if write[0] not in batch.loads)
             # Sent at once on the node's pipelined connection; the answers land on the IOLoop.
-            self._wires[node.name].exchange(writes, list(batch.loads), functools.partial(self._landed, node, batch))
+            self._wires[node.name].exchange(writes, keys, functools.partial(self._landed, node, batch))
 
     def _landed(self, node: Node, batch: _Batch, answer: Any, error: BaseException | None) -> None:
         """A batch's answers (or its failure) reach each waiting request."""
@@ -342,8 +366,13 @@ class MemcachedStore(SessionStore):
                 raise self._store_error(node, error)
             self._ring.succeeded(node)
             written, found = answer
-            for (_, wrote), result in zip(batch.writes, written, strict=True):
+            for (write, wrote), result in zip(batch.writes, written, strict=True):
                 if not wrote.done():
+                    if result is True:
+                        # Stored: the version it got, if what is stored now is still this value.
+                        value_and_token = found.get(write[0])
+                        if value_and_token is not None and value_and_token[0] == write[1]:
+                            result = value_and_token[1]
                     wrote.set_result(result)
             missing = (None, None)
             for key, futures in batch.loads.items():
@@ -370,6 +399,7 @@ class MemcachedStore(SessionStore):
         key = self.key(session_id)
         value = self._encode(key, record)
         node = self._ring.node_for(key)
+        self._copies.drop(key)
         # add stores only if the key is free: NOT_STORED (False) when a record has the id.
         return bool(await self._call(node, node.client.add, key, value, memcached_exptime(ttl)))
 
@@ -385,22 +415,38 @@ class MemcachedStore(SessionStore):
         node = self._ring.node_for(key)
         token = loaded.version if loaded is not None else None
         if loaded is not None and token is not None:
-            # The common case: one cas against the version the load fetched, in this iteration's batch.
+            # The common case: one cas against the version the load fetched (or this process's
+            # copy holds), in this iteration's batch.
             merged = apply_operations(loaded.record, operations, now)
             result = await self._batched_cas(node, key, merged, token, ttl)
             if result is True:
                 return merged
+            if not loaded.confirmed:
+                raise StaleCopy(key)
             if result is None:  # NOT_FOUND: deleted meanwhile
                 return None
             # Another writer came first: read the current version and try again, off the batch.
+        self._copies.drop(key)
         return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl)
 
     async def _batched_cas(self, node: Node, key: str, record: Record, token: Any, ttl: float) -> bool | None:
-        """A cas of ``record`` in this iteration's batch: True stored, False lost, None gone."""
-        write: CasWrite = (key, self._encode(key, record), token, memcached_exptime(ttl))
-        future: asyncio.Future[CasResult] = asyncio.get_running_loop().create_future()
+        """A cas of ``record`` in this iteration's batch: True stored (and kept as this process's
+        copy, with the version memcached gave it), False lost, None gone (no copy kept either way)."""
+        value = self._encode(key, record)
+        write: CasWrite = (key, value, token, memcached_exptime(ttl))
+        future: asyncio.Future[CasResult | bytes] = asyncio.get_running_loop().create_future()
         self._batch(node).writes.append((write, future))
-        result = await future
+        try:
+            result = await future
+        except BaseException:
+            self._copies.drop(key)  # the write may or may not have landed
+            raise
+        if isinstance(result, bytes):
+            self._copies.keep(key, Loaded(record, result), len(value), node)
+            return True
+        self._copies.drop(key)
+        if result is True:  # stored, and written over since, in the same batch: no copy
+            return True
         if isinstance(result, WriteRefused):
             raise StoreUnavailable(f"memcached {node.name} refused a write: {result}")
         return result
@@ -435,7 +481,12 @@ class MemcachedStore(SessionStore):
         token = loaded.version if loaded is not None else None
         if loaded is None or token is None:
             # No version to compare against: read one first (on a worker), as an update would.
+            self._copies.drop(key)
             return await self._call(node, self._update_blocking, node.client, key, (), now, ttl) is not None
+        if not loaded.confirmed:
+            if await self._batched_cas(node, key, apply_operations(loaded.record, (), now), token, ttl):
+                return True
+            raise StaleCopy(key)
         # The record as loaded with a new last_seen, in this iteration's batch: no round trip of
         # its own. Lost (False) means another write landed after the load, and every write
         # refreshes last_seen and the TTL: the session is as fresh as this would have made it.
@@ -444,6 +495,7 @@ class MemcachedStore(SessionStore):
     async def delete(self, session_id: str) -> None:
         key = self.key(session_id)
         node = self._ring.node_for(key)
+        self._copies.drop(key)
         await self._call(node, node.client.delete, key, False)
 
     # Counters ------------------------------------------------------------------------------

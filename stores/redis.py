@@ -53,12 +53,14 @@ from stores.base import (
     Operation,
     Record,
     SessionStore,
+    StaleCopy,
     StoreContext,
     StoreUnavailable,
     apply_operations,
     counter_digest,
 )
 from stores.busy_poll import BusyPoll
+from stores.copies import Copies
 from stores.options import Options, parse_address
 from stores.redis_protocol import COUNT, CREATE, PING, SAVE, Script, WrongType, bulk, pack, redis_seconds
 from stores.sealing import SealedRecords
@@ -76,6 +78,7 @@ class RedisOptions(NamedTuple):
     max_connections: int
     cas_retries: int
     busy_poll: float
+    copies: int
 
 
 class RedisStore(SessionStore):
@@ -88,7 +91,8 @@ class RedisStore(SessionStore):
     ``timeout`` and ``connect_timeout`` (0.5 s), ``max_connections`` (64: the pool's bound; a
     request waits up to ``timeout`` for one), ``cas_retries`` (64 compare-and-swap rounds before
     an update gives up with a 503), ``busy_poll`` (200 µs: how long the loop polls without
-    sleeping after a batch is sent, while answers are due; 0 turns it off; `stores.busy_poll`).
+    sleeping after a batch is sent, while answers are due; 0 turns it off; `stores.busy_poll`),
+    ``copies`` (10,000: records kept as last read or written, for `SessionStore.copy`; 0: none).
     """
 
     name = "redis"
@@ -120,6 +124,7 @@ class RedisStore(SessionStore):
             max_connections=int(read.number("max_connections", 64, whole=True)),
             cas_retries=int(read.number("cas_retries", 64, whole=True)),
             busy_poll=read.busy_poll(),
+            copies=int(read.number("copies", 10_000, whole=True, zero=True)),
         )
         read.done()
         return checked
@@ -137,6 +142,9 @@ class RedisStore(SessionStore):
         self.connect_timeout = options.connect_timeout
         self._records = SealedRecords(context.record_keys, context.max_record_size, "redis")
         self._failing = False
+        # Forgotten at every failure: after a failover the new primary may hold other versions
+        # under the same numbers (replication is asynchronous).
+        self._copies = Copies(options.copies)
         self._queues: dict[str, _Queue] = {}
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -324,6 +332,7 @@ class RedisStore(SessionStore):
                 future.set_exception(StoreUnavailable(str(failure)))
 
     def _failed(self, error: Exception) -> StoreUnavailable:
+        self._copies.clear()
         if not self._failing:
             self._failing = True
             log.error("redis unavailable: %s", error.__class__.__name__)
@@ -355,11 +364,20 @@ class RedisStore(SessionStore):
         except WrongType:
             return None
         version, raw = self._pair(reply)
-        return self._decode(key, version, raw)
+        loaded = self._decode(key, version, raw)
+        if loaded is not None:
+            self._copies.keep(key, loaded, len(raw))
+        else:
+            self._copies.drop(key)
+        return loaded
+
+    def copy(self, session_id: str) -> Loaded | None:
+        return self._copies.get(self.key(session_id))
 
     async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         key = self.key(session_id)
         value = self._encode(key, record)
+        self._copies.drop(key)
         try:
             stored = await self._script(CREATE, key, value, redis_seconds(ttl))
         except WrongType:
@@ -383,6 +401,8 @@ class RedisStore(SessionStore):
         queue.users += 1
         try:
             async with queue.lock:
+                if loaded is not None and not loaded.confirmed:
+                    return await self._write_copy(queue, key, operations, now, ttl, loaded)
                 # The writer before this one in the queue left the version it stored: start
                 # from it rather than lose a round trip to a version known to be stale.
                 current = queue.latest or loaded
@@ -392,11 +412,12 @@ class RedisStore(SessionStore):
                     if current is None:
                         return None
                     merged = apply_operations(current.record, operations, now)
-                    answer = await self._compare_and_swap(key, current.version, merged, ttl)
+                    value = self._encode(key, merged)
+                    answer = await self._compare_and_swap(key, current.version, value, ttl)
                     if answer is None:
                         return None
                     if type(answer) is int:
-                        queue.latest = Loaded(merged, b"%d" % answer)
+                        queue.latest = self._stored(key, merged, answer, len(value))
                         return merged
                     # Another process came first: its record came back with the answer.
                     current = self._decode(key, *self._pair(answer))
@@ -406,9 +427,32 @@ class RedisStore(SessionStore):
             if not queue.users:
                 del self._queues[key]
 
-    async def _compare_and_swap(self, key: str, version: Any, record: Record, ttl: float) -> Any:
+    async def _write_copy(
+        self, queue: _Queue, key: str, operations: Sequence[Operation], now: float, ttl: float, copy: Loaded
+    ) -> Record:
+        """`update` against this process's copy: stored, or `StaleCopy` (changed or gone)."""
+        if queue.latest is not None and queue.latest.version != copy.version:
+            self._copies.drop(key)
+            raise StaleCopy(key)  # another request of this process wrote after the copy was made
+        merged = apply_operations(copy.record, operations, now)
+        value = self._encode(key, merged)
+        answer = await self._compare_and_swap(key, copy.version, value, ttl)
+        if type(answer) is int:
+            queue.latest = self._stored(key, merged, answer, len(value))
+            return merged
+        if answer is not None:
+            self._pair(answer)  # changed meanwhile, or not Redis's answer
+        self._copies.drop(key)
+        raise StaleCopy(key)
+
+    def _stored(self, key: str, record: Record, version: int, size: int) -> Loaded:
+        """What a stored compare-and-swap left (``size`` bytes): kept as this process's copy, and returned."""
+        stored = Loaded(record, b"%d" % version)
+        self._copies.keep(key, stored, size)
+        return stored
+
+    async def _compare_and_swap(self, key: str, version: Any, value: bytes, ttl: float) -> Any:
         """The new version (stored), None (gone), or [v, r] as stored now (changed meanwhile)."""
-        value = self._encode(key, record)
         try:
             return await self._script(SAVE, key, version, value, redis_seconds(ttl))
         except WrongType:
@@ -418,18 +462,25 @@ class RedisStore(SessionStore):
         if loaded is None or loaded.version is None:
             return await self.update(session_id, (), now, ttl) is not None
         # Lost to a write after the load: that write refreshed last_seen and the TTL already.
-        answer = await self._compare_and_swap(
-            self.key(session_id), loaded.version, apply_operations(loaded.record, (), now), ttl
-        )
-        if answer is None:
-            return False
-        if type(answer) is not int:
+        key = self.key(session_id)
+        touched = apply_operations(loaded.record, (), now)
+        value = self._encode(key, touched)
+        answer = await self._compare_and_swap(key, loaded.version, value, ttl)
+        if type(answer) is int:
+            self._stored(key, touched, answer, len(value))
+            return True
+        self._copies.drop(key)
+        if answer is not None:
             self._pair(answer)  # changed meanwhile (alive), or not Redis's answer
-        return True
+        if not loaded.confirmed:
+            raise StaleCopy(key)
+        return answer is not None
 
     async def delete(self, session_id: str) -> None:
+        key = self.key(session_id)
+        self._copies.drop(key)
         try:
-            await self._command(pack(b"UNLINK", self.key(session_id).encode("ascii")))
+            await self._command(pack(b"UNLINK", key.encode("ascii")))
         except WrongType:  # UNLINK takes any type: not Redis
             raise self._unexpected() from None
 

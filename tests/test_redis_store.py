@@ -18,6 +18,7 @@ import pytest
 from handlers.app import SessionApplication
 from server import session_store
 from settings import Settings, load_settings
+from stores import build_store
 from stores.base import Loaded, StoreContext, StoreUnavailable
 from stores.redis import RedisStore
 from stores.sealing import RecordSeal, record_keys
@@ -366,3 +367,21 @@ async def test_other_commands_answered_as_redis_never_does():
             assert await store.create("a-session", {"created_at": 1.0, "last_seen": 1.0, "data": {}}, 60) is True
         finally:
             await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_copies_are_forgotten_at_a_failure_a_failover_may_have_moved_the_versions(redis: Redis):
+    # After a failover the new primary may hold other records under the same version numbers
+    # (replication is asynchronous): a copy made before the failure is never written against.
+    store = build_store("redis", {**redis.store_options()}, StoreContext(record_keys([test_secret()])))
+    try:
+        record = {"data": {}, "created_at": 1.0, "last_seen": 1.0}
+        assert await store.create("a-session", record, 60) and await store.create("b-session", record, 60)
+        assert await store.load("a-session") is not None and await store.load("b-session") is not None
+        assert store.copy("a-session") is not None and store.copy("b-session") is not None
+        redis.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.load("a-session")
+        assert store.copy("a-session") is None and store.copy("b-session") is None
+    finally:
+        await store.close()

@@ -68,8 +68,12 @@ def trickle_until_closed(sock: socket.socket, data: bytes) -> int:
     """
     for sent, byte in enumerate(data):
         readable, _, _ = select.select([sock], [], [], TRICKLE_PAUSE)
-        if readable and not sock.recv(4096, socket.MSG_PEEK):
-            return sent
+        if readable:
+            try:
+                if not sock.recv(4096, socket.MSG_PEEK):
+                    return sent
+            except ConnectionResetError:  # closed with our bytes unread: a reset, not a FIN
+                return sent
         try:
             sock.send(bytes([byte]))
         except (BrokenPipeError, ConnectionResetError):

@@ -25,6 +25,7 @@ from stores.base import (
     Loaded,
     Operation,
     SessionStore,
+    StaleCopy,
     StoreContext,
     StoreUnavailable,
     StoreValueError,
@@ -44,6 +45,8 @@ STORES: dict[str, Any] = {
     "redis": Redis,
 }
 SHARED = [name for name, service in STORES.items() if service is not None]
+# The stores that keep copies of what they read and wrote (`SessionStore.copy`).
+KEEPS_COPIES = {"memcached", "redis"}
 RECORD_KEYS = record_keys([test_secret()])
 MAX_RECORD_SIZE = 4096
 # How long a shared store may take to answer 503 once its server is gone: its timeout (0.3 s in
@@ -221,6 +224,53 @@ async def test_a_touch_never_overwrites_a_write_that_came_after_its_load(harness
     assert not await store.touch(SID, NOW + 300, 600, current)
     assert not await store.touch(SID, NOW + 300, 600)
     assert await store.load(SID) is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_copy_is_written_against_only_while_it_is_the_stored_version(harness: Harness):
+    store = harness.store
+    assert store.copy(SID) is None
+    await store.create(SID, record(n=0), ttl=60)
+    loaded = await store.load(SID)
+    assert loaded is not None
+    copy = store.copy(SID)
+    if harness.name not in KEEPS_COPIES:
+        assert copy is None
+        return
+    # What the load read, kept unconfirmed; a write against it makes the next copy.
+    assert copy == loaded._replace(confirmed=False)
+    assert await store.update(SID, [Operation("incr", "n", 1)], NOW + 1, 60, copy) is not None
+    copy = store.copy(SID)
+    current = await store.load(SID)
+    assert copy is not None and current is not None
+    assert copy.record == current.record and copy.version == current.version and current.record["data"] == {"n": 1}
+    # Another process writes: the copy is stale, and neither an update nor a touch writes against it.
+    other = harness.build(RECORD_KEYS)
+    try:
+        copy = store.copy(SID)
+        assert copy is not None
+        assert await other.update(SID, [Operation("set", "by", "other")], NOW + 2, 60) is not None
+        with pytest.raises(StaleCopy):
+            await store.update(SID, [Operation("incr", "n", 1)], NOW + 3, 60, copy)
+        assert store.copy(SID) is None
+        with pytest.raises(StaleCopy):
+            await store.touch(SID, NOW + 3, 60, copy)
+        current = await store.load(SID)
+        assert current is not None and current.record["data"] == {"n": 1, "by": "other"}
+        # Deleted by another process (a logout there): a stale copy, never a session brought back.
+        copy = store.copy(SID)
+        assert copy is not None
+        await other.delete(SID)
+        with pytest.raises(StaleCopy):
+            await store.update(SID, [Operation("incr", "n", 1)], NOW + 4, 60, copy)
+        assert await store.load(SID) is None and store.copy(SID) is None
+    finally:
+        await other.close()
+    # Deleted here: no copy stays behind.
+    await store.create(OTHER, record(), ttl=60)
+    assert await store.load(OTHER) is not None and store.copy(OTHER) is not None
+    await store.delete(OTHER)
+    assert store.copy(OTHER) is None
 
 
 @pytest.mark.gen_test(timeout=120)

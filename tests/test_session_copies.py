@@ -1,0 +1,158 @@
+"""Handlers that run on this process's copy of a session (`SessionHandler.runs_on_copies`), on
+each shared store's real server: one round trip for a counter, never an answer from a stale copy."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client
+
+from handlers.app import SessionApplication
+from handlers.base import ApiError, SessionHandler
+from settings import Settings, load_settings
+from stores import build_store
+from stores.base import Operation, StoreContext
+from stores.sealing import record_keys
+from stores.users import UserDirectory
+from tests.conftest import Browser, FakeClock, body_json, serve, test_secret
+from tests.services import Memcached, Redis
+
+pytestmark = pytest.mark.slow
+SECRET = test_secret()
+SERVICES: dict[str, Any] = {"memcached": Memcached, "redis": Redis}
+# Reads a stored write brings with it: memcached's read back of the written key, for its version.
+READS_PER_WRITE = {"memcached": 1, "redis": 0}
+# Reads a write lost to another process's costs, then the load and the write that follow it:
+# memcached reads each write's key back; Redis's script reads the stored version (HMGET) to answer.
+READS_AFTER_A_LOST_WRITE = {"memcached": 3, "redis": 2}
+
+
+class ShowHandler(SessionHandler):
+    """Reads only: 404 without ``x``, else shows it. Runs on copies."""
+
+    runs_on_copies = True
+
+    async def get(self) -> None:
+        session = await self.get_session()
+        if "x" not in session:
+            raise ApiError(404, "No x yet.")
+        self.write_json({"x": session["x"]})
+
+
+class Setup:
+    """This server's store and another process's store, on one server of the store ``name``."""
+
+    def __init__(self, name: str, service: Any, clock: FakeClock, users: UserDirectory) -> None:
+        context = StoreContext(record_keys([SECRET]))
+        self.name, self.service, self.clock = name, service, clock
+        self.store = build_store(name, service.store_options(), context)
+        self.other = build_store(name, service.store_options(), context)
+        config: Settings = load_settings("test", environ={}, session_secrets=(SECRET,), store=name)
+        self.app = SessionApplication(config, self.store, users, clock=clock, extra_routes=[("/show", ShowHandler)])
+        self.per_write = READS_PER_WRITE[name]
+        self.after_a_lost_write = READS_AFTER_A_LOST_WRITE[name]
+
+    def reads(self) -> int:
+        """How many reads of a session the server has done so far (on Redis, scripts' reads too)."""
+        if self.name == "memcached":
+            client = Client(("127.0.0.1", self.service.port))
+            try:
+                return int(client.stats()[b"cmd_get"])
+            finally:
+                client.close()
+        stats = self.service.command("INFO", "commandstats").decode()
+        found = re.search(r"cmdstat_hmget:calls=(\d+)", stats)
+        return int(found.group(1)) if found else 0
+
+    def session_id(self, browser: Browser) -> str:
+        session_id, _ = self.app.sessions.verify(browser.cookies.get("sid"))
+        assert session_id is not None
+        return session_id
+
+    async def write_elsewhere(self, session_id: str, *operations: Operation) -> None:
+        """Another process changes the session."""
+        assert await self.other.update(session_id, operations, self.clock(), 60) is not None
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.other.close()
+
+
+@pytest.fixture(params=list(SERVICES))
+def setup(
+    request: pytest.FixtureRequest, http_server, io_loop, clock: FakeClock, users: UserDirectory
+) -> Iterator[Setup]:
+    with SERVICES[request.param]() as service:
+        made = Setup(request.param, service, clock, users)
+        serve(http_server, made.app)
+        yield made
+        io_loop.run_sync(made.close)
+
+
+async def visits(browser: Browser) -> str:
+    r = await browser.get("/api")
+    assert r.code == 200
+    return r.body.decode()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_counter_on_this_processs_copy_reads_nothing(setup: Setup, browser: Browser):
+    assert await visits(browser) == "Welcome to this page for the first time!"
+    assert await visits(browser) == "You visited this page 2 times"  # loaded, then written: a copy
+    for n in (3, 4, 5):
+        before = setup.reads()
+        assert await visits(browser) == f"You visited this page {n} times"
+        # One round trip: the write against the copy's version (on memcached with the read of the
+        # key that follows it in the same send, for the version it got), and no load before it.
+        assert setup.reads() == before + setup.per_write
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_write_elsewhere_makes_the_counter_run_again_on_the_stored_session(setup: Setup, browser: Browser):
+    await visits(browser)
+    await visits(browser)
+    session_id = setup.session_id(browser)
+    # Another process counts ten visits: this process's copy is stale.
+    await setup.write_elsewhere(session_id, Operation("incr", "page_views", 10))
+    before = setup.reads()
+    assert await visits(browser) == "You visited this page 13 times"
+    assert setup.reads() == before + setup.after_a_lost_write  # the lost write, a load, the write
+    loaded = await setup.other.load(session_id)
+    assert loaded is not None and loaded.record["data"]["page_views"] == 13
+    assert await visits(browser) == "You visited this page 14 times"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_logout_elsewhere_is_never_answered_from_the_copy(setup: Setup, browser: Browser):
+    assert (await browser.login()).code == 200
+    assert await visits(browser) == "Welcome to this page for the first time!"
+    assert await visits(browser) == "You visited this page 2 times"
+    assert (await browser.get("/api/balance")).code == 200
+    logged_in = browser.cookies["sid"]
+    # Logged out through another process: the record is gone; this process still has its copy.
+    await setup.other.delete(setup.session_id(browser))
+    assert await visits(browser) == "Welcome to this page for the first time!"
+    assert browser.cookies["sid"] != logged_in  # a new anonymous session, not the old one back
+    assert (await browser.get("/api/balance")).code == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_what_a_reading_handler_answers_from_a_copy_is_checked_first(setup: Setup, browser: Browser):
+    await visits(browser)
+    await visits(browser)
+    session_id = setup.session_id(browser)
+    # The copy has no x, the store has: the copy's 404 is checked, found stale, and run again.
+    await setup.write_elsewhere(session_id, Operation("set", "x", 1))
+    r = await browser.get("/show")
+    assert (r.code, body_json(r)) == (200, {"x": 1})
+    # Now the copy has x = 1, the store 2: the 200 the copy would give is checked too.
+    await setup.write_elsewhere(session_id, Operation("set", "x", 2))
+    r = await browser.get("/show")
+    assert (r.code, body_json(r)) == (200, {"x": 2})
+    # Nothing changed elsewhere: the check is the request's one read, and the copy's answer stands.
+    before = setup.reads()
+    r = await browser.get("/show")
+    assert (r.code, body_json(r)) == (200, {"x": 2}) and setup.reads() == before + 1
