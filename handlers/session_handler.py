@@ -87,7 +87,7 @@ class SessionHandler(JsonHandler):
     ``{"errorMessage": "You must be logged in."}`` instead of a redirect.
 
     ``runs_on_copies = True`` saves a handler that changes its session a round trip on shared
-    stores: its methods run on the copy of the session this process last read or wrote (if the
+    stores: its methods run on the copy of the session this process last wrote (if the
     store keeps one), and the save writes against that copy's version, so a stored write proves
     the copy was current. If it was not, nothing is written or sent and the method runs again
     on a fresh load. Set it only for methods whose effects are on the session alone (they may

@@ -220,10 +220,11 @@ class SessionStore(abc.ABC):
     write that landed after the load it was given.
 
     Copies: a store that pays a round trip per load may keep, in this process, the record and
-    version it last read or wrote for each session (a bounded number), and hand one out through
-    `copy`, unconfirmed. An `update` or `touch` given such a copy writes only if the stored
-    version is still the copy's, and otherwise raises `StaleCopy`, writing nothing: a request
-    that ran on the copy is then run again on a fresh load, never answered from a stale one.
+    version it last wrote for each session (a bounded number; a load refreshes a copy, never
+    starts one), and hand one out through `copy`, unconfirmed. An `update` or `touch` given such
+    a copy writes only if the stored version is still the copy's, and otherwise raises
+    `StaleCopy`, writing nothing: a request that ran on the copy is then run again on a fresh
+    load, never answered from a stale one.
     """
 
     # The store's name, as settings choose it (SESSION_STORE) and its options' variables begin.
@@ -263,7 +264,7 @@ class SessionStore(abc.ABC):
         """
 
     def copy(self, session_id: str) -> Loaded | None:
-        """This process's copy of the record as it last read or wrote it (``confirmed`` False),
+        """This process's copy of the record as it last wrote (or since read) it (``confirmed`` False),
         or None: no copy kept (the default: a store whose loads are cheap keeps none). Never a
         round trip; never a record this process did not see stored or store itself."""
         return None

@@ -59,7 +59,7 @@ from stores.base import (
     apply_operations,
     counter_digest,
 )
-from stores.copies import Copies
+from stores.copies import Copies, unconfirmed
 from stores.memcached_client import (
     CasContention,
     CasResult,
@@ -335,16 +335,18 @@ class MemcachedStore(SessionStore):
         self._batch(node).loads.setdefault(key, []).append(future)
         raw, token = await future
         loaded = self._decode(key, raw, token)
-        if loaded is not None:
-            assert raw is not None
-            self._copies.keep(key, loaded, len(raw), node)
-        else:
-            self._copies.drop(key)
+        self._copies.refresh(key, raw if loaded is not None else None, token, node.name)
         return loaded
 
     def copy(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
-        return self._copies.get(key, self._ring.node_for(key))
+        kept = self._copies.get(key, self._ring.node_for(key).name)
+        if kept is None:
+            return None
+        copy = unconfirmed(self._decode(key, *kept))
+        if copy is None:
+            self._copies.drop(key)
+        return copy
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -442,7 +444,7 @@ class MemcachedStore(SessionStore):
             self._copies.drop(key)  # the write may or may not have landed
             raise
         if isinstance(result, bytes):
-            self._copies.keep(key, Loaded(record, result), len(value), node)
+            self._copies.keep(key, value, result, node.name)
             return True
         self._copies.drop(key)
         if result is True:  # stored, and written over since, in the same batch: no copy

@@ -60,7 +60,7 @@ from stores.base import (
     counter_digest,
 )
 from stores.busy_poll import BusyPoll
-from stores.copies import Copies
+from stores.copies import Copies, unconfirmed
 from stores.options import Options, parse_address
 from stores.redis_protocol import COUNT, CREATE, PING, SAVE, Script, WrongType, bulk, pack, redis_seconds
 from stores.sealing import SealedRecords
@@ -365,14 +365,18 @@ class RedisStore(SessionStore):
             return None
         version, raw = self._pair(reply)
         loaded = self._decode(key, version, raw)
-        if loaded is not None:
-            self._copies.keep(key, loaded, len(raw))
-        else:
-            self._copies.drop(key)
+        self._copies.refresh(key, raw if loaded is not None else None, version)
         return loaded
 
     def copy(self, session_id: str) -> Loaded | None:
-        return self._copies.get(self.key(session_id))
+        key = self.key(session_id)
+        kept = self._copies.get(key)
+        if kept is None:
+            return None
+        copy = unconfirmed(self._decode(key, kept[1], kept[0]))
+        if copy is None:
+            self._copies.drop(key)
+        return copy
 
     async def create(self, session_id: str, record: Record, ttl: float) -> bool:
         key = self.key(session_id)
@@ -417,7 +421,7 @@ class RedisStore(SessionStore):
                     if answer is None:
                         return None
                     if type(answer) is int:
-                        queue.latest = self._stored(key, merged, answer, len(value))
+                        queue.latest = self._stored(key, merged, answer, value)
                         return merged
                     # Another process came first: its record came back with the answer.
                     current = self._decode(key, *self._pair(answer))
@@ -438,17 +442,17 @@ class RedisStore(SessionStore):
         value = self._encode(key, merged)
         answer = await self._compare_and_swap(key, copy.version, value, ttl)
         if type(answer) is int:
-            queue.latest = self._stored(key, merged, answer, len(value))
+            queue.latest = self._stored(key, merged, answer, value)
             return merged
         if answer is not None:
             self._pair(answer)  # changed meanwhile, or not Redis's answer
         self._copies.drop(key)
         raise StaleCopy(key)
 
-    def _stored(self, key: str, record: Record, version: int, size: int) -> Loaded:
-        """What a stored compare-and-swap left (``size`` bytes): kept as this process's copy, and returned."""
+    def _stored(self, key: str, record: Record, version: int, value: bytes) -> Loaded:
+        """What a stored compare-and-swap left (``value``, as sealed): kept as this process's copy."""
         stored = Loaded(record, b"%d" % version)
-        self._copies.keep(key, stored, size)
+        self._copies.keep(key, value, stored.version)
         return stored
 
     async def _compare_and_swap(self, key: str, version: Any, value: bytes, ttl: float) -> Any:
@@ -467,7 +471,7 @@ class RedisStore(SessionStore):
         value = self._encode(key, touched)
         answer = await self._compare_and_swap(key, loaded.version, value, ttl)
         if type(answer) is int:
-            self._stored(key, touched, answer, len(value))
+            self._stored(key, touched, answer, value)
             return True
         self._copies.drop(key)
         if answer is not None:

@@ -377,8 +377,9 @@ async def test_copies_are_forgotten_at_a_failure_a_failover_may_have_moved_the_v
     try:
         record = {"data": {}, "created_at": 1.0, "last_seen": 1.0}
         assert await store.create("a-session", record, 60) and await store.create("b-session", record, 60)
-        assert await store.load("a-session") is not None and await store.load("b-session") is not None
-        assert store.copy("a-session") is not None and store.copy("b-session") is not None
+        for session_id in ("a-session", "b-session"):  # a write starts a copy
+            assert await store.touch(session_id, 2.0, 60, await store.load(session_id))
+            assert store.copy(session_id) is not None
         redis.stop()
         with pytest.raises(StoreUnavailable):
             await store.load("a-session")

@@ -229,21 +229,23 @@ async def test_a_touch_never_overwrites_a_write_that_came_after_its_load(harness
 @pytest.mark.gen_test(timeout=30)
 async def test_a_copy_is_written_against_only_while_it_is_the_stored_version(harness: Harness):
     store = harness.store
-    assert store.copy(SID) is None
     await store.create(SID, record(n=0), ttl=60)
     loaded = await store.load(SID)
-    assert loaded is not None
+    assert loaded is not None and store.copy(SID) is None  # a load starts no copy
+    assert await store.update(SID, [Operation("incr", "n", 1)], NOW + 1, 60, loaded) is not None
     copy = store.copy(SID)
     if harness.name not in KEEPS_COPIES:
         assert copy is None
         return
-    # What the load read, kept unconfirmed; a write against it makes the next copy.
-    assert copy == loaded._replace(confirmed=False)
+    # What the write stored, kept unconfirmed; a write against it makes the next copy.
+    current = await store.load(SID)
+    assert copy is not None and current is not None and not copy.confirmed
+    assert copy.record == current.record and copy.version == current.version and current.record["data"] == {"n": 1}
     assert await store.update(SID, [Operation("incr", "n", 1)], NOW + 1, 60, copy) is not None
     copy = store.copy(SID)
     current = await store.load(SID)
     assert copy is not None and current is not None
-    assert copy.record == current.record and copy.version == current.version and current.record["data"] == {"n": 1}
+    assert copy.record == current.record and copy.version == current.version and current.record["data"] == {"n": 2}
     # Another process writes: the copy is stale, and neither an update nor a touch writes against it.
     other = harness.build(RECORD_KEYS)
     try:
@@ -256,7 +258,9 @@ async def test_a_copy_is_written_against_only_while_it_is_the_stored_version(har
         with pytest.raises(StaleCopy):
             await store.touch(SID, NOW + 3, 60, copy)
         current = await store.load(SID)
-        assert current is not None and current.record["data"] == {"n": 1, "by": "other"}
+        assert current is not None and current.record["data"] == {"n": 2, "by": "other"}
+        assert store.copy(SID) is None  # dropped by the lost write; the load starts none
+        assert await store.update(SID, [Operation("incr", "n", 1)], NOW + 3, 60, current) is not None
         # Deleted by another process (a logout there): a stale copy, never a session brought back.
         copy = store.copy(SID)
         assert copy is not None
@@ -266,9 +270,19 @@ async def test_a_copy_is_written_against_only_while_it_is_the_stored_version(har
         assert await store.load(SID) is None and store.copy(SID) is None
     finally:
         await other.close()
-    # Deleted here: no copy stays behind.
+    # Another process writes, and this one loads: the load refreshes the copy it had.
     await store.create(OTHER, record(), ttl=60)
-    assert await store.load(OTHER) is not None and store.copy(OTHER) is not None
+    await store.touch(OTHER, NOW + 5, 60, await store.load(OTHER))
+    other = harness.build(RECORD_KEYS)
+    try:
+        await other.update(OTHER, [Operation("set", "by", "other")], NOW + 6, 60)
+    finally:
+        await other.close()
+    loaded = await store.load(OTHER)
+    copy = store.copy(OTHER)
+    assert loaded is not None and copy is not None and copy.version == loaded.version
+    assert copy.record["data"] == {"by": "other"}
+    # Deleted here: no copy stays behind.
     await store.delete(OTHER)
     assert store.copy(OTHER) is None
 
