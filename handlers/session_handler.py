@@ -45,13 +45,16 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
                         result = method(self, *args, **kwargs)
                         if result is not None:  # as Tornado does: a coroutine, or None from a plain method
                             await result
-                    except HTTPError:
-                        # A refusal decided on a copy is checked, as an answer would be, before it is sent.
+                        if not self._response_finished:
+                            await self.save_session()
+                    except (StaleCopy, StoreUnavailable):
+                        raise
+                    except Exception:
+                        # Any other way out (a refusal, data refused, Tornado's Finish, a bug) was
+                        # decided on the copy too: checked, as an answer would be, before it is sent.
                         if self._session is not None and self._session.copy is not None:
                             await self.app.sessions.confirm(self._session)
                         raise
-                    if not self._response_finished:
-                        await self.save_session()
                     return
                 except StaleCopy:
                     if not copy:  # a store that calls a fresh load a stale copy
@@ -91,7 +94,9 @@ class SessionHandler(JsonHandler):
     store keeps one), and the save writes against that copy's version, so a stored write proves
     the copy was current. If it was not, nothing is written or sent and the method runs again
     on a fresh load. Set it only for methods whose effects are on the session alone (they may
-    run twice) and that return rather than call ``finish()`` or ``flush()``.
+    run twice: attributes they set on the handler, and cookies set with Tornado's ``set_cookie``,
+    stay from the first run), that return or raise rather than call ``finish()`` or ``flush()``,
+    and that let exceptions from ``save_session()`` through.
     """
 
     # See the class docstring: methods may run on this process's copy of the session.
@@ -185,7 +190,8 @@ class SessionHandler(JsonHandler):
         # is still cleared, as a successful request would (clearing it stores nothing).
         if self._session is not None:
             self._session.discard()
-            # An error answer says nothing a copy decided (refusals were confirmed: see run).
+            # What ended the method on a copy was confirmed first (see _saves_session), or the
+            # store failed: an error answer says nothing an unconfirmed copy decided.
             self._session.copy = None
             if self._stale_cookie_at_load and self._session.stored_id is None:
                 config = self.app.config

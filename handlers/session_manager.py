@@ -212,10 +212,9 @@ class SessionManager:
         """Check a session built from this process's copy against the store: `StaleCopy` if the
         stored record is another version now (or gone), so the request runs again on a fresh load.
         """
-        copy = session.copy
-        if copy is None:
+        copy, copy_id = session.copy, session.copy_id
+        if copy is None or copy_id is None:
             return
-        copy_id = session.stored_id if session.stored_id is not None else session.retired_ids[0]
         loaded = await self.store.load(copy_id)
         if loaded is None or loaded.version != copy.version:
             raise StaleCopy(self.log_id(copy_id))

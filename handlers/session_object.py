@@ -39,6 +39,7 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_data",
         "copy",
+        "copy_id",
         "created_at",
         "id",
         "loaded",
@@ -74,6 +75,7 @@ class Session(MutableMapping[str, Any]):
         # This process's copy the session was built from, until the store confirms it was current
         # (see `SessionStore.copy`): None for a session loaded from the store.
         self.copy = loaded if loaded is not None and not loaded.confirmed else None
+        self.copy_id = session_id if self.copy is not None else None  # whose copy it is
         self.operations: list[Operation] = []
         self.retired_ids: list[str] = []
         self.resign = resign

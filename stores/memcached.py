@@ -118,9 +118,10 @@ class MemcachedStore(SessionStore):
     ``threads`` (16: worker threads, and pooled connections per node, for the calls outside the
     batches: creates, deletes, counters, probes), ``busy_poll`` (200 µs: how long the loop polls,
     rather than sleeps, after a batch is sent while answers are due; 0 turns it off; see
-    `stores.busy_poll`), ``dead_after`` (3 s failing before a node leaves
-    the ring), ``probe_interval`` (1 s), and TLS: ``tls_ca`` (turns it on), ``tls_cert`` and
-    ``tls_key`` (a client certificate).
+    `stores.busy_poll`), ``copies`` (10,000: sessions whose record and version this process
+    keeps as it last wrote them, for `SessionStore.copy`; 0: none), ``dead_after`` (3 s failing
+    before a node leaves the ring), ``probe_interval`` (1 s), and TLS: ``tls_ca`` (turns it on),
+    ``tls_cert`` and ``tls_key`` (a client certificate).
     """
 
     name = "memcached"
@@ -357,7 +358,7 @@ class MemcachedStore(SessionStore):
             # stored write's new version, which the classic cas does not answer with, for the copy.
             keys = list(batch.loads)
             if self._copies.on:
-                keys.extend(write[0] for write in writes if write[0] not in batch.loads)
+                keys.extend(dict.fromkeys(write[0] for write in writes if write[0] not in batch.loads))
             # Sent at once on the node's pipelined connection; the answers land on the IOLoop.
             self._wires[node.name].exchange(writes, keys, functools.partial(self._landed, node, batch))
 
@@ -416,6 +417,8 @@ class MemcachedStore(SessionStore):
         key = self.key(session_id)
         node = self._ring.node_for(key)
         token = loaded.version if loaded is not None else None
+        if loaded is not None and not loaded.confirmed and token is None:
+            raise StaleCopy(key)  # a copy without a version: nothing to check it against
         if loaded is not None and token is not None:
             # The common case: one cas against the version the load fetched (or this process's
             # copy holds), in this iteration's batch.
@@ -481,6 +484,8 @@ class MemcachedStore(SessionStore):
         key = self.key(session_id)
         node = self._ring.node_for(key)
         token = loaded.version if loaded is not None else None
+        if loaded is not None and not loaded.confirmed and token is None:
+            raise StaleCopy(key)  # a copy without a version: nothing to check it against
         if loaded is None or token is None:
             # No version to compare against: read one first (on a worker), as an update would.
             self._copies.drop(key)

@@ -1,8 +1,9 @@
 """The durable store: Redis (or Redis Sentinel) through redis-py's asyncio client, on the IOLoop.
 
-A session is one hash: ``prefix + sha256(session id)`` holding ``v``, a version number, and
-``r``, the record's JSON behind a MAC bound to the key (`stores.sealing`: anyone with write
-access to Redis could otherwise make any session anyone's). Values are never pickled.
+A session is one hash: ``prefix + sha256(session id)`` holding ``v``, a version token (random,
+drawn by each writer: `stores.redis_protocol`), and ``r``, the record's JSON behind a MAC bound to
+the key (`stores.sealing`: anyone with write access to Redis could otherwise make any session
+anyone's). Values are never pickled.
 
 Why a version beside the sealed value, and a script: a save must apply the request's operations
 to the newest record and lose no concurrent write, in one round trip. Redis could apply them
@@ -62,7 +63,18 @@ from stores.base import (
 from stores.busy_poll import BusyPoll
 from stores.copies import Copies, unconfirmed
 from stores.options import Options, parse_address
-from stores.redis_protocol import COUNT, CREATE, PING, SAVE, Script, WrongType, bulk, pack, redis_seconds
+from stores.redis_protocol import (
+    COUNT,
+    CREATE,
+    PING,
+    SAVE,
+    Script,
+    WrongType,
+    bulk,
+    new_version,
+    pack,
+    redis_seconds,
+)
 from stores.sealing import SealedRecords
 
 log = logging.getLogger("stores.redis")
@@ -92,7 +104,7 @@ class RedisStore(SessionStore):
     request waits up to ``timeout`` for one), ``cas_retries`` (64 compare-and-swap rounds before
     an update gives up with a 503), ``busy_poll`` (200 µs: how long the loop polls without
     sleeping after a batch is sent, while answers are due; 0 turns it off; `stores.busy_poll`),
-    ``copies`` (10,000: records kept as last read or written, for `SessionStore.copy`; 0: none).
+    ``copies`` (10,000: records kept as this process last wrote them, for `SessionStore.copy`; 0: none).
     """
 
     name = "redis"
@@ -383,7 +395,7 @@ class RedisStore(SessionStore):
         value = self._encode(key, record)
         self._copies.drop(key)
         try:
-            stored = await self._script(CREATE, key, value, redis_seconds(ttl))
+            stored = await self._script(CREATE, key, value, redis_seconds(ttl), new_version())
         except WrongType:
             return False
         if type(stored) is not int or stored not in (0, 1):
@@ -417,11 +429,11 @@ class RedisStore(SessionStore):
                         return None
                     merged = apply_operations(current.record, operations, now)
                     value = self._encode(key, merged)
-                    answer = await self._compare_and_swap(key, current.version, value, ttl)
+                    answer, version = await self._compare_and_swap(key, current.version, value, ttl)
                     if answer is None:
                         return None
                     if type(answer) is int:
-                        queue.latest = self._stored(key, merged, answer, value)
+                        queue.latest = self._stored(key, merged, version, value)
                         return merged
                     # Another process came first: its record came back with the answer.
                     current = self._decode(key, *self._pair(answer))
@@ -440,27 +452,28 @@ class RedisStore(SessionStore):
             raise StaleCopy(key)  # another request of this process wrote after the copy was made
         merged = apply_operations(copy.record, operations, now)
         value = self._encode(key, merged)
-        answer = await self._compare_and_swap(key, copy.version, value, ttl)
+        answer, version = await self._compare_and_swap(key, copy.version, value, ttl)
         if type(answer) is int:
-            queue.latest = self._stored(key, merged, answer, value)
+            queue.latest = self._stored(key, merged, version, value)
             return merged
         if answer is not None:
             self._pair(answer)  # changed meanwhile, or not Redis's answer
         self._copies.drop(key)
         raise StaleCopy(key)
 
-    def _stored(self, key: str, record: Record, version: int, value: bytes) -> Loaded:
+    def _stored(self, key: str, record: Record, version: bytes, value: bytes) -> Loaded:
         """What a stored compare-and-swap left (``value``, as sealed): kept as this process's copy."""
-        stored = Loaded(record, b"%d" % version)
-        self._copies.keep(key, value, stored.version)
-        return stored
+        self._copies.keep(key, value, version)
+        return Loaded(record, version)
 
-    async def _compare_and_swap(self, key: str, version: Any, value: bytes, ttl: float) -> Any:
-        """The new version (stored), None (gone), or [v, r] as stored now (changed meanwhile)."""
+    async def _compare_and_swap(self, key: str, version: Any, value: bytes, ttl: float) -> tuple[Any, bytes]:
+        """(the answer, the version written if it was stored): the answer is an integer (stored),
+        None (gone), or [v, r] as stored now (changed meanwhile)."""
+        written = new_version()
         try:
-            return await self._script(SAVE, key, version, value, redis_seconds(ttl))
+            return await self._script(SAVE, key, version, value, redis_seconds(ttl), written), written
         except WrongType:
-            return None
+            return None, written
 
     async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
         if loaded is None or loaded.version is None:
@@ -469,9 +482,9 @@ class RedisStore(SessionStore):
         key = self.key(session_id)
         touched = apply_operations(loaded.record, (), now)
         value = self._encode(key, touched)
-        answer = await self._compare_and_swap(key, loaded.version, value, ttl)
+        answer, version = await self._compare_and_swap(key, loaded.version, value, ttl)
         if type(answer) is int:
-            self._stored(key, touched, answer, value)
+            self._stored(key, touched, version, value)
             return True
         self._copies.drop(key)
         if answer is not None:

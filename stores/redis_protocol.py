@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from typing import NamedTuple
 
 
@@ -22,29 +23,32 @@ def lua(source: str, arguments: int) -> Script:
     return Script(source.encode("utf-8"), head)
 
 
-# KEYS[1] the session; ARGV: sealed record, ttl. 1 stored; 0 the id is taken.
+# Versions are tokens the writer draws (`new_version`), never a count: after a restore or a
+# failover that lost writes, a count would come round to numbers it had already given other
+# records, and a copy kept with one of them (`stores.copies`) would pass the comparison.
+
+# KEYS[1] the session; ARGV: sealed record, ttl, its version. 1 stored; 0 the id is taken.
 CREATE = lua(
     """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', 1, 'r', ARGV[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[3], 'r', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """,
-    2,
+    3,
 )
-# KEYS[1] the session; ARGV: the version loaded, the new sealed record, ttl. The new version (a
-# number) when stored; nil when the session is gone; {v, r} as stored now when it has changed.
+# KEYS[1] the session; ARGV: the version loaded, the new sealed record, ttl, the new version. 1
+# when stored; nil when the session is gone; {v, r} as stored now when it has changed.
 SAVE = lua(
     """
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return false end
 if v ~= ARGV[1] then return redis.call('HMGET', KEYS[1], 'v', 'r') end
-local n = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 'r', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'r', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return n
+return 1
 """,
-    3,
+    4,
 )
 # KEYS[1] the counter; ARGV[1] its window. A counter without an expiry (none can be left by
 # this script, but a key is only as safe as whoever else writes) gets one too, and a counter
@@ -62,6 +66,11 @@ return n
 """,
     1,
 )
+
+
+def new_version() -> bytes:
+    """A version token for a write: 63 random bits in decimal, unique for every write in practice."""
+    return b"%d" % random.getrandbits(63)
 
 
 def bulk(*parts: bytes) -> bytes:

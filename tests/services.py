@@ -149,8 +149,9 @@ class Memcached(ServerProcess):
         assert reply == b"STORED", reply
 
     def stored_keys(self) -> list[str]:
-        """Every key stored now (via lru_crawler metadump)."""
-        data = self._exchange(b"lru_crawler metadump all\r\n", b"END\r\n")
+        """Every key stored now (via lru_crawler metadump of the hash table: a walk of the LRUs
+        can miss an item memcached moves between them meanwhile, one just read, say)."""
+        data = self._exchange(b"lru_crawler metadump hash\r\n", b"END\r\n")
         keys = []
         for line in data.decode().splitlines():
             if line.startswith("key="):

@@ -42,16 +42,31 @@ class ShowHandler(SessionHandler):
         self.write_json({"x": session["x"]})
 
 
+class GrowHandler(SessionHandler):
+    """Adds 3,000 characters under the key the query names. Runs on copies."""
+
+    runs_on_copies = True
+
+    async def get(self) -> None:
+        session = await self.get_session()
+        session[self.get_query_argument("key")] = "x" * 3000
+
+
+# Records larger than this are refused (413): two of GrowHandler's values do not fit.
+MAX_RECORD_SIZE = 5000
+
+
 class Setup:
     """This server's store and another process's store, on one server of the store ``name``."""
 
     def __init__(self, name: str, service: Any, clock: FakeClock, users: UserDirectory) -> None:
-        context = StoreContext(record_keys([SECRET]))
+        context = StoreContext(record_keys([SECRET]), MAX_RECORD_SIZE)
         self.name, self.service, self.clock = name, service, clock
         self.store = build_store(name, service.store_options(), context)
         self.other = build_store(name, service.store_options(), context)
         config: Settings = load_settings("test", environ={}, session_secrets=(SECRET,), store=name)
-        self.app = SessionApplication(config, self.store, users, clock=clock, extra_routes=[("/show", ShowHandler)])
+        routes = [("/show", ShowHandler), ("/grow", GrowHandler)]
+        self.app = SessionApplication(config, self.store, users, clock=clock, extra_routes=routes)
         self.per_write = READS_PER_WRITE[name]
         self.after_a_lost_write = READS_AFTER_A_LOST_WRITE[name]
 
@@ -156,3 +171,19 @@ async def test_what_a_reading_handler_answers_from_a_copy_is_checked_first(setup
     before = setup.reads()
     r = await browser.get("/show")
     assert (r.code, body_json(r)) == (200, {"x": 2}) and setup.reads() == before + 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_data_refused_on_a_copy_is_checked_against_the_store_first(setup: Setup, browser: Browser):
+    await visits(browser)
+    assert (await browser.get("/grow?key=a")).code == 200  # a write: this process's copy holds a
+    # Another process drops a: on the copy, b would make the record too large; as stored, it fits.
+    await setup.write_elsewhere(setup.session_id(browser), Operation("delete", "a"))
+    assert (await browser.get("/grow?key=b")).code == 200
+    loaded = await setup.other.load(setup.session_id(browser))
+    assert loaded is not None and set(loaded.record["data"]) == {"page_views", "b"}
+    # Both as stored: refused, and nothing stored is lost.
+    r = await browser.get("/grow?key=c")
+    assert r.code == 413 and body_json(r)["errorMessage"]
+    loaded = await setup.other.load(setup.session_id(browser))
+    assert loaded is not None and set(loaded.record["data"]) == {"page_views", "b"}
