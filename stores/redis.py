@@ -11,7 +11,8 @@ itself in a script, but a script cannot compute the MAC (the key stays in this p
 server only compares: `SAVE` writes the new sealed value only if ``v`` is still the version
 this process loaded, and otherwise answers with the current ``v`` and ``r`` in the same round
 trip, so a retry needs no read of its own. A load is one ``HMGET``; a read-and-write request is
-a load and one ``EVALSHA``. A touch is the same compare-and-swap with no operations; losing it
+a load and one ``EVALSHA``, or the ``EVALSHA`` alone against this process's copy (`stores.copies`).
+A touch is the same compare-and-swap with no operations; losing it
 means another write refreshed the record already, so there is nothing to retry.
 
 Batches: as in the memcached store, the commands the requests of one loop iteration send go
