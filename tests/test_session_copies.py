@@ -107,6 +107,13 @@ def setup(
         io_loop.run_sync(made.close)
 
 
+async def with_a_copy(setup: Setup, browser: Browser) -> str:
+    """A session this process has written (so it keeps a copy of it): its id."""
+    await visits(browser)
+    assert await visits(browser) == "You visited this page 2 times"  # loaded, then written: a copy
+    return setup.session_id(browser)
+
+
 async def visits(browser: Browser) -> str:
     r = await browser.get("/api")
     assert r.code == 200
@@ -127,9 +134,7 @@ async def test_a_counter_on_this_processs_copy_reads_nothing(setup: Setup, brows
 
 @pytest.mark.gen_test(timeout=30)
 async def test_a_write_elsewhere_makes_the_counter_run_again_on_the_stored_session(setup: Setup, browser: Browser):
-    await visits(browser)
-    await visits(browser)
-    session_id = setup.session_id(browser)
+    session_id = await with_a_copy(setup, browser)
     # Another process counts ten visits: this process's copy is stale.
     await setup.write_elsewhere(session_id, Operation("incr", "page_views", 10))
     before = setup.reads()
@@ -156,9 +161,7 @@ async def test_a_logout_elsewhere_is_never_answered_from_the_copy(setup: Setup, 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_what_a_reading_handler_answers_from_a_copy_is_checked_first(setup: Setup, browser: Browser):
-    await visits(browser)
-    await visits(browser)
-    session_id = setup.session_id(browser)
+    session_id = await with_a_copy(setup, browser)
     # The copy has no x, the store has: the copy's 404 is checked, found stale, and run again.
     await setup.write_elsewhere(session_id, Operation("set", "x", 1))
     r = await browser.get("/show")
