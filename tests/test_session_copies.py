@@ -59,10 +59,10 @@ MAX_RECORD_SIZE = 5000
 class Setup:
     """This server's store and another process's store, on one server of the store ``name``."""
 
-    def __init__(self, name: str, service: Any, clock: FakeClock, users: UserDirectory) -> None:
+    def __init__(self, name: str, service: Any, clock: FakeClock, users: UserDirectory, **options: str) -> None:
         context = StoreContext(record_keys([SECRET]), MAX_RECORD_SIZE)
         self.name, self.service, self.clock = name, service, clock
-        self.store = build_store(name, service.store_options(), context)
+        self.store = build_store(name, {**service.store_options(), **options}, context)
         self.other = build_store(name, service.store_options(), context)
         config: Settings = load_settings("test", environ={}, session_secrets=(SECRET,), store=name)
         routes = [("/show", ShowHandler), ("/grow", GrowHandler)]
@@ -190,3 +190,22 @@ async def test_data_refused_on_a_copy_is_checked_against_the_store_first(setup: 
     assert r.code == 413 and body_json(r)["errorMessage"]
     loaded = await setup.other.load(setup.session_id(browser))
     assert loaded is not None and set(loaded.record["data"]) == {"page_views", "b"}
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("name", list(SERVICES))
+async def test_with_copies_turned_off_every_counter_request_loads_first(
+    name: str, http_server, clock: FakeClock, users: UserDirectory, browser: Browser
+):
+    with SERVICES[name]() as service:
+        setup = Setup(name, service, clock, users, copies="0")  # MEMCACHED_COPIES=0, REDIS_COPIES=0
+        serve(http_server, setup.app)
+        try:
+            await visits(browser)
+            for n in (2, 3):
+                before = setup.reads()
+                assert await visits(browser) == f"You visited this page {n} times"
+                assert setup.reads() == before + 1  # the load; no read back without copies
+                assert setup.store.copy(setup.session_id(browser)) is None
+        finally:
+            await setup.close()
