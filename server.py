@@ -2,6 +2,9 @@
 
 python server.py --env=dev                 serve (dev: http://127.0.0.1:3000)
 python server.py hash-password < pw.txt    print a password hash for a users file
+
+A server with routes of its own calls `main` with them (see the README, Write your own handler):
+``sys.exit(main(extra_routes=[(r"/api/cart", CartHandler)]))``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from connections import CappedHTTPServer, ThrottledLines, connection_cap
-from handlers.app import SessionApplication
+from handlers.app import Routes, SessionApplication
 from handlers.logging_setup import configure_logging
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
 from stores import build_store
@@ -104,9 +108,9 @@ def session_store(settings: Settings, clock: Callable[[], float] = time.time) ->
     return build_store(settings.store, settings.store_options.get(settings.store, {}), context)
 
 
-async def serve(settings: Settings, users: UserDirectory) -> None:
+async def serve(settings: Settings, users: UserDirectory, extra_routes: Routes | None = None) -> None:
     store = session_store(settings)
-    app = SessionApplication(settings, store, users)
+    app = SessionApplication(settings, store, users, extra_routes=extra_routes)
     server = CappedHTTPServer(
         app,
         xheaders=settings.xheaders,
@@ -118,7 +122,8 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
         body_timeout=settings.body_timeout,
         max_connections=connection_cap(settings.max_connections, store.connections),
     )
-    server.listen(settings.port, settings.host)
+    sockets = bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
     logging.getLogger("tornado.general").addFilter(ThrottledLines())
     await store.start()
     stop = asyncio.Event()
@@ -130,7 +135,7 @@ async def serve(settings: Settings, users: UserDirectory) -> None:
         "serving env=%s on http://%s:%d (store: %s; at most %d connections)",
         settings.env,
         settings.host,
-        settings.port,
+        sockets[0].getsockname()[1],  # the port the system chose, when 0 asked for any
         settings.store,
         server.max_connections,
     )
@@ -171,7 +176,9 @@ def run(main_coroutine: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main_coroutine)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, extra_routes: Routes | None = None) -> int:
+    """Run the command line ``argv`` (default: the process's). ``extra_routes``, Tornado URL specs
+    such as ``[(r"/api/cart", CartHandler)]``, are served beside the API (and take precedence)."""
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         return hash_password_command()
@@ -185,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format)
     try:
-        run(serve(settings, users))
+        run(serve(settings, users, extra_routes))
     except OSError as e:
         print(f"server.py: cannot listen on {settings.host}:{settings.port}: {e.strerror}", file=sys.stderr)
         return 1

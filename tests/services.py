@@ -330,8 +330,13 @@ class AppProcess:
         args: tuple[str, ...] = ("--env=test",),
         port: int | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        script: Path = ROOT / "server.py",
+        cwd: Path = ROOT,
     ) -> None:
         self.port = port or free_port()
+        # What a user runs: server.py, or a script of their own that calls its main().
+        self.script = script
+        self.cwd = cwd
         self.env = {**os.environ, **env}
         self.args = args
         # Run in the child before server.py starts (resource limits, say).
@@ -365,8 +370,8 @@ class AppProcess:
     def start(self) -> AppProcess:
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "server.py", *self.args, f"--port={self.port}"],
-                cwd=ROOT,
+                [sys.executable, str(self.script), *self.args, f"--port={self.port}"],
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -8,6 +8,7 @@ documented; the example users file loads.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,32 @@ def test_the_handler_example_runs_as_a_users_own_test_suite(tmp_path: Path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_the_handler_example_is_served_by_its_own_script(tmp_path: Path):
+    require_binary("curl")
+    launcher = code_block("Serve it with a script of your own", "python")
+    assert launcher.startswith("# serve_cart.py")
+    (tmp_path / "cart.py").write_text(code_block("## Write your own handler", "python"))
+    (tmp_path / "serve_cart.py").write_text(launcher)
+    env = {"PYTHONPATH": f"{ROOT}:{tmp_path}"}
+    with AppProcess(env, args=("--env=test",), script=tmp_path / "serve_cart.py", cwd=tmp_path) as server:
+        base, jar = server.base_url, tmp_path / "jar"
+
+        def curl(*args: str) -> str:
+            command = ["curl", "-s", "-c", str(jar), "-b", str(jar), "-H", f"Origin: {base}", *args]
+            return subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
+
+        json_body = ("-H", "Content-Type: application/json", "-d")
+        assert curl(*json_body, '"apple"', f"{base}/api/cart") == '{"errorMessage":"You must be logged in."}'
+        login = '{"email":"max@gmail.com","password":"1234"}'
+        assert '"email":"max@gmail.com"' in curl(*json_body, login, f"{base}/api/login")
+        curl(*json_body, '"apple"', f"{base}/api/cart")
+        assert curl(f"{base}/api/cart") == '{"items":["apple"]}'
+        assert curl(f"{base}/api") == "Welcome to this page for the first time!"  # the API is still there
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0  # server.py's own graceful stop
+        assert "stopped" in server.output
 
 
 def test_every_render_nginx_flag_has_help_and_is_in_the_deploy_guide(capsys: pytest.CaptureFixture[str]):

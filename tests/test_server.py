@@ -5,8 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
+import re
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
@@ -14,7 +21,7 @@ from tornado.web import Application, RequestHandler
 
 from connections import CappedHTTPServer
 from server import GC_YOUNG_THRESHOLD, READ_CHUNK_SIZE, settle_garbage_collector
-from tests.services import free_port
+from tests.services import ROOT, free_port
 
 
 @contextlib.contextmanager
@@ -106,3 +113,23 @@ def test_the_garbage_collector_is_settled_for_serving_and_still_collects():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(tmp_path: Path):
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "server.py", "--env=test", "--port=0"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not (found := re.search(r"serving env=test on http://127\.0\.0\.1:(\d+) ", log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        port = int(found.group(1))
+        assert port != 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as answer:
+            assert json.loads(answer.read()) == {"status": "ok"}
+    finally:
+        process.terminate()
+        process.wait(20)
