@@ -219,6 +219,8 @@ async def test_plain_http_redirects_pages_and_refuses_the_api(client, deployment
         assert "Location" not in r.headers
         assert "Set-Cookie" not in r.headers
         assert json.loads(r.body) == {"errorMessage": "HTTPS is required."}
+        assert r.headers.get_list("X-Content-Type-Options") == ["nosniff"]
+        assert (r.headers["X-Frame-Options"], r.headers["Referrer-Policy"]) == ("DENY", "same-origin")
     # certbot's challenges stay on plain HTTP (renewals included): not redirected.
     r = await fetch(client, deployment.http + "/.well-known/acme-challenge/token")
     assert r.code == 404 and "Location" not in r.headers
