@@ -9,6 +9,7 @@ bench/run.py includes them in its report next to the HTTP figures.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import secrets
@@ -68,4 +69,5 @@ async def measure(count: int = 20_000) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(json.dumps(asyncio.run(measure()), indent=2))
