@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="serve",
         choices=("serve", "hash-password"),
-        help="serve (default), or hash-password: read one password line on standard input and "
-        "print its hash for a users file",
+        help="serve (default), or hash-password: print a password's hash for a users file (it "
+        "prompts at a terminal, or reads one line on standard input)",
     )
     parser.add_argument(
         "--env", default="dev", choices=ENVIRONMENTS, help="environment settings to load (default: dev)"
