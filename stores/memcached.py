@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from pymemcache.client.base import PooledClient
 from pymemcache.exceptions import (
+    MemcacheClientError,
     MemcacheError,
 )
 
@@ -292,11 +293,29 @@ class MemcachedStore(SessionStore):
             self._wires[node.name].close()
 
     async def probe(self) -> None:
-        """Probe failed nodes, so they are retired after ``dead_after`` and rejoin once they answer."""
+        """Probe failed nodes, so they are retired after ``dead_after`` and rejoin once they answer.
+
+        A node that left the ring is emptied (``flush_all``) before it rejoins. Its sessions were
+        lost when it left: their users started again on other nodes, and a logout meanwhile found
+        nothing to delete. A node that was only cut off (a partition, a stopped process) still
+        holds them, and would bring back every one of them, a logged-out session included, to
+        whoever kept its cookie. So the nodes must hold this server's data only.
+        """
         for node in list(self._ring.nodes.values()):
-            if node.failing_since is not None or not node.in_ring:
+            if node.in_ring and node.failing_since is not None:
                 with contextlib.suppress(StoreUnavailable):
                     await self._call(node, node.client.version)
+            elif not node.in_ring:
+                try:
+                    await self._call(node, node.client.flush_all, 0, False)  # noreply off: confirmed
+                except StoreUnavailable as e:
+                    if isinstance(e.__cause__, MemcacheClientError) and not node.flush_refused:
+                        # memcached -F: left out rather than back with what it held.
+                        node.flush_refused = True
+                        log.error("memcached %s answers but refuses flush_all: left out of the ring", node.name)
+                    continue
+                self._copies.clear()  # none of them is on the node any more
+                self._ring.rejoin(node)
 
     async def ready(self) -> bool:
         """True if at least one node in the ring answers."""

@@ -3,7 +3,9 @@
 Placement: rendezvous hashing over the nodes in the ring, so losing a node loses only its share.
 A node that fails answers 503 for its sessions (the session is not silently dropped) until it has
 failed for ``dead_after`` seconds; it then leaves the ring, its sessions count as lost, and the
-store's probe puts it back once it answers. Kept on the IOLoop thread only.
+store's probe puts it back once it answers, emptied first (see `MemcachedStore.probe`): a node
+that was only cut off still holds what it held, sessions logged out meanwhile among them.
+Kept on the IOLoop thread only.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Node:
         self.client = client
         self.failing_since: float | None = None
         self.in_ring = True
+        # It answered, but would not be emptied to rejoin the ring (logged once).
+        self.flush_refused = False
 
 
 class Ring:
@@ -69,10 +73,16 @@ class Ring:
             )
 
     def succeeded(self, node: Node) -> None:
-        """Note a call that worked: a failing node is well again, and rejoins the ring."""
-        if node.failing_since is not None:
+        """Note a call that worked: a failing node in the ring is well again. One that left the
+        ring stays out until `rejoin`."""
+        if node.failing_since is not None and node.in_ring:
             node.failing_since = None
             log.warning("memcached %s available again", node.name)
+
+    def rejoin(self, node: Node) -> None:
+        """Put a node that left the ring back in it (once it answers and has been emptied)."""
+        node.failing_since = None
         if not node.in_ring:
             node.in_ring = True
             self._hash.add_node(node.name)
+            log.warning("memcached %s back in the ring, emptied: the sessions it held stay logged out", node.name)

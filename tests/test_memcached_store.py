@@ -672,3 +672,49 @@ def test_the_store_reserves_a_descriptor_per_pooled_and_pipelined_connection(mem
             store.shutdown()
     finally:
         other.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("refuses_flush", [False, True], ids=["flush_all", "memcached -F"])
+async def test_a_node_that_left_the_ring_rejoins_empty(
+    http_server, make_browser, users, clock, config, caplog, refuses_flush
+):
+    # Cut off (stopped, not killed), a node keeps its records. Its sessions were lost when it left;
+    # were it to rejoin as it was, each would come back to whoever kept its cookie, sessions
+    # logged out meanwhile included (the logout found nothing to delete). A node that will not be
+    # emptied (memcached -F) stays out.
+    with Memcached() as a, Memcached(*(["-F"] if refuses_flush else [])) as b:
+        store = make_store(a, b)
+        await store.start()
+        app = serve(http_server, app_with(config, store, users, clock))
+        browsers = [make_browser() for _ in range(12)]
+        for br in browsers:
+            await br.get("/api")
+            await br.get("/api")
+        on_b = [br for br in browsers if store.node_name(session_id_of(br, app)) == b.address]
+        assert on_b
+        kept = [br.cookies["sid"] for br in on_b]  # as by whoever copied them
+        b.pause()
+        deadline = time.monotonic() + 10
+        while (r := await on_b[0].get("/api")).body != b"Welcome to this page for the first time!":
+            assert r.code in (200, 503) and time.monotonic() < deadline  # 503 until b leaves the ring
+            await asyncio.sleep(0.1)
+        b.resume()
+        old_id, _ = app.sessions.verify(kept[0])
+        assert old_id is not None
+        deadline = time.monotonic() + 10
+        if refuses_flush:
+            while "refuses flush_all: left out of the ring" not in caplog.text:
+                assert time.monotonic() < deadline, "the refusal was never logged"
+                await asyncio.sleep(0.1)
+            assert store.node_name(old_id) == a.address
+        else:
+            while store.node_name(old_id) != b.address:  # back in the ring
+                assert time.monotonic() < deadline, "b never rejoined"
+                await asyncio.sleep(0.1)
+        for cookie in kept:
+            old = make_browser()
+            old.cookies["sid"] = cookie
+            r = await old.get("/api")
+            assert (r.code, r.body) == (200, b"Welcome to this page for the first time!")
+        await store.close()
