@@ -17,7 +17,7 @@ from handlers.json_api import ApiError, not_logged_in, store_unavailable
 from handlers.json_handler import JsonHandler
 from handlers.session_object import Session
 from handlers.xsrf import xsrf_cookie_needed
-from stores.base import StaleCopy, StoreUnavailable, StoreValueError
+from stores.base import Loaded, StaleCopy, StoreUnavailable, StoreValueError
 from stores.users import User
 
 # The session key that holds the logged-in user's email.
@@ -56,12 +56,16 @@ def _saves_session(method: Callable[..., Any]) -> Callable[..., Awaitable[None]]
                             await self.app.sessions.confirm(self._session)
                         raise
                     return
-                except StaleCopy:
+                except StaleCopy as stale:
                     if not copy:  # a store that calls a fresh load a stale copy
                         raise store_unavailable() from None
                     # It ran on this process's copy of the session, which the store no longer
-                    # holds: nothing was written or sent; run it again on the session as stored.
+                    # holds: nothing was written or sent; run it again on the session as stored
+                    # (as the lost write found it, when it did: no load of its own).
+                    copy_id = self._session.copy_id if self._session is not None else None
                     self._start_again()
+                    if stale.found and copy_id is not None:
+                        self._found = (copy_id, stale.current)
                     copy = False
         except StoreUnavailable:
             raise store_unavailable() from None
@@ -93,10 +97,11 @@ class SessionHandler(JsonHandler):
     stores: its methods run on the copy of the session this process last wrote (if the
     store keeps one), and the save writes against that copy's version, so a stored write proves
     the copy was current. If it was not, nothing is written or sent and the method runs again
-    on a fresh load. Set it only for methods whose effects are on the session alone (they may
-    run twice: attributes they set on the handler, and cookies set with Tornado's ``set_cookie``,
-    stay from the first run), that return or raise rather than call ``finish()`` or ``flush()``,
-    and that let exceptions from ``save_session()`` through.
+    on the session as stored (as the lost write found it, or loaded). Set it only for methods
+    whose effects are on the session alone (they may run twice: attributes they set on the
+    handler, and cookies set with Tornado's ``set_cookie``, stay from the first run), that
+    return or raise rather than call ``finish()`` or ``flush()``, and that let exceptions from
+    ``save_session()`` through.
     """
 
     # See the class docstring: methods may run on this process's copy of the session.
@@ -119,6 +124,8 @@ class SessionHandler(JsonHandler):
         self._stale_cookie_at_load = False
         # Set-Cookie values by cookie name, written out when the headers are (see flush).
         self._cookies: dict[str, tuple[str, bool]] = {}
+        # What a write lost against a copy found stored (session id, record), for the run again.
+        self._found: tuple[str, Loaded | None] | None = None
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -141,8 +148,10 @@ class SessionHandler(JsonHandler):
 
     async def _get_session(self, copy: bool) -> Session:
         if self._session is None:
+            found, self._found = self._found, None
             try:
-                self._session = await self.app.sessions.load(self.request_cookie(self.app.config.cookie_name), copy)
+                cookie = self.request_cookie(self.app.config.cookie_name)
+                self._session = await self.app.sessions.load(cookie, copy, found)
             except StoreUnavailable:
                 raise store_unavailable() from None
             self._stale_cookie_at_load = self._session.stale_cookie

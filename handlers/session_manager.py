@@ -20,6 +20,7 @@ from handlers.throttle import client_block, counter_name
 from handlers.xsrf import XsrfTokens
 from settings import Settings
 from stores.base import (
+    Loaded,
     Record,
     SessionStore,
     StaleCopy,
@@ -115,12 +116,16 @@ class SessionManager:
             )
         return count <= budget
 
-    async def load(self, cookie: str | None, copy: bool = False) -> Session:
+    async def load(
+        self, cookie: str | None, copy: bool = False, found: tuple[str, Loaded | None] | None = None
+    ) -> Session:
         """The session a request's cookie names, or a new anonymous one. Never adopts an id.
 
         ``copy``: the store's copy of the record in this process may stand in for a load (no
         round trip) when it has not expired; `save` then confirms it (`confirm`), or raises
-        `StaleCopy`. Raises `StoreUnavailable` when the store cannot answer.
+        `StaleCopy`. ``found``: (session id, what the store holds for it) as a `StaleCopy` just
+        reported it, used in place of a load for that id. Raises `StoreUnavailable` when the
+        store cannot answer.
         """
         session_id, resign = self.verify(cookie)
         if session_id is None:
@@ -134,7 +139,7 @@ class SessionManager:
                 if self._expired(kept.record, now) is None:
                     touch_due = now - kept.record["last_seen"] >= self._touch_interval
                     return Session(session_id, kept, resign=resign, touch_due=touch_due)
-        loaded = await self.store.load(session_id)
+        loaded = found[1] if found is not None and found[0] == session_id else await self.store.load(session_id)
         if loaded is None:
             hashed = self.log_id(session_id)
             log.warning(
@@ -210,14 +215,14 @@ class SessionManager:
 
     async def confirm(self, session: Session) -> None:
         """Check a session built from this process's copy against the store: `StaleCopy` if the
-        stored record is another version now (or gone), so the request runs again on a fresh load.
+        stored record is another version now (or gone), so the request runs again from what it loaded.
         """
         copy, copy_id = session.copy, session.copy_id
         if copy is None or copy_id is None:
             return
         loaded = await self.store.load(copy_id)
         if loaded is None or loaded.version != copy.version:
-            raise StaleCopy(self.log_id(copy_id))
+            raise StaleCopy(self.log_id(copy_id), found=True, current=loaded)
         session.copy = None
         if session.loaded is copy:
             session.loaded = loaded

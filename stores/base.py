@@ -47,7 +47,17 @@ class StoreValueError(Exception):
 
 class StaleCopy(Exception):
     """An update or touch given this process's copy of a record (`SessionStore.copy`) found the
-    stored record changed or gone since: nothing was written. The caller loads and starts again."""
+    stored record changed or gone since: nothing was written. The caller loads and starts again.
+
+    ``found``: the lost write's own round trip told the store what it holds now, ``current``
+    (None: no session), as a load would have given it; the caller may start again from it
+    instead of loading, so a stale copy costs no more round trips than having none.
+    """
+
+    def __init__(self, message: str = "", *, found: bool = False, current: Loaded | None = None) -> None:
+        super().__init__(message)
+        self.found = found
+        self.current = current
 
 
 class Loaded(NamedTuple):
@@ -223,8 +233,9 @@ class SessionStore(abc.ABC):
     version it last wrote for each session (a bounded number; a load refreshes a copy, never
     starts one), and hand one out through `copy`, unconfirmed. An `update` or `touch` given such
     a copy writes only if the stored version is still the copy's, and otherwise raises
-    `StaleCopy`, writing nothing: a request that ran on the copy is then run again on a fresh
-    load, never answered from a stale one.
+    `StaleCopy`, writing nothing (and, where its answer told it, what is stored now): a request
+    that ran on the copy is then run again on the session as stored, never answered from a
+    stale one.
     """
 
     # The store's name, as settings choose it (SESSION_STORE) and its options' variables begin.

@@ -85,6 +85,14 @@ T = TypeVar("T")
 _Fetched = tuple[bytes | None, Any]
 
 
+class _Lost(NamedTuple):
+    """A cas that lost (EXISTS), with what the batch read back after it: the value and version
+    stored now, or (None, None) when nothing is."""
+
+    raw: bytes | None
+    token: Any
+
+
 class _Batch:
     """What the requests of one loop iteration ask of one node."""
 
@@ -92,8 +100,9 @@ class _Batch:
 
     def __init__(self) -> None:
         self.loads: dict[str, list[asyncio.Future[_Fetched]]] = {}
-        # A write's future gets its CasResult, or for a stored one the version it got (bytes).
-        self.writes: list[tuple[CasWrite, asyncio.Future[CasResult | bytes]]] = []
+        # A write's future gets its CasResult, for a stored one the version it got (bytes), for
+        # a lost one what is stored now (_Lost), when the batch read the key back.
+        self.writes: list[tuple[CasWrite, asyncio.Future[CasResult | bytes | _Lost]]] = []
 
 
 class MemcachedOptions(NamedTuple):
@@ -376,12 +385,13 @@ class MemcachedStore(SessionStore):
             # The gets also reads back each written key (after the writes, in the same send): a
             # stored write's new version, which the classic cas does not answer with, for the copy.
             keys = list(batch.loads)
-            if self._copies.on:
+            read_back = self._copies.on
+            if read_back:
                 keys.extend(dict.fromkeys(write[0] for write in writes if write[0] not in batch.loads))
             # Sent at once on the node's pipelined connection; the answers land on the IOLoop.
-            self._wires[node.name].exchange(writes, keys, functools.partial(self._landed, node, batch))
+            self._wires[node.name].exchange(writes, keys, functools.partial(self._landed, node, batch, read_back))
 
-    def _landed(self, node: Node, batch: _Batch, answer: Any, error: BaseException | None) -> None:
+    def _landed(self, node: Node, batch: _Batch, read_back: bool, answer: Any, error: BaseException | None) -> None:
         """A batch's answers (or its failure) reach each waiting request."""
         try:
             if error is not None:
@@ -395,6 +405,8 @@ class MemcachedStore(SessionStore):
                         value_and_token = found.get(write[0])
                         if value_and_token is not None and value_and_token[0] == write[1]:
                             result = value_and_token[1]
+                    elif result is False and read_back:
+                        result = _Lost(*found.get(write[0], (None, None)))  # what won, read after it
                     wrote.set_result(result)
             missing = (None, None)
             for key, futures in batch.loads.items():
@@ -446,19 +458,20 @@ class MemcachedStore(SessionStore):
             if result is True:
                 return merged
             if not loaded.confirmed:
-                raise StaleCopy(key)
+                raise self._stale(key, result)
             if result is None:  # NOT_FOUND: deleted meanwhile
                 return None
             # Another writer came first: read the current version and try again, off the batch.
         self._copies.drop(key)
         return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl)
 
-    async def _batched_cas(self, node: Node, key: str, record: Record, token: Any, ttl: float) -> bool | None:
+    async def _batched_cas(self, node: Node, key: str, record: Record, token: Any, ttl: float) -> bool | _Lost | None:
         """A cas of ``record`` in this iteration's batch: True stored (and kept as this process's
-        copy, with the version memcached gave it), False lost, None gone (no copy kept either way)."""
+        copy, with the version memcached gave it), False or `_Lost` lost (the latter with what
+        is stored now), None gone (no copy kept but on True)."""
         value = self._encode(key, record)
         write: CasWrite = (key, value, token, memcached_exptime(ttl))
-        future: asyncio.Future[CasResult | bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[CasResult | bytes | _Lost] = asyncio.get_running_loop().create_future()
         self._batch(node).writes.append((write, future))
         try:
             result = await future
@@ -474,6 +487,16 @@ class MemcachedStore(SessionStore):
         if isinstance(result, WriteRefused):
             raise StoreUnavailable(f"memcached {node.name} refused a write: {result}")
         return result
+
+    def _stale(self, key: str, lost: bool | _Lost | None) -> StaleCopy:
+        """A write against a copy lost: with what is stored now when the batch read it back (or
+        the session is gone: NOT_FOUND), so the request starts again without loading it."""
+        if lost is None:
+            return StaleCopy(key, found=True)
+        if isinstance(lost, _Lost):
+            current = self._decode(key, lost.raw, lost.token) if lost.raw is not None else None
+            return StaleCopy(key, found=True, current=current)
+        return StaleCopy(key)
 
     def _update_blocking(
         self,
@@ -510,9 +533,10 @@ class MemcachedStore(SessionStore):
             self._copies.drop(key)
             return await self._call(node, self._update_blocking, node.client, key, (), now, ttl) is not None
         if not loaded.confirmed:
-            if await self._batched_cas(node, key, apply_operations(loaded.record, (), now), token, ttl):
+            result = await self._batched_cas(node, key, apply_operations(loaded.record, (), now), token, ttl)
+            if result is True:
                 return True
-            raise StaleCopy(key)
+            raise self._stale(key, result)
         # The record as loaded with a new last_seen, in this iteration's batch: no round trip of
         # its own. Lost (False) means another write landed after the load, and every write
         # refreshes last_seen and the TTL: the session is as fresh as this would have made it.

@@ -450,17 +450,22 @@ class RedisStore(SessionStore):
         """`update` against this process's copy: stored, or `StaleCopy` (changed or gone)."""
         if queue.latest is not None and queue.latest.version != copy.version:
             self._copies.drop(key)
-            raise StaleCopy(key)  # another request of this process wrote after the copy was made
+            # Another request of this process wrote after the copy was made: start from its write.
+            raise StaleCopy(key, found=True, current=queue.latest)
         merged = apply_operations(copy.record, operations, now)
         value = self._encode(key, merged)
         answer, version = await self._compare_and_swap(key, copy.version, value, ttl)
         if type(answer) is int:
             queue.latest = self._stored(key, merged, version, value)
             return merged
-        if answer is not None:
-            self._pair(answer)  # changed meanwhile, or not Redis's answer
+        raise self._stale(key, answer)
+
+    def _stale(self, key: str, answer: Any) -> StaleCopy:
+        """A write against a copy lost: the script answered with what is stored now ([v, r]), or
+        nil (gone), so the request starts again without loading it."""
         self._copies.drop(key)
-        raise StaleCopy(key)
+        current = None if answer is None else self._decode(key, *self._pair(answer))
+        return StaleCopy(key, found=True, current=current)
 
     def _stored(self, key: str, record: Record, version: bytes, value: bytes) -> Loaded:
         """What a stored compare-and-swap left (``value``, as sealed): kept as this process's copy."""
@@ -487,11 +492,11 @@ class RedisStore(SessionStore):
         if type(answer) is int:
             self._stored(key, touched, version, value)
             return True
+        if not loaded.confirmed:
+            raise self._stale(key, answer)
         self._copies.drop(key)
         if answer is not None:
             self._pair(answer)  # changed meanwhile (alive), or not Redis's answer
-        if not loaded.confirmed:
-            raise StaleCopy(key)
         return answer is not None
 
     async def delete(self, session_id: str) -> None:

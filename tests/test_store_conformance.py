@@ -252,22 +252,30 @@ async def test_a_copy_is_written_against_only_while_it_is_the_stored_version(har
         copy = store.copy(SID)
         assert copy is not None
         assert await other.update(SID, [Operation("set", "by", "other")], NOW + 2, 60) is not None
-        with pytest.raises(StaleCopy):
+        with pytest.raises(StaleCopy) as lost:
             await store.update(SID, [Operation("incr", "n", 1)], NOW + 3, 60, copy)
         assert store.copy(SID) is None
-        with pytest.raises(StaleCopy):
+        with pytest.raises(StaleCopy) as lost_touch:
             await store.touch(SID, NOW + 3, 60, copy)
         current = await store.load(SID)
         assert current is not None and current.record["data"] == {"n": 2, "by": "other"}
         assert store.copy(SID) is None  # dropped by the lost write; the load starts none
-        assert await store.update(SID, [Operation("incr", "n", 1)], NOW + 3, 60, current) is not None
+        # What the lost writes found stored, when they say they found it, is what a load gives.
+        for stale in (lost.value, lost_touch.value):
+            if stale.found:
+                assert stale.current is not None and stale.current.confirmed
+                assert (stale.current.record, stale.current.version) == (current.record, current.version)
+        started_from = lost.value.current if lost.value.found else current
+        assert started_from is not None
+        assert await store.update(SID, [Operation("incr", "n", 1)], NOW + 3, 60, started_from) is not None
         # Deleted by another process (a logout there): a stale copy, never a session brought back.
         copy = store.copy(SID)
         assert copy is not None
         await other.delete(SID)
-        with pytest.raises(StaleCopy):
+        with pytest.raises(StaleCopy) as lost:
             await store.update(SID, [Operation("incr", "n", 1)], NOW + 4, 60, copy)
         assert await store.load(SID) is None and store.copy(SID) is None
+        assert lost.value.current is None  # found gone, or not found at all: never a record
     finally:
         await other.close()
     # Another process writes, and this one loads: the load refreshes the copy it had.
