@@ -82,6 +82,7 @@ class Ring:
     def rejoin(self, node: Node) -> None:
         """Put a node that left the ring back in it (once it answers and has been emptied)."""
         node.failing_since = None
+        node.flush_refused = False  # should it leave again and refuse again, that is logged again
         if not node.in_ring:
             node.in_ring = True
             self._hash.add_node(node.name)
