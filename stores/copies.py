@@ -87,6 +87,13 @@ class Copies:
         self._entries.clear()
         self._bytes = 0
 
+    def lost(self, key: str, version: bytes | None) -> None:
+        """A write against ``version`` of ``key`` lost: forget the copy if it is still that version.
+        One at another version is a later write (or load) of this process's and stays."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] == version:
+            self.drop(key)
+
     def drop(self, key: str) -> None:
         """Forget the copy of ``key``, if any."""
         entry = self._entries.pop(key, None)

@@ -481,8 +481,10 @@ class MemcachedStore(SessionStore):
         if isinstance(result, bytes):
             self._copies.keep(key, value, result, node.name)
             return True
-        self._copies.drop(key)
-        if result is True:  # stored, and written over since, in the same batch: no copy
+        # Lost, gone, or stored and written over in the same batch: the copy at ``token`` is out
+        # of date; a copy at another version is a later write of this process's and stays.
+        self._copies.lost(key, token)
+        if result is True:
             return True
         if isinstance(result, WriteRefused):
             raise StoreUnavailable(f"memcached {node.name} refused a write: {result}")

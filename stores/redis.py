@@ -449,7 +449,7 @@ class RedisStore(SessionStore):
     ) -> Record:
         """`update` against this process's copy: stored, or `StaleCopy` (changed or gone)."""
         if queue.latest is not None and queue.latest.version != copy.version:
-            self._copies.drop(key)
+            self._copies.lost(key, copy.version)  # the copy kept now is that later write's
             # Another request of this process wrote after the copy was made: start from its write.
             raise StaleCopy(key, found=True, current=queue.latest)
         merged = apply_operations(copy.record, operations, now)
@@ -458,12 +458,12 @@ class RedisStore(SessionStore):
         if type(answer) is int:
             queue.latest = self._stored(key, merged, version, value)
             return merged
-        raise self._stale(key, answer)
+        raise self._stale(key, answer, copy.version)
 
-    def _stale(self, key: str, answer: Any) -> StaleCopy:
-        """A write against a copy lost: the script answered with what is stored now ([v, r]), or
-        nil (gone), so the request starts again without loading it."""
-        self._copies.drop(key)
+    def _stale(self, key: str, answer: Any, version: Any) -> StaleCopy:
+        """A write against a copy (at ``version``) lost: the script answered with what is stored
+        now ([v, r]), or nil (gone), so the request starts again without loading it."""
+        self._copies.lost(key, version)
         current = None if answer is None else self._decode(key, *self._pair(answer))
         return StaleCopy(key, found=True, current=current)
 
@@ -493,8 +493,8 @@ class RedisStore(SessionStore):
             self._stored(key, touched, version, value)
             return True
         if not loaded.confirmed:
-            raise self._stale(key, answer)
-        self._copies.drop(key)
+            raise self._stale(key, answer, loaded.version)
+        self._copies.lost(key, loaded.version)
         if answer is not None:
             self._pair(answer)  # changed meanwhile (alive), or not Redis's answer
         return answer is not None

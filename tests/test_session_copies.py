@@ -151,7 +151,8 @@ async def test_a_write_elsewhere_makes_the_counter_run_again_on_the_stored_sessi
 async def test_visits_at_once_on_one_copy_all_count(setup: Setup, browser: Browser):
     # Every request starts on the same copy; all but the first write lose to another request of
     # this process and run again from what won (Redis: the write its queue holds; memcached: what
-    # the batch read back), never from a stale record: no visit is lost or counted twice.
+    # the batch read back), never from a stale record: no visit is lost or counted twice. A request
+    # that arrives while another runs again starts on the copy its sibling's stored write left.
     await with_a_copy(setup, browser)
     before = setup.reads()
     answers = await asyncio.gather(*(visits(browser) for _ in range(10)))

@@ -295,6 +295,30 @@ async def test_a_copy_is_written_against_only_while_it_is_the_stored_version(har
     assert store.copy(OTHER) is None
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_writes_at_once_on_one_copy_leave_the_winners_write_as_the_copy(harness: Harness):
+    store = harness.store
+    await store.create(SID, record(n=0), ttl=60)
+    loaded = await store.load(SID)
+    assert loaded is not None and await store.update(SID, [Operation("incr", "n", 1)], NOW + 1, 60, loaded)
+    copy = store.copy(SID)
+    if harness.name not in KEEPS_COPIES:
+        assert copy is None
+        return
+    assert copy is not None
+    # Two requests of this process start on the same copy: one write is stored, the other loses
+    # to it. The copy kept is the stored write's, not dropped with the loser's, so a request
+    # arriving next starts on it with no load.
+    results = await asyncio.gather(
+        *(store.update(SID, [Operation("incr", "n", 1)], NOW + 2, 60, copy) for _ in range(2)),
+        return_exceptions=True,
+    )
+    assert sorted(type(result).__name__ for result in results) == ["StaleCopy", "dict"]
+    kept, current = store.copy(SID), await store.load(SID)
+    assert kept is not None and current is not None and current.record["data"] == {"n": 2}
+    assert (kept.record, kept.version) == (current.record, current.version)
+
+
 @pytest.mark.gen_test(timeout=120)
 @pytest.mark.parametrize("name", SHARED)
 async def test_two_processes_sharing_the_store_lose_no_increment(name: str):
