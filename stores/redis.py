@@ -168,7 +168,10 @@ class RedisStore(SessionStore):
         self._busy_poll = BusyPoll(options.busy_poll / 1e6, lambda: self._in_flight > 0)
         self._sentinel: Sentinel | None = None
         common: dict[str, Any] = {
-            "socket_timeout": options.timeout,
+            # None: every exchange on these connections (connecting included) runs inside
+            # _send's own deadlines. With a socket timeout, redis-py sends each batch through
+            # asyncio.wait_for: a task, a timer and two more loop iterations before the answer.
+            "socket_timeout": None,
             "socket_connect_timeout": options.connect_timeout,
             # No retry: a write whose answer was lost may have been applied, and sent again it
             # could count twice. A connection the server closed (a restart) is found closed
