@@ -135,11 +135,12 @@ class DevServer:
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"ng serve did not come up:\n{self.log.read_text()}") from None
+                    output = self.stop()
+                    raise RuntimeError(f"ng serve did not come up:\n{output}") from None
                 time.sleep(0.1)
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop it; what it printed."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -147,7 +148,9 @@ class DevServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        output = self.log.read_text(errors="replace") if self.log.exists() else ""
         self.log.unlink(missing_ok=True)
+        return output
 
 
 @pytest.fixture(scope="module")

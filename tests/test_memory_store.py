@@ -29,7 +29,7 @@ async def test_bounded_least_recently_used_goes_first():
         assert await store.load(name) is not None
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_anonymous_flood_cannot_grow_memory(http_client, base_url, app, store):
     # The app's store holds at most its max_sessions (1,000 in test); 1,500 new browsers visit.
     async def visit() -> None:
