@@ -4,8 +4,9 @@ What the requests of one loop iteration ask of a node travels as one batch in on
 their compare-and-swap writes (updates and touches) and one multi-get for their loads, in a
 single send, on a pipelined connection the IOLoop reads itself (`stores.memcached_wire`): a
 request's loads and saves cost no thread hand-off, which at one connection would cost more than
-the round trip. The rare calls (creating a session, deleting one, counters, probes, and reading
-again after a lost compare-and-swap) go through pymemcache's blocking pooled client on a small
+the round trip. A compare-and-swap that lost tries again from what the batch read back after it
+(`BATCHED_RETRIES`). The rare calls (creating a session, deleting one, counters, probes, and
+reading again after losing more often) go through pymemcache's blocking pooled client on a small
 thread pool.
 
 Placement and node health: `stores.memcached_ring` (rendezvous hashing; a failing node answers
@@ -83,6 +84,12 @@ log = logging.getLogger("stores.memcached")
 T = TypeVar("T")
 # What a load fetched: the record's bytes and version token, or (None, None).
 _Fetched = tuple[bytes | None, Any]
+
+
+# A cas that lost tries again this many times from what the batch read back, on the IOLoop; then
+# on a worker thread. Few: each round of many writers of one session stores one of them, and the
+# threads are what bounds a client that sends many at once.
+BATCHED_RETRIES = 2
 
 
 class _Lost(NamedTuple):
@@ -453,15 +460,26 @@ class MemcachedStore(SessionStore):
         if loaded is not None and token is not None:
             # The common case: one cas against the version the load fetched (or this process's
             # copy holds), in this iteration's batch.
-            merged = apply_operations(loaded.record, operations, now)
-            result = await self._batched_cas(node, key, merged, token, ttl)
-            if result is True:
-                return merged
-            if not loaded.confirmed:
-                raise self._stale(key, result)
-            if result is None:  # NOT_FOUND: deleted meanwhile
-                return None
-            # Another writer came first: read the current version and try again, off the batch.
+            current = loaded
+            for _ in range(1 + BATCHED_RETRIES):
+                merged = apply_operations(current.record, operations, now)
+                result = await self._batched_cas(node, key, merged, current.version, ttl)
+                if result is True:
+                    return merged
+                if not current.confirmed:
+                    raise self._stale(key, result)
+                if result is None:  # NOT_FOUND: deleted meanwhile
+                    return None
+                # Another writer came first. The batch read the key back after the writes: start
+                # again from what won, in the next batch, with no read of its own.
+                if not isinstance(result, _Lost) or result.raw is None:
+                    break
+                won = self._decode(key, result.raw, result.token)
+                if won is None:
+                    break
+                current = won
+            # No read-back (copies off), or still losing: read and try again off the batch, where
+            # the worker threads bound how many writers retry at once and back off.
         self._copies.drop(key)
         return await self._call(node, self._update_blocking, node.client, key, operations, now, ttl)
 
