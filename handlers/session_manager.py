@@ -195,10 +195,12 @@ class SessionManager:
                 self._adopt(session, session.stored_id, merged)
             else:
                 # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
-                # never resurrect it; the changes start a new anonymous session instead.
+                # never resurrect it; the changes start a new anonymous session instead (counted
+                # against the new-session budget, with the anonymous timeouts).
                 log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
                 session.id = new_session_id()
                 session.stored_id = None
+                session.privileged = False
         if session.operations and session.stored_id is None:
             change = await self._create(session, client, now)
         elif session.stored_id is not None and session.touch_due:

@@ -16,7 +16,7 @@ from tornado.web import create_signed_value
 from handlers.app import SessionApplication
 from handlers.session_object import Session
 from settings import Settings, key_version
-from stores.base import Operation, Record
+from stores.base import Operation, Record, is_privileged
 from stores.memory import MemoryStore
 from tests.conftest import Browser, CountingStore, FakeClock, body_json, serve, test_secret
 
@@ -348,6 +348,10 @@ async def test_a_session_destroyed_mid_request_is_not_resurrected(config, users,
     new_id = cookie_id(browser, app)
     assert new_id != old_id
     assert body_json(await browser.get("/api/login")) == {"loggedIn": False}
+    # The new session is anonymous all through: within the new-session budget and with the
+    # anonymous idle timeout, never the logged-in one's.
+    loaded = await app.store.load(new_id)
+    assert loaded is not None and not is_privileged(loaded.record)
 
 
 @pytest.mark.gen_test
