@@ -350,6 +350,7 @@ async def test_a_session_destroyed_mid_request_is_not_resurrected(config, users,
     assert body_json(await browser.get("/api/login")) == {"loggedIn": False}
     # The new session is anonymous all through: within the new-session budget and with the
     # anonymous idle timeout, never the logged-in one's.
+    assert new_id is not None
     loaded = await app.store.load(new_id)
     assert loaded is not None and not is_privileged(loaded.record)
 
