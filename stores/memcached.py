@@ -34,6 +34,7 @@ others' state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -94,10 +95,12 @@ BATCHED_RETRIES = 2
 
 class _Lost(NamedTuple):
     """A cas that lost (EXISTS), with what the batch read back after it: the value and version
-    stored now, or (None, None) when nothing is."""
+    stored now, or (None, None) when nothing is; ``alone``: no other write of its batch was to
+    the same key (none of this process's own writers of the session is racing it)."""
 
     raw: bytes | None
     token: Any
+    alone: bool = True
 
 
 class _Batch:
@@ -405,6 +408,9 @@ class MemcachedStore(SessionStore):
                 raise self._store_error(node, error)
             self._ring.succeeded(node)
             written, found = answer
+            # How often each key was written in this batch (counted at the first lost write: a key
+            # written more than once is this process's own writers racing each other).
+            counted: collections.Counter[str] | None = None
             for (write, wrote), result in zip(batch.writes, written, strict=True):
                 if not wrote.done():
                     if result is True:
@@ -413,7 +419,11 @@ class MemcachedStore(SessionStore):
                         if value_and_token is not None and value_and_token[0] == write[1]:
                             result = value_and_token[1]
                     elif result is False and read_back:
-                        result = _Lost(*found.get(write[0], (None, None)))  # what won, read after it
+                        # What won, read after it.
+                        if counted is None:
+                            counted = collections.Counter(write[0] for write, _ in batch.writes)
+                        raw, token = found.get(write[0], (None, None))
+                        result = _Lost(raw, token, alone=counted[write[0]] == 1)
                     wrote.set_result(result)
             missing = (None, None)
             for key, futures in batch.loads.items():
@@ -471,8 +481,10 @@ class MemcachedStore(SessionStore):
                 if result is None:  # NOT_FOUND: deleted meanwhile
                     return None
                 # Another writer came first. The batch read the key back after the writes: start
-                # again from what won, in the next batch, with no read of its own.
-                if not isinstance(result, _Lost) or result.raw is None:
+                # again from what won, in the next batch, with no read of its own. Not when this
+                # process's own writers of the session raced in that batch: they would all try
+                # again against the same version, and all but one lose again.
+                if not isinstance(result, _Lost) or result.raw is None or not result.alone:
                     break
                 won = self._decode(key, result.raw, result.token)
                 if won is None:

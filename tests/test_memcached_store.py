@@ -551,6 +551,17 @@ async def test_a_write_that_lost_tries_again_from_what_the_batch_read_back(
         # starts from that, on the IOLoop, two round trips in all. Without it, a worker reads
         # again first (three).
         assert worker_rounds == ([] if copies else ["gets and cas"])
+        # Two writers of this process lose in one batch: retried from the read-back, they would
+        # race each other again for the same version; each goes to a worker, as with no read-back.
+        loaded = await store.load("A" * 43)
+        assert loaded is not None
+        assert await other.update("A" * 43, [Operation("incr", "n", 10)], now, 60) is not None
+        worker_rounds.clear()
+        both = await asyncio.gather(
+            *(store.update("A" * 43, [Operation("incr", "n", 1)], now, 60, loaded) for _ in range(2))
+        )
+        assert sorted(merged["data"]["n"] for merged in both if merged is not None) == [22, 23]
+        assert worker_rounds == ["gets and cas"] * 2
     finally:
         store.shutdown()
         other.shutdown()
