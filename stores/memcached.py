@@ -5,8 +5,8 @@ their compare-and-swap writes (updates and touches) and one multi-get for their 
 single send, on a pipelined connection the IOLoop reads itself (`stores.memcached_wire`): a
 request's loads and saves cost no thread hand-off, which at one connection would cost more than
 the round trip. A compare-and-swap that lost tries again from what the batch read back after it
-(`BATCHED_RETRIES`). The rare calls (creating a session, deleting one, counters, probes, and
-reading again after losing more often) go through pymemcache's blocking pooled client on a small
+(`BATCHED_RETRIES`). The rare calls (creating a session, deleting one, counters, probes, and a
+compare-and-swap that keeps losing) go through pymemcache's blocking pooled client on a small
 thread pool.
 
 Placement and node health: `stores.memcached_ring` (rendezvous hashing; a failing node answers
