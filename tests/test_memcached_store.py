@@ -524,7 +524,7 @@ async def test_touches_of_one_iteration_ride_one_batch(store: MemcachedStore, me
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("copies", [10_000, 0])
-async def test_a_write_that_lost_tries_again_from_what_the_batch_read_back(
+async def test_a_write_that_lost_alone_in_its_batch_tries_again_from_the_read_back(
     memcached: Memcached, monkeypatch: pytest.MonkeyPatch, copies: int
 ):
     now = 1_800_000_000.0
