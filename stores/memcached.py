@@ -100,7 +100,7 @@ class _Lost(NamedTuple):
 
     raw: bytes | None
     token: Any
-    alone: bool = True
+    alone: bool
 
 
 class _Batch:

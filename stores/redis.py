@@ -155,8 +155,8 @@ class RedisStore(SessionStore):
         self.connect_timeout = options.connect_timeout
         self._records = SealedRecords(context.record_keys, context.max_record_size, "redis")
         self._failing = False
-        # Forgotten at every failure: after a failover the new primary may hold other versions
-        # under the same numbers (replication is asynchronous).
+        # Forgotten at every failure: after a failover the new primary may lack this process's
+        # last writes (replication is asynchronous), and a copy of one would only cost a lost write.
         self._copies = Copies(options.copies)
         self._queues: dict[str, _Queue] = {}
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] | None = None
