@@ -36,6 +36,7 @@ left is one class whose every command goes through the same per-iteration batch 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -71,10 +72,11 @@ from stores.redis_protocol import (
     SAVE,
     Script,
     WrongType,
-    bulk,
+    load_command,
     new_version,
     pack,
     redis_seconds,
+    save_command,
 )
 from stores.sealing import SealedRecords
 
@@ -254,10 +256,9 @@ class RedisStore(SessionStore):
             raise self._failed(result) from result
         return result
 
-    async def _script(self, script: Script, key: str, *args: bytes) -> Any:
-        """Run ``script`` by its digest (EVALSHA); loaded first if the server lacks it (a restart
-        empties Redis's script cache)."""
-        packed = script.head + bulk(key.encode("ascii"), *args)
+    async def _script(self, script: Script, packed: bytes) -> Any:
+        """Run ``script`` by its digest (``packed``, its EVALSHA command); loaded first if the
+        server lacks it (a restart empties Redis's script cache)."""
         answer = await self._command(packed)
         if isinstance(answer, NoScriptError):
             try:
@@ -376,7 +377,7 @@ class RedisStore(SessionStore):
     async def load(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
         try:
-            reply = await self._command(pack(b"HMGET", key.encode("ascii"), b"v", b"r"))
+            reply = await self._command(load_command(key.encode("ascii")))
         except WrongType:
             return None
         version, raw = self._pair(reply)
@@ -399,7 +400,8 @@ class RedisStore(SessionStore):
         value = self._encode(key, record)
         self._copies.drop(key)
         try:
-            stored = await self._script(CREATE, key, value, redis_seconds(ttl), new_version())
+            packed = CREATE.command(key.encode("ascii"), value, redis_seconds(ttl), new_version())
+            stored = await self._script(CREATE, packed)
         except WrongType:
             return False
         if type(stored) is not int or stored not in (0, 1):
@@ -415,37 +417,58 @@ class RedisStore(SessionStore):
         loaded: Loaded | None = None,
     ) -> Record | None:
         key = self.key(session_id)
+        queue = await self._turn(key)
+        try:
+            if loaded is not None and not loaded.confirmed:
+                return await self._write_copy(queue, key, operations, now, ttl, loaded)
+            # The writer before this one in the queue left the version it stored: start
+            # from it rather than lose a round trip to a version known to be stale.
+            current = queue.latest or loaded
+            if current is None or current.version is None:
+                current = await self.load(session_id)
+            for _ in range(self.cas_retries):
+                if current is None:
+                    return None
+                merged = apply_operations(current.record, operations, now)
+                value = self._encode(key, merged)
+                answer, version = await self._compare_and_swap(key, current.version, value, ttl)
+                if answer is None:
+                    return None
+                if type(answer) is int:
+                    queue.latest = self._stored(key, merged, version, value)
+                    return merged
+                # Another process came first: its record came back with the answer.
+                current = self._decode(key, *self._pair(answer))
+            raise StoreUnavailable("session updated too often at once")
+        finally:
+            self._next_turn(key, queue)
+
+    async def _turn(self, key: str) -> _Queue:
+        """This writer's turn at the session's queue: at once if no writer of it is at work here,
+        else when the writers before it are done."""
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
-        queue.users += 1
+            return queue
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.waiting.append(turn)
         try:
-            async with queue.lock:
-                if loaded is not None and not loaded.confirmed:
-                    return await self._write_copy(queue, key, operations, now, ttl, loaded)
-                # The writer before this one in the queue left the version it stored: start
-                # from it rather than lose a round trip to a version known to be stale.
-                current = queue.latest or loaded
-                if current is None or current.version is None:
-                    current = await self.load(session_id)
-                for _ in range(self.cas_retries):
-                    if current is None:
-                        return None
-                    merged = apply_operations(current.record, operations, now)
-                    value = self._encode(key, merged)
-                    answer, version = await self._compare_and_swap(key, current.version, value, ttl)
-                    if answer is None:
-                        return None
-                    if type(answer) is int:
-                        queue.latest = self._stored(key, merged, version, value)
-                        return merged
-                    # Another process came first: its record came back with the answer.
-                    current = self._decode(key, *self._pair(answer))
-                raise StoreUnavailable("session updated too often at once")
-        finally:
-            queue.users -= 1
-            if not queue.users:
-                del self._queues[key]
+            await turn
+        except asyncio.CancelledError:
+            if not turn.cancelled():  # given the turn as it was cancelled: pass it on
+                self._next_turn(key, queue)
+            raise
+        return queue
+
+    def _next_turn(self, key: str, queue: _Queue) -> None:
+        """The writer at work is done: the next one waiting (a cancelled one no longer waits)
+        goes on, or the queue goes when nobody waits."""
+        while queue.waiting:
+            turn = queue.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        del self._queues[key]
 
     async def _write_copy(
         self, queue: _Queue, key: str, operations: Sequence[Operation], now: float, ttl: float, copy: Loaded
@@ -480,7 +503,8 @@ class RedisStore(SessionStore):
         None (gone), or [v, r] as stored now (changed meanwhile)."""
         written = new_version()
         try:
-            return await self._script(SAVE, key, version, value, redis_seconds(ttl), written), written
+            packed = save_command(key.encode("ascii"), version, value, redis_seconds(ttl), written)
+            return await self._script(SAVE, packed), written
         except WrongType:
             return None, written
 
@@ -512,7 +536,8 @@ class RedisStore(SessionStore):
 
     async def count(self, key: str, window: float) -> int:
         try:
-            count = await self._script(COUNT, self.counter_key(key), redis_seconds(window))
+            packed = COUNT.command(self.counter_key(key).encode("ascii"), redis_seconds(window))
+            count = await self._script(COUNT, packed)
         except WrongType:
             raise StoreUnavailable("a counter key holds something else") from None
         if type(count) is not int:
@@ -521,16 +546,16 @@ class RedisStore(SessionStore):
 
 
 class _Queue:
-    """The updates of one session in this process, one at a time.
+    """The updates of one session in this process, one at a time, in order of arrival.
 
     Writers of one session in one process would otherwise all race for the same version, and
     all but one lose every round: in a queue each writes once, and only writers in other
-    processes can make it try again.
+    processes can make it try again. The writer at work holds no future of its own: a session
+    written by one request at a time (nearly always) costs a dictionary entry, no lock.
     """
 
-    __slots__ = ("latest", "lock", "users")
+    __slots__ = ("latest", "waiting")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self.latest: Loaded | None = None

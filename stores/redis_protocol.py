@@ -15,12 +15,22 @@ class Script(NamedTuple):
 
     source: bytes
     head: bytes
+    # The whole command as a %-template: the head, then a length and a value for the key and
+    # each argument (`Script.command`).
+    template: bytes
+
+    def command(self, key: bytes, *arguments: bytes) -> bytes:
+        """EVALSHA of this script on ``key`` with ``arguments``."""
+        values: list[int | bytes] = [len(key), key]
+        for argument in arguments:
+            values += (len(argument), argument)
+        return self.template % tuple(values)
 
 
 def lua(source: str, arguments: int) -> Script:
     sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest().encode("ascii")
     head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (4 + arguments, sha)
-    return Script(source.encode("utf-8"), head)
+    return Script(source.encode("utf-8"), head, head.replace(b"%", b"%%") + b"$%d\r\n%s\r\n" * (1 + arguments))
 
 
 # Versions are tokens the writer draws (`new_version`), never a count: after a restore or a
@@ -50,6 +60,25 @@ return 1
 """,
     4,
 )
+
+
+def save_command(key: bytes, loaded: bytes, value: bytes, seconds: bytes, version: bytes) -> bytes:
+    """`SAVE` of ``value`` at ``version`` over ``loaded``: every write's command, packed in one
+    step (half the time of the general `Script.command`)."""
+    return SAVE.template % (
+        len(key),
+        key,
+        len(loaded),
+        loaded,
+        len(value),
+        value,
+        len(seconds),
+        seconds,
+        len(version),
+        version,
+    )
+
+
 # KEYS[1] the counter; ARGV[1] its window. A counter without an expiry (none can be left by
 # this script, but a key is only as safe as whoever else writes) gets one too, and a counter
 # someone else overwrote with a non-number (or another type) counts again from 1 rather than
@@ -84,6 +113,11 @@ def pack(*parts: bytes) -> bytes:
 
 
 PING = pack(b"PING")
+
+
+def load_command(key: bytes) -> bytes:
+    """``HMGET key v r``: every load's command, packed in one step."""
+    return b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n$1\r\nv\r\n$1\r\nr\r\n" % (len(key), key)
 
 
 def redis_seconds(ttl: float) -> bytes:

@@ -414,3 +414,33 @@ async def test_a_copy_never_passes_for_a_record_a_restore_brought_back_and_anoth
     finally:
         await store.close()
         await other.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_writers_of_one_session_take_turns_and_a_cancelled_one_passes_its_turn_on(redis: Redis):
+    # Writers of one session in one process queue behind each other. One cancelled while it
+    # waits (its request gone), or just after its turn came, must not hold up those behind it.
+    store = build_store("redis", redis.store_options(), StoreContext(record_keys([test_secret()])))
+    try:
+        record = {"data": {"n": 0}, "created_at": 1.0, "last_seen": 1.0}
+        assert await store.create("a-session", record, 60)
+        bump = [Operation("incr", "n", 1)]
+        writers = [asyncio.ensure_future(store.update("a-session", bump, 2.0, 60)) for _ in range(6)]
+        hand_on = store._next_turn  # type: ignore[attr-defined]
+
+        def hand_on_then_cancel(key: str, queue: Any) -> None:
+            hand_on(key, queue)
+            if not writers[1].done():  # the first writer just gave it the turn
+                writers[1].cancel()
+
+        store._next_turn = hand_on_then_cancel  # type: ignore[attr-defined]
+        await asyncio.sleep(0)  # every writer has started: the first at work, five waiting
+        writers[3].cancel()
+        done = await asyncio.wait_for(asyncio.gather(*writers, return_exceptions=True), 5)
+        assert [w.cancelled() for w in writers] == [False, True, False, True, False, False]
+        assert all(isinstance(r, dict) for w, r in zip(writers, done, strict=True) if not w.cancelled())
+        stored = await store.load("a-session")
+        assert stored is not None and stored.record["data"]["n"] == 4
+        assert store._queues == {}  # type: ignore[attr-defined]
+    finally:
+        await store.close()
