@@ -257,9 +257,13 @@ class RedisStore(SessionStore):
         return result
 
     async def _script(self, script: Script, packed: bytes) -> Any:
-        """Run ``script`` by its digest (``packed``, its EVALSHA command); loaded first if the
-        server lacks it (a restart empties Redis's script cache)."""
-        answer = await self._command(packed)
+        """Run ``script`` by its digest (``packed``, its EVALSHA command); loaded and sent again
+        if the server lacks it (a restart empties Redis's script cache)."""
+        return await self._script_answer(script, packed, await self._command(packed))
+
+    async def _script_answer(self, script: Script, packed: bytes, answer: Any) -> Any:
+        """``answer`` to ``packed`` (an EVALSHA of ``script``) as `_script` returns it: on
+        NOSCRIPT the script is loaded and sent again, and errors are an outage."""
         if isinstance(answer, NoScriptError):
             try:
                 await self._command(pack(b"SCRIPT", b"LOAD", script.source))
@@ -417,7 +421,11 @@ class RedisStore(SessionStore):
         loaded: Loaded | None = None,
     ) -> Record | None:
         key = self.key(session_id)
-        queue = await self._turn(key)
+        queue = self._queues.get(key)
+        if queue is None:  # no writer of this session at work here: go straight on
+            queue = self._queues[key] = _Queue()
+        else:
+            await self._wait_turn(key, queue)
         try:
             if loaded is not None and not loaded.confirmed:
                 return await self._write_copy(queue, key, operations, now, ttl, loaded)
@@ -443,13 +451,8 @@ class RedisStore(SessionStore):
         finally:
             self._next_turn(key, queue)
 
-    async def _turn(self, key: str) -> _Queue:
-        """This writer's turn at the session's queue: at once if no writer of it is at work here,
-        else when the writers before it are done."""
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = _Queue()
-            return queue
+    async def _wait_turn(self, key: str, queue: _Queue) -> None:
+        """Wait in the session's queue until the writers before this one are done."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.waiting.append(turn)
         try:
@@ -458,7 +461,6 @@ class RedisStore(SessionStore):
             if not turn.cancelled():  # given the turn as it was cancelled: pass it on
                 self._next_turn(key, queue)
             raise
-        return queue
 
     def _next_turn(self, key: str, queue: _Queue) -> None:
         """The writer at work is done: the next one waiting (a cancelled one no longer waits)
@@ -502,11 +504,14 @@ class RedisStore(SessionStore):
         """(the answer, the version written if it was stored): the answer is an integer (stored),
         None (gone), or [v, r] as stored now (changed meanwhile)."""
         written = new_version()
+        packed = save_command(key.encode("ascii"), version, value, redis_seconds(ttl), written)
         try:
-            packed = save_command(key.encode("ascii"), version, value, redis_seconds(ttl), written)
-            return await self._script(SAVE, packed), written
+            answer = await self._command(packed)  # as _script, without its layer for every save
+            if isinstance(answer, RedisError):
+                answer = await self._script_answer(SAVE, packed, answer)
         except WrongType:
             return None, written
+        return answer, written
 
     async def touch(self, session_id: str, now: float, ttl: float, loaded: Loaded | None = None) -> bool:
         if loaded is None or loaded.version is None:
