@@ -55,3 +55,25 @@ def test_a_full_run_keeps_the_section():
     from bench.report import KEPT_SECTIONS
 
     assert STORES_SECTION in KEPT_SECTIONS
+
+
+def test_the_store_calls_benchmark_times_both_stores_calls():
+    for binary in ("memcached", "redis-server"):
+        require_binary(binary)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/store_calls.py",
+            *("--at-once", "5", "--sessions", "10", "--rounds", "2", "--repeats", "1"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["at_once"] == 5
+    for store in ("memcached", "redis"):
+        assert figures["us_per_call"][store]["write"] > 0 and figures["us_per_call"][store]["read"] > 0
+        assert len(figures["runs"][store]["write"]) == 1
