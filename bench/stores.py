@@ -5,7 +5,9 @@
 
 Both servers run from this checkout, pinned to the same core (one is under load at a time), with
 memcached and redis-server on the other core, Redis configured as docs/STORES.md says a durable
-store is (append-only file, fsync every second). Each round takes one concurrency and route at a
+store is (append-only file, fsync every second). The servers are started again for every round
+(a process keeps a speed of its own, about 2% either way, that rounds on it would not average
+out); the sessions stay in the stores. Each round takes one concurrency and route at a
 time and runs both stores back to back in a shuffled order; a ratio is the median of the rounds'
 own ratios (Redis / memcached), with their spread. What bench/run.py measures for the other
 stores is not repeated here.
@@ -98,9 +100,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 s.cpus = split[0] if split else None
                 s.start(work)
                 prepare_browsers(s, args.sessions, work)
-                wrk(s.base_url, "/api", s.cookies["anonymous"], 10, 1)  # warm-up
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1} of {args.rounds}", flush=True)
+                for s in servers.values():
+                    # New server processes every round (the sessions stay in the stores): one
+                    # process runs about 2% faster or slower than another of the same code, for
+                    # as long as it lives, and rounds on the same two would not average that out.
+                    if round_number:
+                        s.stop()
+                        s.start(work)
+                    wrk(s.base_url, "/api", s.cookies["anonymous"], 10, 1)  # warm-up: copies, connections
                 for route, concurrency in combos:
                     order = list(STORES)
                     random.Random(f"{round_number}{route}{concurrency}").shuffle(order)
@@ -149,8 +158,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Written by `bench/stores.py` on {result['when']}: this server on memcached and on Redis "
         f"({AOF[result.get('appendfsync', 'everysec')]}), paired rounds of {result['duration_s']} s per store "
-        f"({result['rounds']} "
-        "rounds; a ratio is the median of the rounds' own Redis / memcached ratios, spread in brackets). "
+        f"({result['rounds']} rounds, new server processes for each; a ratio is the median of the rounds' own "
+        "Redis / memcached ratios, spread in brackets). "
         f"Errors: {result['errors']['memcached']} on memcached, {result['errors']['redis']} on Redis. "
         f"Target: the Redis counter at 50 connections at least the memcached counter's throughput: {_verdict(result)}.",
         "",
