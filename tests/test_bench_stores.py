@@ -24,7 +24,7 @@ def test_a_short_paired_round_measures_both_stores_and_renders(tmp_path):
             sys.executable,
             "bench/stores.py",
             "--rounds",
-            "1",
+            "2",  # the second starts the servers again
             "--duration",
             "1",
             "--concurrency",
