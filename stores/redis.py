@@ -457,9 +457,11 @@ class RedisStore(SessionStore):
         queue.waiting.append(turn)
         try:
             await turn
-        except asyncio.CancelledError:
-            if not turn.cancelled():  # given the turn as it was cancelled: pass it on
+        except BaseException:  # cancelled (or the coroutine closed) while it waited
+            if turn.done() and not turn.cancelled():  # given the turn meanwhile: pass it on
                 self._next_turn(key, queue)
+            else:
+                turn.cancel()  # no longer waiting: the hand-off skips it
             raise
 
     def _next_turn(self, key: str, queue: _Queue) -> None:

@@ -444,3 +444,23 @@ async def test_writers_of_one_session_take_turns_and_a_cancelled_one_passes_its_
         assert store._queues == {}  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_waiting_writer_whose_coroutine_is_closed_holds_up_nobody(redis: Redis):
+    # A coroutine closed rather than cancelled (GeneratorExit where it waits) leaves the queue too.
+    store = build_store("redis", redis.store_options(), StoreContext(record_keys([test_secret()])))
+    try:
+        assert await store.create("a-session", {"data": {"n": 0}, "created_at": 1.0, "last_seen": 1.0}, 60)
+        bump = [Operation("incr", "n", 1)]
+        first = asyncio.ensure_future(store.update("a-session", bump, 2.0, 60))
+        await asyncio.sleep(0)  # at work
+        waiting = store.update("a-session", bump, 2.0, 60)
+        waiting.send(None)  # driven by hand as far as its wait for the turn
+        waiting.close()
+        await first
+        after = await asyncio.wait_for(store.update("a-session", bump, 3.0, 60), 5)
+        assert after is not None and after["data"]["n"] == 2
+        assert store._queues == {}  # type: ignore[attr-defined]
+    finally:
+        await store.close()
