@@ -24,6 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     if round_number:
                         s.stop()
                         s.start(work)
+                        still_logged_in(s)
                     wrk(s.base_url, "/api", s.cookies["anonymous"], 10, 1)  # warm-up: copies, connections
                 for route, concurrency in combos:
                     order = list(STORES)
@@ -150,6 +153,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "errors": errors,
         "rows": rows,
     }
+
+
+def still_logged_in(server: Server) -> None:
+    """A server started again still knows the prepared browsers (their sessions are in the
+    store): else its rounds would measure new sessions instead, with no error to show it."""
+    cookie = server.cookies["logged_in"].read_text().splitlines()[0]
+    request = urllib.request.Request(server.base_url + "/api/balance", headers={"Cookie": cookie})
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{server.name} started again no longer knows a logged-in browser: {e.code}") from None
 
 
 def markdown(result: dict[str, Any]) -> str:
