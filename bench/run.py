@@ -267,6 +267,17 @@ def memcached_command(port: int) -> list[str]:
     return command + (["-u", "root"] if os.geteuid() == 0 else [])
 
 
+def redis_command(port: int, directory: Path, appendfsync: str = "everysec") -> list[str]:
+    """redis-server on loopback ``port``, its files in ``directory``, no snapshots; with the
+    append-only file as docs/STORES.md sets up a durable store (``appendfsync`` "everysec" or
+    "always"), or none ("off")."""
+    command = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(port)]
+    command += ["--dir", str(directory), "--save", ""]
+    if appendfsync == "off":
+        return [*command, "--appendonly", "no"]
+    return [*command, "--appendonly", "yes", "--appendfsync", appendfsync]
+
+
 def our_server(name: str, env: dict[str, str]) -> Server:
     port = free_port()
     return Server(name, [sys.executable, "server.py", "--env=dev", f"--port={port}"], env, ROOT, port)

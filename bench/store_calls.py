@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import free_port, memcached_command, pin, process, split_cpus, wait_for_port
+from bench.run import free_port, memcached_command, pin, process, redis_command, split_cpus, wait_for_port
 from server import run
 from stores import build_store
 from stores.base import Operation, SessionStore, StoreContext
@@ -80,8 +80,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     split = split_cpus()
     work = Path(tempfile.mkdtemp(prefix="bench-store-calls-"))
     memcached_port, redis_port = free_port(), free_port()
-    redis = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(redis_port)]
-    redis += ["--dir", str(work), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+    redis = redis_command(redis_port, work)
     options = {
         "memcached": {"servers": f"127.0.0.1:{memcached_port}", "busy_poll": 0},
         "redis": {"url": f"redis://127.0.0.1:{redis_port}/0", "busy_poll": 0},

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from bench.run import (
     pin,
     prepare_browsers,
     process,
+    redis_command,
     split_cpus,
     users_file,
     wait_for_port,
@@ -67,13 +67,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     users = users_file(work)
     memcached_port, redis_port = free_port(), free_port()
     memcached = memcached_command(memcached_port)
-    redis = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", str(redis_port)]
-    redis += ["--dir", str(work), "--save", ""]
-    redis += (
-        ["--appendonly", "no"]
-        if args.appendfsync == "off"
-        else ["--appendonly", "yes", "--appendfsync", args.appendfsync]
-    )
+    redis = redis_command(redis_port, work, args.appendfsync)
     secret = os.urandom(32).hex()
     base_env = {"SESSION_SECRETS": secret, "USERS_FILE": str(users), "LOG_FORMAT": "text", **UNLIMITED_CLIENT}
     env = {

@@ -3,6 +3,7 @@ BENCHMARKS.md, which a full benchmark run keeps. No test asserts a timing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import sys
 import pytest
 
 from bench.report import STORES_SECTION, replace_section, section
-from bench.stores import markdown
+from bench.run import Server
+from bench.stores import markdown, still_logged_in
 from tests.services import ROOT, require_binary
 
 pytestmark = pytest.mark.slow
@@ -77,3 +79,18 @@ def test_the_store_calls_benchmark_times_both_stores_calls():
     for store in ("memcached", "redis"):
         assert figures["us_per_call"][store]["write"] > 0 and figures["us_per_call"][store]["read"] > 0
         assert len(figures["runs"][store]["write"]) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_restarted_server_that_forgot_the_browsers_stops_the_run(app, browser, base_url, tmp_path):
+    # bench/stores.py starts its servers again every round and relies on the prepared browsers'
+    # sessions still being there; a server that no longer knows them must stop the run.
+    await browser.login()
+    server = Server("ours-test", [], {}, ROOT, int(base_url.rsplit(":", 1)[1]))
+    server.cookies["logged_in"] = tmp_path / "logged_in.cookies"
+    loop = asyncio.get_running_loop()
+    server.cookies["logged_in"].write_text(browser.cookie_header() + "\n")
+    await loop.run_in_executor(None, still_logged_in, server)  # known: returns
+    server.cookies["logged_in"].write_text("sid=forgotten\n")
+    with pytest.raises(RuntimeError, match="no longer knows a logged-in browser: 401"):
+        await loop.run_in_executor(None, still_logged_in, server)
