@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -23,7 +24,7 @@ from stores.base import Loaded, Operation, StaleCopy, StoreContext, StoreUnavail
 from stores.redis import RedisStore
 from stores.sealing import RecordSeal, record_keys
 from tests.conftest import MAX, Browser, body_json, serve, test_secret
-from tests.services import Redis, RedisSentinel
+from tests.services import Redis, RedisSentinel, TestPKI, free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 # The failover bound docs/STORES.md states: Sentinel's down-after (1 s here), its election and
@@ -464,3 +465,74 @@ async def test_a_waiting_writer_whose_coroutine_is_closed_holds_up_nobody(redis:
         assert store._queues == {}  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+# TLS --------------------------------------------------------------------------------------------
+
+
+def tls_redis(pki: TestPKI, cert: str, key: str) -> tuple[Redis, int]:
+    """A redis-server that serves TLS on a port of its own (certificate ``cert``, clients must show
+    one ``pki``'s CA signed), its plain port kept for the test's own commands."""
+    port = free_port()
+    tls = ("--tls-port", str(port), "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", pki.ca_cert)
+    return Redis(*tls, "--tls-auth-clients", "yes"), port
+
+
+def tls_url(port: int, **query: str) -> str:
+    """A rediss:// URL with redis-py's TLS options as its query (the CA, the client's certificate)."""
+    return f"rediss://127.0.0.1:{port}/0?{urlencode(query)}"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sessions_over_tls_with_a_client_certificate(http_server, browser, users, clock, tmp_path):
+    pki = TestPKI(tmp_path)
+    server, port = tls_redis(pki, pki.server_cert, pki.server_key)
+    with server:
+        wait_for_port(port)
+        url = tls_url(port, ssl_ca_certs=pki.ca_cert, ssl_certfile=pki.client_cert, ssl_keyfile=pki.client_key)
+        config = load_settings(
+            "test", environ={"SESSION_STORE": "redis", "REDIS_URL": url}, session_secrets=(test_secret(),)
+        )
+        serve(http_server, SessionApplication(config, session_store(config, clock), users, clock=clock))
+        assert (await browser.get("/readyz")).code == 200
+        await browser.get("/api")
+        assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
+        assert (await browser.login()).code == 200
+        assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+        assert server.stored_keys()  # through TLS into this server
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tls_refuses_an_untrusted_server_a_wrong_name_a_missing_client_certificate_or_plaintext(tmp_path):
+    pki = TestPKI(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca = TestPKI(tmp_path / "other")
+    # Signed by the right CA, for another name than the one the URL connects to.
+    misnamed = pki.issue("elsewhere", "subjectAltName=DNS:elsewhere.example")
+    client = {"ssl_certfile": pki.client_cert, "ssl_keyfile": pki.client_key}
+    server, port = tls_redis(pki, pki.server_cert, pki.server_key)
+    other, other_port = tls_redis(pki, *misnamed)
+    context = StoreContext(record_keys([test_secret()]))
+    record = {"data": {}, "created_at": 1.0, "last_seen": 1.0}
+    with server, other:
+        wait_for_port(port)
+        wait_for_port(other_port)
+        refused = [
+            tls_url(port, ssl_ca_certs=other_ca.ca_cert, **client),  # the server's certificate is not trusted
+            tls_url(other_port, ssl_ca_certs=pki.ca_cert, **client),  # trusted, but not for 127.0.0.1
+            tls_url(port, ssl_ca_certs=pki.ca_cert),  # no client certificate
+            f"redis://127.0.0.1:{port}/0",  # plaintext to the TLS port
+        ]
+        for url in [*refused, tls_url(port, ssl_ca_certs=pki.ca_cert, **client)]:
+            store = RedisStore.from_options({"url": url, "timeout": "0.5", "connect_timeout": "0.5"}, context)
+            try:
+                if url in refused:
+                    with pytest.raises(StoreUnavailable):
+                        await store.create("a-session", record, 60)
+                    assert not await store.ready(), url
+                else:  # the same harness, everything right
+                    assert await store.create("a-session", record, 60)
+                    assert await store.ready()
+            finally:
+                await store.close()
+        assert not other.stored_keys() and server.stored_keys() == [store.key("a-session")]
