@@ -99,8 +99,9 @@ class RedisOptions(NamedTuple):
 class RedisStore(SessionStore):
     """Session records in Redis. See the module docstring for the design.
 
-    Options (environment variables ``REDIS_<OPTION>``): ``url`` (redis:// or rediss://, with
-    an ACL user and password and a database as redis-py reads them; redis://127.0.0.1:6379/0),
+    Options (environment variables ``REDIS_<OPTION>``): ``url`` (redis://, rediss:// or unix://
+    (a socket on this host), with an ACL user and password and a database as redis-py reads them;
+    redis://127.0.0.1:6379/0),
     ``sentinels`` (host:port, comma-separated: the primary is found through them, the url's host
     is then unused) with ``sentinel_service`` (the name they monitor), ``prefix`` ("session:"),
     ``timeout`` and ``connect_timeout`` (0.5 s), ``max_connections`` (64: the pool's bound; a
@@ -117,11 +118,12 @@ class RedisStore(SessionStore):
     def check_options(cls, options: Mapping[str, Any]) -> RedisOptions:
         read = Options(cls.name, options, cls.options)
         url = read.text("url", "redis://127.0.0.1:6379/0") or ""
-        if not url.startswith(("redis://", "rediss://")):
-            read.require(False, "url", "a redis:// or rediss:// URL")
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            read.require(False, "url", "a redis://, rediss:// or unix:// URL")
         else:
             try:
-                parse_url(url)
+                path = parse_url(url).get("path")
+                read.require(bool(path) or not url.startswith("unix://"), "url", "unix:// needs the socket's path")
             except ValueError as e:
                 read.require(False, "url", str(e))
         sentinels = read.addresses("sentinels")
@@ -129,6 +131,9 @@ class RedisStore(SessionStore):
         read.require(
             bool(sentinels) == bool(service), "sentinel_service", "set both or neither of sentinels, sentinel_service"
         )
+        # The sentinels name the primary by its address: there is no socket path to follow.
+        unix_with_sentinels = bool(sentinels) and url.startswith("unix://")
+        read.require(not unix_with_sentinels, "url", "with sentinels, a redis:// or rediss:// URL")
         checked = RedisOptions(
             url=url,
             sentinels=sentinels,

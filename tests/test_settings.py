@@ -138,7 +138,17 @@ def test_prod_refuses_a_missing_secret():
         ({"SESSION_STORE": "memcached", "MEMCACHED_BUSY_POLL": "-1"}, "BUSY_POLL): expected a non-negative number"),
         ({"SESSION_STORE": "memcached", "MEMCACHED_COPIES": "1.5"}, "MEMCACHED_COPIES): expected a non-negative"),
         ({"SESSION_STORE": "redis", "REDIS_COPIES": "-1"}, "REDIS_COPIES): expected a non-negative"),
-        ({"SESSION_STORE": "redis", "REDIS_URL": "http://x"}, "REDIS_URL): a redis:// or rediss:// URL"),
+        ({"SESSION_STORE": "redis", "REDIS_URL": "http://x"}, "REDIS_URL): a redis://, rediss:// or unix:// URL"),
+        ({"SESSION_STORE": "redis", "REDIS_URL": "unix://"}, "REDIS_URL): unix:// needs the socket's path"),
+        (
+            {
+                "SESSION_STORE": "redis",
+                "REDIS_URL": "unix:///run/redis.sock",
+                "REDIS_SENTINELS": "a:1",
+                "REDIS_SENTINEL_SERVICE": "s",
+            },
+            "with sentinels, a redis:// or rediss:// URL",
+        ),
         ({"SESSION_STORE": "redis", "REDIS_SENTINELS": "a:1"}, "set both or neither of sentinels, sentinel_service"),
         ({"SESSION_STORE": "memory", "MEMORY_MAX_SESSIONS": "-1"}, "MEMORY_MAX_SESSIONS): expected a positive"),
         ({"SESSION_SECRETS": "same,same"}, "listed twice"),
