@@ -87,6 +87,8 @@ class RedisOptions(NamedTuple):
     url: str
     sentinels: tuple[str, ...]
     sentinel_service: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
     prefix: str
     timeout: float
     connect_timeout: float
@@ -103,7 +105,8 @@ class RedisStore(SessionStore):
     (a socket on this host), with an ACL user and password and a database as redis-py reads them;
     redis://127.0.0.1:6379/0),
     ``sentinels`` (host:port, comma-separated: the primary is found through them, the url's host
-    is then unused) with ``sentinel_service`` (the name they monitor), ``prefix`` ("session:"),
+    is then unused) with ``sentinel_service`` (the name they monitor) and, for sentinels that ask
+    for them, ``sentinel_username`` and ``sentinel_password``, ``prefix`` ("session:"),
     ``timeout`` and ``connect_timeout`` (0.5 s), ``max_connections`` (64: the pool's bound; a
     request waits up to ``timeout`` for one), ``cas_retries`` (64 compare-and-swap rounds before
     an update gives up with a 503), ``busy_poll`` (200 µs: how long the loop polls without
@@ -134,10 +137,18 @@ class RedisStore(SessionStore):
         # The sentinels name the primary by its address: there is no socket path to follow.
         unix_with_sentinels = bool(sentinels) and url.startswith("unix://")
         read.require(not unix_with_sentinels, "url", "with sentinels, a redis:// or rediss:// URL")
+        # The sentinels' own credentials (requirepass, or an ACL user on Redis 6.2+); the URL's are
+        # the primary's.
+        sentinel_username = read.text("sentinel_username")
+        sentinel_password = read.text("sentinel_password")
+        read.require(bool(sentinels) or not sentinel_password, "sentinel_password", "only with sentinels")
+        read.require(not sentinel_username or bool(sentinel_password), "sentinel_username", "needs sentinel_password")
         checked = RedisOptions(
             url=url,
             sentinels=sentinels,
             sentinel_service=service,
+            sentinel_username=sentinel_username,
+            sentinel_password=sentinel_password,
             prefix=read.key_prefix("prefix", "session:"),
             timeout=read.number("timeout", 0.5),
             connect_timeout=read.number("connect_timeout", 0.5),
@@ -202,6 +213,8 @@ class RedisStore(SessionStore):
                     # redis-py's default retries each sentinel 3 times with backoff: an outage
                     # answered in 13-15 s instead of within the timeouts.
                     "retry": Retry(NoBackoff(), 0),
+                    "username": options.sentinel_username,
+                    "password": options.sentinel_password,
                 },
             )
             self.client: Redis = self._sentinel.master_for(options.sentinel_service, **url, **common)

@@ -276,19 +276,22 @@ class RedisSentinel(ServerProcess):
     """A Redis Sentinel on a free loopback port, monitoring ``primary`` as ``service``.
 
     It marks the primary down after ``down_after_ms`` without an answer, and (a quorum of one)
-    promotes a replica.
+    promotes a replica. With ``password`` it asks its clients for it (``requirepass``).
     """
 
-    def __init__(self, primary: Redis, service: str = "sessions", down_after_ms: int = 1000) -> None:
+    def __init__(
+        self, primary: Redis, service: str = "sessions", down_after_ms: int = 1000, password: str | None = None
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.port = free_port()
         self.service = service
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix=f"sentinel-{self.port}-"))
         (self.dir / "sentinel.conf").write_text(
             f"bind 127.0.0.1\nport {self.port}\ndir {self.dir}\n"
             f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
-            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel failover-timeout {service} 10000\n" + (f"requirepass {password}\n" if password else "")
         )
 
     def start(self) -> RedisSentinel:
@@ -302,9 +305,13 @@ class RedisSentinel(ServerProcess):
 
     def _command(self, *args: str) -> Any:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            parts = [a.encode() for a in args]
-            sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
-            return _RespReader(sock).reply()
+            commands = [("AUTH", self.password), args] if self.password else [args]
+            reader = _RespReader(sock)
+            for command in commands:
+                parts = [a.encode() for a in command]
+                sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+                reply = reader.reply()
+            return reply
 
     def primary_port(self) -> int:
         return int(self._command("SENTINEL", "get-master-addr-by-name", self.service)[1])

@@ -220,6 +220,36 @@ async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http
             sentinel.stop()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_sentinels_that_ask_for_a_password(http_server, users, clock, make_browser):
+    password = test_secret()
+    with Redis() as primary:
+        sentinel = RedisSentinel(primary, password=password)
+        try:
+            sentinel.start()
+            assert sentinel.primary_port() == primary.port
+            options = {"sentinels": sentinel.address, "sentinel_service": sentinel.service}
+            app = redis_app(http_server, users, clock, **options, sentinel_password=password)
+            browser = make_browser()
+            assert (await browser.get("/readyz")).code == 200
+            assert (await browser.login()).code == 200
+            assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+            await app.store.close()
+            for wrong in ({}, {"sentinel_password": "not-" + password[:8]}):
+                store = RedisStore.from_options(
+                    {"sentinels": sentinel.address, "sentinel_service": sentinel.service, **wrong, "timeout": "0.3"},
+                    _context(app),
+                )
+                try:  # the primary is never found: an outage (503), not a crash
+                    assert not await store.ready()
+                    with pytest.raises(StoreUnavailable):
+                        await store.load("a-session")
+                finally:
+                    await store.close()
+        finally:
+            sentinel.stop()
+
+
 @pytest.mark.gen_test
 async def test_busy_polling_ends_once_the_answers_are_in(redis: Redis):
     context = StoreContext(record_keys([test_secret()]), 4096, time.time)
@@ -467,7 +497,6 @@ async def test_a_waiting_writer_whose_coroutine_is_closed_holds_up_nobody(redis:
         await store.close()
 
 
-
 @pytest.mark.gen_test(timeout=30)
 async def test_sessions_through_a_unix_socket(http_server, users, clock, browser):
     server = Redis()
@@ -484,6 +513,7 @@ async def test_sessions_through_a_unix_socket(http_server, users, clock, browser
         server.stop()
         assert (await browser.get("/readyz")).code == 503
         assert (await browser.get("/api")).code == 503
+
 
 # TLS --------------------------------------------------------------------------------------------
 

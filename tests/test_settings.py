@@ -150,6 +150,16 @@ def test_prod_refuses_a_missing_secret():
             "with sentinels, a redis:// or rediss:// URL",
         ),
         ({"SESSION_STORE": "redis", "REDIS_SENTINELS": "a:1"}, "set both or neither of sentinels, sentinel_service"),
+        ({"SESSION_STORE": "redis", "REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD): only with sentinels"),
+        (
+            {
+                "SESSION_STORE": "redis",
+                "REDIS_SENTINELS": "a:1",
+                "REDIS_SENTINEL_SERVICE": "s",
+                "REDIS_SENTINEL_USERNAME": "watcher",
+            },
+            "REDIS_SENTINEL_USERNAME): needs sentinel_password",
+        ),
         ({"SESSION_STORE": "memory", "MEMORY_MAX_SESSIONS": "-1"}, "MEMORY_MAX_SESSIONS): expected a positive"),
         ({"SESSION_SECRETS": "same,same"}, "listed twice"),
         ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read"),
