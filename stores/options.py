@@ -66,7 +66,7 @@ class Options:
         if value is None or value == "":
             return default
         if not isinstance(value, str):
-            self._problem(name, f"expected text, got {value!r}")
+            self._problem(name, f"expected text, got {type(value).__name__}")  # not the value: it may be a secret
             return default
         return value
 

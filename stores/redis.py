@@ -41,8 +41,10 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
@@ -81,6 +83,11 @@ from stores.redis_protocol import (
 from stores.sealing import SealedRecords
 
 log = logging.getLogger("stores.redis")
+
+# What a URL's query may set: the database, and on rediss:// the CA that signed Redis's
+# certificate and this server's own certificate and key (`RedisStore._check_url`).
+URL_QUERY = ("db",)
+TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 class RedisOptions(NamedTuple):
@@ -124,11 +131,7 @@ class RedisStore(SessionStore):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             read.require(False, "url", "a redis://, rediss:// or unix:// URL")
         else:
-            try:
-                path = parse_url(url).get("path")
-                read.require(bool(path) or not url.startswith("unix://"), "url", "unix:// needs the socket's path")
-            except ValueError as e:
-                read.require(False, "url", str(e))
+            cls._check_url(read, url)
         sentinels = read.addresses("sentinels")
         service = read.text("sentinel_service")
         read.require(
@@ -159,6 +162,29 @@ class RedisStore(SessionStore):
         )
         read.done()
         return checked
+
+    @staticmethod
+    def _check_url(read: Options, url: str) -> None:
+        """What redis-py would make of ``url``, checked now: it hands any query option to its
+        connections, where an unknown one fails every request and some (``ssl_cert_reqs=none``,
+        ``socket_timeout``) quietly undo TLS checks or this store's own options. Messages never
+        repeat the URL: a password that breaks it would show in them."""
+        try:
+            parsed = parse_url(url)
+        except ValueError:
+            # Say what can be wrong, not what was read: a password that breaks the URL would show.
+            problem = "a port or db that is not a number, or / ? # @ : % in a name or password not percent-encoded"
+            read.require(False, "url", f"not a URL redis-py reads ({problem})")
+            return
+        unix = url.startswith("unix://")
+        read.require(bool(parsed.get("path")) or not unix, "url", "unix:// needs the socket's path")
+        taken = URL_QUERY + (TLS_QUERY if url.startswith("rediss://") else ())
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        if not set(query) <= set(taken):
+            read.require(False, "url", f"a query option this store does not take (it takes {', '.join(taken)})")
+        for name in TLS_QUERY:
+            if name in query and name in taken and not os.path.isfile(unquote(query[name][0])):
+                read.require(False, "url", f"{name}: not a readable file")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], context: StoreContext) -> RedisStore:
@@ -309,9 +335,12 @@ class RedisStore(SessionStore):
             # Bounded as a whole: with Sentinel, finding the primary asks the sentinels first.
             async with asyncio.timeout(self.connect_timeout + self.timeout):
                 connection = await self._connection()
-        except (RedisError, TimeoutError) as e:
+        except Exception as e:  # redis-py's errors, or any other way a connection cannot be had
             self._fail(batch, self._failed(e))
             return
+        except BaseException:  # cancelled at close: no request may hang on it
+            self._fail(batch, StoreUnavailable("redis: closed"))
+            raise
         answers: list[Any] = []
         try:
             # One deadline for the whole batch rather than one per answer (redis-py's own read

@@ -276,22 +276,33 @@ class RedisSentinel(ServerProcess):
     """A Redis Sentinel on a free loopback port, monitoring ``primary`` as ``service``.
 
     It marks the primary down after ``down_after_ms`` without an answer, and (a quorum of one)
-    promotes a replica. With ``password`` it asks its clients for it (``requirepass``).
+    promotes a replica. With ``password`` it asks its clients for it (``requirepass``), or with
+    ``username`` too for that ACL user's (the default user off).
     """
 
     def __init__(
-        self, primary: Redis, service: str = "sessions", down_after_ms: int = 1000, password: str | None = None
+        self,
+        primary: Redis,
+        service: str = "sessions",
+        down_after_ms: int = 1000,
+        password: str | None = None,
+        username: str | None = None,
     ) -> None:
         self.binary = require_binary("redis-server")
         self.port = free_port()
         self.service = service
         self.password = password
+        self.username = username
+        if username:
+            access = f"user default off\nuser {username} on >{password} +@all\n"
+        else:
+            access = f"requirepass {password}\n" if password else ""
         self.dir = Path(tempfile.mkdtemp(prefix=f"sentinel-{self.port}-"))
         (self.dir / "sentinel.conf").write_text(
             f"bind 127.0.0.1\nport {self.port}\ndir {self.dir}\n"
             f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
-            f"sentinel failover-timeout {service} 10000\n" + (f"requirepass {password}\n" if password else "")
+            f"sentinel failover-timeout {service} 10000\n" + access
         )
 
     def start(self) -> RedisSentinel:
@@ -305,7 +316,10 @@ class RedisSentinel(ServerProcess):
 
     def _command(self, *args: str) -> Any:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            commands = [("AUTH", self.password), args] if self.password else [args]
+            commands: list[tuple[str, ...]] = [args]
+            if self.password:
+                credentials = (self.username, self.password) if self.username else (self.password,)
+                commands.insert(0, ("AUTH", *credentials))
             reader = _RespReader(sock)
             for command in commands:
                 parts = [a.encode() for a in command]

@@ -221,25 +221,28 @@ async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_sentinels_that_ask_for_a_password(http_server, users, clock, make_browser):
+@pytest.mark.parametrize("username", [None, "watcher"])
+async def test_sentinels_that_ask_for_a_password(http_server, users, clock, make_browser, username):
     password = test_secret()
+    # requirepass, or an ACL user (the default user off, so the password alone is not enough).
     with Redis() as primary:
-        sentinel = RedisSentinel(primary, password=password)
+        sentinel = RedisSentinel(primary, password=password, username=username)
         try:
             sentinel.start()
             assert sentinel.primary_port() == primary.port
             options = {"sentinels": sentinel.address, "sentinel_service": sentinel.service}
-            app = redis_app(http_server, users, clock, **options, sentinel_password=password)
+            credentials = {"sentinel_password": password, **({"sentinel_username": username} if username else {})}
+            app = redis_app(http_server, users, clock, **options, **credentials)
             browser = make_browser()
             assert (await browser.get("/readyz")).code == 200
             assert (await browser.login()).code == 200
             assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
             await app.store.close()
-            for wrong in ({}, {"sentinel_password": "not-" + password[:8]}):
-                store = RedisStore.from_options(
-                    {"sentinels": sentinel.address, "sentinel_service": sentinel.service, **wrong, "timeout": "0.3"},
-                    _context(app),
-                )
+            wrong: list[dict[str, str]] = [{}, {**credentials, "sentinel_password": "not-" + password[:8]}]
+            if username:
+                wrong.append({"sentinel_password": password})  # the user's password, for the default user
+            for credentials in wrong:
+                store = RedisStore.from_options({**options, **credentials, "timeout": "0.3"}, _context(app))
                 try:  # the primary is never found: an outage (503), not a crash
                     assert not await store.ready()
                     with pytest.raises(StoreUnavailable):
@@ -513,6 +516,21 @@ async def test_sessions_through_a_unix_socket(http_server, users, clock, browser
         server.stop()
         assert (await browser.get("/readyz")).code == 503
         assert (await browser.get("/api")).code == 503
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_connection_redis_py_cannot_make_is_an_outage_not_a_hang(redis: Redis):
+    # An option redis-py hands to its connections unchecked (start-up refuses it: test_settings)
+    # fails when the first connection is made, with an error that is not redis-py's own.
+    options = RedisStore.check_options(redis.store_options())._replace(url=f"{redis.url}?no_such_option=1")
+    store = RedisStore(options, StoreContext(record_keys([test_secret()])))
+    try:
+        for _ in range(2):  # and again: nothing left waiting
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(store.load("a-session"), 5)
+            assert not await asyncio.wait_for(store.ready(), 5)
+    finally:
+        await store.close()
 
 
 # TLS --------------------------------------------------------------------------------------------

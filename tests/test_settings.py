@@ -176,6 +176,39 @@ def test_bad_values_are_named(environ, message):
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        # A password with "/" (base64 makes them) breaks the URL: the message says how, without it.
+        ("redis://sessions:Zk3q/9xY+w==@10.0.0.5:6379/0", "not a URL redis-py reads"),
+        ("redis://sessions:Zk3q?9xY@10.0.0.5:6379/0", "not a URL redis-py reads"),
+        # Query options redis-py would hand to every connection: a typo failed every request, and
+        # some undo TLS checks.
+        ("redis://10.0.0.5/0?ssl_ca_certs=/etc/hostname", "a query option this store does not take (it takes db)"),
+        ("unix:///run/redis.sock?socket_timeout=5", "a query option this store does not take (it takes db)"),
+        ("rediss://10.0.0.5/0?ssl_cert_reqs=none", "(it takes db, ssl_ca_certs, ssl_certfile, ssl_keyfile)"),
+        ("rediss://10.0.0.5/0?ssl_check_hostname=false", "a query option this store does not take"),
+        ("rediss://10.0.0.5/0?ssl_ca_certs=/does/not/exist", "ssl_ca_certs: not a readable file"),
+        ("redis://10.0.0.5/0?db=zero", "not a URL redis-py reads"),
+    ],
+)
+def test_a_redis_url_is_checked_and_its_password_never_shown(url: str, message: str):
+    with pytest.raises(SettingsError) as caught:
+        load_settings("dev", environ={"SESSION_STORE": "redis", "REDIS_URL": url})
+    assert message in str(caught.value)
+    assert "Zk3q" not in str(caught.value) and "9xY" not in str(caught.value)
+
+
+def test_a_redis_url_with_what_the_store_takes_is_accepted():
+    ca = "/etc/hostname"  # any readable file: read as a CA only when a connection is made
+    for url in (
+        "redis://sessions:Zk3q%2F9xY%2Bw%3D%3D@10.0.0.5:6379/0",
+        f"rediss://10.0.0.5:6380/2?ssl_ca_certs={ca}&ssl_certfile={ca}&ssl_keyfile={ca}",
+        "unix:///run/redis/redis.sock?db=1",
+    ):
+        assert load_settings("dev", environ={"SESSION_STORE": "redis", "REDIS_URL": url}).store == "redis"
+
+
 def test_password_hashes_round_trip_and_carry_their_cost():
     h = hash_password("s3cret", cost=(10, 8, 1))
     assert h.startswith("scrypt$10$8$1$")
