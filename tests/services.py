@@ -277,7 +277,9 @@ class RedisSentinel(ServerProcess):
 
     It marks the primary down after ``down_after_ms`` without an answer, and (a quorum of one)
     promotes a replica. With ``password`` it asks its clients for it (``requirepass``), or with
-    ``username`` too for that ACL user's (the default user off).
+    ``username`` too for that ACL user's (the default user off). With ``tls`` (lines of
+    sentinel.conf: its certificate, key and CA) it watches the primary on ``primary_port``, a
+    TLS port, over TLS.
     """
 
     def __init__(
@@ -287,6 +289,8 @@ class RedisSentinel(ServerProcess):
         down_after_ms: int = 1000,
         password: str | None = None,
         username: str | None = None,
+        tls: str = "",
+        primary_port: int | None = None,
     ) -> None:
         self.binary = require_binary("redis-server")
         self.port = free_port()
@@ -300,9 +304,9 @@ class RedisSentinel(ServerProcess):
         self.dir = Path(tempfile.mkdtemp(prefix=f"sentinel-{self.port}-"))
         (self.dir / "sentinel.conf").write_text(
             f"bind 127.0.0.1\nport {self.port}\ndir {self.dir}\n"
-            f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port or primary.port} 1\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
-            f"sentinel failover-timeout {service} 10000\n" + access
+            f"sentinel failover-timeout {service} 10000\n" + access + tls
         )
 
     def start(self) -> RedisSentinel:

@@ -602,3 +602,37 @@ async def test_tls_refuses_an_untrusted_server_a_wrong_name_a_missing_client_cer
             finally:
                 await store.close()
         assert not other.stored_keys() and server.stored_keys() == [store.key("a-session")]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_primary_found_through_sentinels_over_tls(http_server, users, clock, make_browser, tmp_path):
+    pki = TestPKI(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca = TestPKI(tmp_path / "other")
+    primary, port = tls_redis(pki, pki.server_cert, pki.server_key)
+    with primary:
+        wait_for_port(port)
+        # The sentinel talks TLS to the primary too, and gives its clients the TLS port.
+        files = f"tls-cert-file {pki.client_cert}\ntls-key-file {pki.client_key}\ntls-ca-cert-file {pki.ca_cert}\n"
+        sentinel = RedisSentinel(primary, tls=f"tls-replication yes\n{files}", primary_port=port)
+        try:
+            sentinel.start()
+            assert sentinel.primary_port() == port
+            client = {"ssl_certfile": pki.client_cert, "ssl_keyfile": pki.client_key}
+            options = {"sentinels": sentinel.address, "sentinel_service": sentinel.service}
+            url = tls_url(port, ssl_ca_certs=pki.ca_cert, **client).replace(f"127.0.0.1:{port}", "ignored")
+            app = redis_app(http_server, users, clock, **options, url=url)
+            browser = make_browser()
+            assert (await browser.get("/readyz")).code == 200
+            assert (await browser.login()).code == 200
+            assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
+            assert primary.stored_keys()
+            await app.store.close()
+            untrusted = tls_url(port, ssl_ca_certs=other_ca.ca_cert, **client).replace(f"127.0.0.1:{port}", "ignored")
+            store = RedisStore.from_options({**options, "url": untrusted, "timeout": "0.3"}, _context(app))
+            try:  # the primary's certificate is checked through Sentinel too
+                assert not await store.ready()
+            finally:
+                await store.close()
+        finally:
+            sentinel.stop()
