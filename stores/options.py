@@ -26,11 +26,15 @@ class StoreOptionsError(ValueError):
         super().__init__("; ".join(problems))
 
 
+# A host name or IPv4 address, or an IPv6 address in brackets.
+HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` (an IPv6 host in brackets) as (host, port); ValueError if it is not one."""
     host, _, port = text.strip().rpartition(":")
-    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
-        raise ValueError(f"{text!r} is not host:port")
+    if not HOST.fullmatch(host) or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+        raise ValueError("not host:port")
     return host.strip("[]"), int(port)
 
 
@@ -88,11 +92,11 @@ class Options:
         value = self.raw.get(name, default)
         items = tuple(item.strip() for item in value.split(",")) if isinstance(value, str) else tuple(value)
         items = tuple(item for item in items if item)
-        for item in items:
+        for number, item in enumerate(items, 1):
             try:
                 parse_address(item)
-            except ValueError as e:
-                self._problem(name, str(e))
+            except ValueError as e:  # not repeated: a mistyped entry may hold a password
+                self._problem(name, f"entry {number} of {len(items)}: {e}")
         return items
 
     def key_prefix(self, name: str, default: str) -> str:

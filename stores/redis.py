@@ -41,10 +41,11 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
+import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
@@ -88,6 +89,26 @@ log = logging.getLogger("stores.redis")
 # certificate and this server's own certificate and key (`RedisStore._check_url`).
 URL_QUERY = ("db",)
 TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+# A redis:// or rediss:// URL's path: none, or the database's number.
+DB_PATH = re.compile(r"(/[0-9]*)?")
+URL_FORM = "redis[s]://[user:password@]host[:port][/db], / ? # @ : % in a user name or password percent-encoded"
+
+
+def tls_problem(files: Mapping[str, str]) -> str | None:
+    """What is wrong with the TLS files a rediss:// URL names (``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile``), found at start-up rather than at every connection; None if nothing."""
+    if "ssl_keyfile" in files and "ssl_certfile" not in files:
+        return "ssl_keyfile: only with ssl_certfile"
+    try:
+        context = ssl.create_default_context(cafile=files.get("ssl_ca_certs"))
+    except (OSError, ssl.SSLError):
+        return "ssl_ca_certs: not a readable file of CA certificates"
+    if "ssl_certfile" in files:
+        try:
+            context.load_cert_chain(files["ssl_certfile"], files.get("ssl_keyfile"))
+        except (OSError, ssl.SSLError):
+            return "ssl_certfile, ssl_keyfile: not a readable certificate and its private key"
+    return None
 
 
 class RedisOptions(NamedTuple):
@@ -167,24 +188,27 @@ class RedisStore(SessionStore):
     def _check_url(read: Options, url: str) -> None:
         """What redis-py would make of ``url``, checked now: it hands any query option to its
         connections, where an unknown one fails every request and some (``ssl_cert_reqs=none``,
-        ``socket_timeout``) quietly undo TLS checks or this store's own options. Messages never
-        repeat the URL: a password that breaks it would show in them."""
+        ``socket_timeout``) quietly undo TLS checks or this store's own options; and a password with
+        an unencoded ``/ # ?`` leaves a URL of another host, or none, and no password. Messages
+        never repeat the URL: a password that breaks it would show in them."""
         try:
             parsed = parse_url(url)
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
         except ValueError:
-            # Say what can be wrong, not what was read: a password that breaks the URL would show.
-            problem = "a port or db that is not a number, or / ? # @ : % in a name or password not percent-encoded"
-            read.require(False, "url", f"not a URL redis-py reads ({problem})")
-            return
+            parsed, parts = {}, None
         unix = url.startswith("unix://")
+        if parts is None or "#" in url or (not unix and not (parts.hostname and DB_PATH.fullmatch(parts.path))):
+            read.require(False, "url", f"not a URL redis-py reads ({URL_FORM})")
+            return
         read.require(bool(parsed.get("path")) or not unix, "url", "unix:// needs the socket's path")
         taken = URL_QUERY + (TLS_QUERY if url.startswith("rediss://") else ())
-        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        query = {name: values[0] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
         if not set(query) <= set(taken):
             read.require(False, "url", f"a query option this store does not take (it takes {', '.join(taken)})")
-        for name in TLS_QUERY:
-            if name in query and name in taken and not os.path.isfile(unquote(query[name][0])):
-                read.require(False, "url", f"{name}: not a readable file")
+        read.require(query.get("db", "0").isdigit(), "url", "db: a whole number")
+        problem = tls_problem({name: path for name, path in query.items() if name in TLS_QUERY and name in taken})
+        read.require(problem is None, "url", problem or "")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], context: StoreContext) -> RedisStore:
@@ -335,7 +359,11 @@ class RedisStore(SessionStore):
             # Bounded as a whole: with Sentinel, finding the primary asks the sentinels first.
             async with asyncio.timeout(self.connect_timeout + self.timeout):
                 connection = await self._connection()
-        except Exception as e:  # redis-py's errors, or any other way a connection cannot be had
+        except (RedisError, OSError, TimeoutError) as e:
+            self._fail(batch, self._failed(e))
+            return
+        except Exception as e:  # a bug, or an option redis-py refuses only now: an outage, logged whole
+            log.exception("redis: no connection")
             self._fail(batch, self._failed(e))
             return
         except BaseException:  # cancelled at close: no request may hang on it

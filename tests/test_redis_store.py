@@ -519,7 +519,7 @@ async def test_sessions_through_a_unix_socket(http_server, users, clock, browser
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_connection_redis_py_cannot_make_is_an_outage_not_a_hang(redis: Redis):
+async def test_a_connection_redis_py_cannot_make_is_an_outage_not_a_hang(redis: Redis, caplog):
     # An option redis-py hands to its connections unchecked (start-up refuses it: test_settings)
     # fails when the first connection is made, with an error that is not redis-py's own.
     options = RedisStore.check_options(redis.store_options())._replace(url=f"{redis.url}?no_such_option=1")
@@ -531,6 +531,9 @@ async def test_a_connection_redis_py_cannot_make_is_an_outage_not_a_hang(redis: 
             assert not await asyncio.wait_for(store.ready(), 5)
     finally:
         await store.close()
+    # Not an outage like the others: logged with its traceback, each time.
+    logged = [r for r in caplog.records if r.name == "stores.redis" and r.getMessage() == "redis: no connection"]
+    assert len(logged) == 4 and all(r.exc_info and r.exc_info[0] is TypeError for r in logged)
 
 
 # TLS --------------------------------------------------------------------------------------------

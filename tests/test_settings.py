@@ -16,7 +16,7 @@ import pytest
 from settings import SettingsError, load_settings
 from stores.users import UserDirectory, UsersFileError, hash_password, verify_password
 from tests.conftest import test_secret
-from tests.services import free_port
+from tests.services import TestPKI, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = "p" * 40
@@ -129,7 +129,7 @@ def test_prod_refuses_a_missing_secret():
         ({"SESSION_IDLE_TIMEOUT": "7200", "SESSION_ABSOLUTE_TIMEOUT": "3600"}, "longer than absolute_timeout"),
         ({"SESSION_IDLE_TIMEOUT": "0"}, "must be positive"),
         ({"CORS_ORIGINS": "http://a.example/path"}, "not an origin"),
-        ({"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": "nohost"}, "'nohost' is not host:port"),
+        ({"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": "a:1,nohost"}, "entry 2 of 2: not host:port"),
         (
             {"SESSION_STORE": "memcached", "MEMCACHED_SERVRES": "a:1"},
             "MEMCACHED_SERVRES): memcached has no such option",
@@ -189,7 +189,17 @@ def test_bad_values_are_named(environ, message):
         ("rediss://10.0.0.5/0?ssl_cert_reqs=none", "(it takes db, ssl_ca_certs, ssl_certfile, ssl_keyfile)"),
         ("rediss://10.0.0.5/0?ssl_check_hostname=false", "a query option this store does not take"),
         ("rediss://10.0.0.5/0?ssl_ca_certs=/does/not/exist", "ssl_ca_certs: not a readable file"),
+        ("rediss://10.0.0.5/0?ssl_ca_certs=/etc/hostname", "ssl_ca_certs: not a readable file of CA certificates"),
+        ("rediss://10.0.0.5/0?ssl_keyfile=/etc/hostname", "ssl_keyfile: only with ssl_certfile"),
         ("redis://10.0.0.5/0?db=zero", "not a URL redis-py reads"),
+        ("redis://10.0.0.5/0?db=-1", "db: a whole number"),
+        ("redis://10.0.0.5/1x", "not a URL redis-py reads"),
+        # What an unencoded / # or ? in a password can leave: a URL of another host, or of none,
+        # that redis-py reads without a word (and sends no password).
+        ("redis://:/Zk3q9xY@10.0.0.5:6379/0", "not a URL redis-py reads"),
+        ("redis://:8812/Zk3q@10.0.0.5:6379/0", "not a URL redis-py reads"),
+        ("redis://sessions:#Zk3q@10.0.0.5/0", "not a URL redis-py reads"),
+        ("redis://", "not a URL redis-py reads"),
     ],
 )
 def test_a_redis_url_is_checked_and_its_password_never_shown(url: str, message: str):
@@ -199,14 +209,32 @@ def test_a_redis_url_is_checked_and_its_password_never_shown(url: str, message: 
     assert "Zk3q" not in str(caught.value) and "9xY" not in str(caught.value)
 
 
-def test_a_redis_url_with_what_the_store_takes_is_accepted():
-    ca = "/etc/hostname"  # any readable file: read as a CA only when a connection is made
+def test_a_redis_url_with_what_the_store_takes_is_accepted(tmp_path):
+    pki = TestPKI(tmp_path)
     for url in (
         "redis://sessions:Zk3q%2F9xY%2Bw%3D%3D@10.0.0.5:6379/0",
-        f"rediss://10.0.0.5:6380/2?ssl_ca_certs={ca}&ssl_certfile={ca}&ssl_keyfile={ca}",
+        "redis://[::1]:6379",
+        f"rediss://10.0.0.5:6380/2?ssl_ca_certs={pki.ca_cert}&ssl_certfile={pki.client_cert}&ssl_keyfile={pki.client_key}",
         "unix:///run/redis/redis.sock?db=1",
+        "unix://sessions:Zk3q%2F9xY@/run/redis/redis.sock",
     ):
         assert load_settings("dev", environ={"SESSION_STORE": "redis", "REDIS_URL": url}).store == "redis"
+
+
+def test_a_store_option_refused_is_named_never_shown():
+    # From a settings module an option may come as any type; a mistyped sentinel entry may hold
+    # a password.
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            "dev",
+            session_secrets=(test_secret(),),
+            store="redis",
+            store_options={
+                "redis": {"sentinel_password": b"hunter2-secret", "sentinels": "s1:26379,sessions:hunter2@s2:26379"}
+            },
+        )
+    assert "expected text, got bytes" in str(caught.value) and "entry 2 of 2: not host:port" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_password_hashes_round_trip_and_carry_their_cost():
