@@ -536,6 +536,37 @@ async def test_a_connection_redis_py_cannot_make_is_an_outage_not_a_hang(redis: 
     assert len(logged) == 4 and all(r.exc_info and r.exc_info[0] is TypeError for r in logged)
 
 
+def awaiting(coroutine: Any) -> list[str]:
+    """The names of the coroutines ``coroutine`` is suspended in, outermost first."""
+    names = []
+    while coroutine is not None and hasattr(coroutine, "cr_code"):
+        names.append(coroutine.cr_code.co_name)
+        coroutine = coroutine.cr_await
+    return names
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_batch_cancelled_while_it_waits_for_its_connection_fails_its_requests(redis: Redis):
+    # As at shutdown, when the loop cancels what is still running: the requests of a batch that was
+    # waiting for a connection (here, to a Redis that answers nothing) get an outage, not a hang.
+    store = build_store("redis", redis.store_options(), StoreContext(record_keys([test_secret()])))
+    redis.pause()
+    try:
+        load = asyncio.ensure_future(store.load("a-session"))
+        while not store._sending:  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+        (sending,) = store._sending  # type: ignore[attr-defined]
+        while "_connection" not in awaiting(sending.get_coro()):  # under way, waiting for its connection
+            await asyncio.sleep(0)
+        assert not load.done()
+        sending.cancel()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(load, 5)  # only a bound on a hang
+    finally:
+        redis.resume()
+        await store.close()
+
+
 # TLS --------------------------------------------------------------------------------------------
 
 
