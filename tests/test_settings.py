@@ -20,6 +20,7 @@ from tests.services import TestPKI, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = "p" * 40
+REDIS_SENTINELS = {"SESSION_STORE": "redis", "REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_SERVICE": "s"}
 
 
 def run_server(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 20):
@@ -140,26 +141,10 @@ def test_prod_refuses_a_missing_secret():
         ({"SESSION_STORE": "redis", "REDIS_COPIES": "-1"}, "REDIS_COPIES): expected a non-negative"),
         ({"SESSION_STORE": "redis", "REDIS_URL": "http://x"}, "REDIS_URL): a redis://, rediss:// or unix:// URL"),
         ({"SESSION_STORE": "redis", "REDIS_URL": "unix://"}, "REDIS_URL): unix:// needs the socket's path"),
-        (
-            {
-                "SESSION_STORE": "redis",
-                "REDIS_URL": "unix:///run/redis.sock",
-                "REDIS_SENTINELS": "a:1",
-                "REDIS_SENTINEL_SERVICE": "s",
-            },
-            "with sentinels, a redis:// or rediss:// URL",
-        ),
+        ({**REDIS_SENTINELS, "REDIS_URL": "unix:///run/redis.sock"}, "with sentinels, a redis:// or rediss:// URL"),
         ({"SESSION_STORE": "redis", "REDIS_SENTINELS": "a:1"}, "set both or neither of sentinels, sentinel_service"),
         ({"SESSION_STORE": "redis", "REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD): only with sentinels"),
-        (
-            {
-                "SESSION_STORE": "redis",
-                "REDIS_SENTINELS": "a:1",
-                "REDIS_SENTINEL_SERVICE": "s",
-                "REDIS_SENTINEL_USERNAME": "watcher",
-            },
-            "REDIS_SENTINEL_USERNAME): needs sentinel_password",
-        ),
+        ({**REDIS_SENTINELS, "REDIS_SENTINEL_USERNAME": "watcher"}, "SENTINEL_USERNAME): needs sentinel_password"),
         ({"SESSION_STORE": "memory", "MEMORY_MAX_SESSIONS": "-1"}, "MEMORY_MAX_SESSIONS): expected a positive"),
         ({"SESSION_SECRETS": "same,same"}, "listed twice"),
         ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read"),
