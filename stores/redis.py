@@ -363,7 +363,8 @@ class RedisStore(SessionStore):
             self._fail(batch, self._failed(e))
             return
         except Exception as e:  # a bug, or an option redis-py refuses only now: an outage, logged whole
-            log.exception("redis: no connection")
+            if not self._failing:  # once an outage, as _failed logs: requests choose how often this runs
+                log.exception("redis: no connection")
             self._fail(batch, self._failed(e))
             return
         except BaseException:  # cancelled at close: no request may hang on it
