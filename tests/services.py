@@ -178,12 +178,17 @@ class Redis(ServerProcess):
     "always" turns it on, as docs/STORES.md configures a durable store.
     """
 
-    def __init__(self, *extra_args: str, port: int | None = None, appendfsync: str | None = None) -> None:
+    def __init__(
+        self, *extra_args: str, port: int | None = None, appendfsync: str | None = None, unix_socket: bool = False
+    ) -> None:
         self.binary = require_binary("redis-server")
         self.port = port or free_port()
-        self.extra_args = extra_args
         self.appendfsync = appendfsync
         self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
+        # With unix_socket, it also listens on a socket in its directory (only its owner may connect).
+        self.socket_path = self.dir / "redis.sock"
+        unix = ("--unixsocket", str(self.socket_path), "--unixsocketperm", "700") if unix_socket else ()
+        self.extra_args = (*extra_args, *unix)
 
     @property
     def url(self) -> str:

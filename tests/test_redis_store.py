@@ -502,11 +502,8 @@ async def test_a_waiting_writer_whose_coroutine_is_closed_holds_up_nobody(redis:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_sessions_through_a_unix_socket(http_server, users, clock, browser):
-    server = Redis()
-    socket_path = server.dir / "redis.sock"
-    server.extra_args = ("--unixsocket", str(socket_path), "--unixsocketperm", "700")
-    with server:
-        redis_app(http_server, users, clock, url=f"unix://{socket_path}?db=0")
+    with Redis(unix_socket=True) as server:
+        redis_app(http_server, users, clock, url=f"unix://{server.socket_path}?db=0")
         assert (await browser.get("/readyz")).code == 200
         await browser.get("/api")
         assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
