@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
@@ -100,6 +102,53 @@ class ThrottledLines(logging.Filter):
         return True
 
 
+# Tornado's line for a request it could not parse, and the kinds of error it quotes client text in.
+MALFORMED_MESSAGE = "Malformed HTTP message from %s: %s"
+QUOTING_ERRORS = (
+    "Invalid header name",
+    "Invalid header value",
+    "Invalid Host header",
+    "Multiple host headers not allowed",
+    "Invalid query string",
+    "Multiple unequal Content-Lengths",
+    "Only integer Content-Length is allowed",
+    "Unsupported Transfer-Encoding",
+    "Unsupported Content-Encoding",
+    "Malformed HTTP version",
+    "Invalid x-www-form-urlencoded body",
+    "Invalid multipart/form-data",
+    "invalid gzip data",
+)
+# An error text of another kind is kept only as long as Tornado's fixed messages are.
+FIXED_MESSAGE_LENGTH = 60
+
+
+def withheld_request_text(error: object) -> str:
+    """What a log line may say of an error parsing a request: its kind, never what the client sent.
+
+    Tornado's errors quote the offending text: a whole header's value, so a Cookie header with one
+    stray control character would put every cookie it carries, the signed session cookie
+    included, in the log.
+    """
+    text = str(error)
+    for kind in QUOTING_ERRORS:
+        if text.startswith(kind):
+            return f"{kind} (not logged)"
+    if len(text) > FIXED_MESSAGE_LENGTH or not text.isprintable() or any(q in text for q in "'\"%"):
+        return "malformed request (its text not logged)"
+    return text
+
+
+class WithheldRequestText(logging.Filter):
+    """A filter for Tornado's connection-layer logger: a malformed request's line keeps the kind
+    of error and the client's address, not the request text Tornado quotes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == MALFORMED_MESSAGE and isinstance(record.args, tuple) and len(record.args) == 2:
+            record.args = (record.args[0], withheld_request_text(record.args[1]))
+        return True
+
+
 def connection_cap(max_connections: int | None = None, store_connections: int = 0) -> int:
     """The most client connections a process takes at once.
 
@@ -139,9 +188,29 @@ class ClientStream(IOStream):
     def __init__(self, connection: socket.socket, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         super().set_nodelay(True)
+        # Closed, or its last answer on the way (a draining process closes it once sent): a
+        # request read after that is not run (see CappedHTTPServer.start_request).
+        self.last_answer_given = False
+
+    def close(self, exc_info: Any = False) -> None:
+        self.last_answer_given = True
+        super().close(exc_info)
 
     def set_nodelay(self, value: bool) -> None:
         """Nothing to do: TCP_NODELAY is on from the start (see the class)."""
+
+
+class _NotRun(HTTPMessageDelegate):
+    """A request read from a connection that gave its last answer: nothing runs, and the
+    connection's request loop ends with it."""
+
+    def __init__(self, request_conn: HTTPConnection) -> None:
+        self.request_conn = request_conn
+
+    def finish(self) -> None:
+        if isinstance(self.request_conn, HTTP1Connection):
+            # The public way to stop Tornado's reading on this connection.
+            self.request_conn.detach()
 
 
 class CappedHTTPServer(HTTPServer):
@@ -223,6 +292,17 @@ class CappedHTTPServer(HTTPServer):
     def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
         self.open_connections += 1
         super().handle_stream(stream, address)
+
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        # Tornado reads on from a connection it has closed: requests a client pipelined behind
+        # one that asked to close it (``Connection: close``, HTTP/1.0) would run without anyone
+        # to answer, logins and logouts included, against RFC 9112 (9.6); so would requests
+        # behind a draining process's last answer. They are read and dropped instead.
+        if isinstance(server_conn, HTTP1ServerConnection):
+            stream = server_conn.stream
+            if stream.last_answer_given if isinstance(stream, ClientStream) else stream.closed():
+                return _NotRun(request_conn)
+        return super().start_request(server_conn, request_conn)
 
     def on_close(self, server_conn: object) -> None:
         super().on_close(server_conn)

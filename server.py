@@ -24,7 +24,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from connections import CappedHTTPServer, ThrottledLines, connection_cap
+from connections import CappedHTTPServer, ThrottledLines, WithheldRequestText, connection_cap
 from handlers.app import Routes, SessionApplication
 from handlers.logging_setup import configure_logging
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
@@ -124,7 +124,9 @@ async def serve(settings: Settings, users: UserDirectory, extra_routes: Routes |
     )
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
-    logging.getLogger("tornado.general").addFilter(ThrottledLines())
+    general = logging.getLogger("tornado.general")
+    general.addFilter(WithheldRequestText())
+    general.addFilter(ThrottledLines())
     await store.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

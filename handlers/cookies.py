@@ -30,6 +30,8 @@ REMEMBERED_COOKIES_PER_HEADER = 4
 _parsed_cookie_headers = Remembered(COOKIE_HEADERS_REMEMBERED)
 # How many verified cookie values (and, in handlers.xsrf, tokens) are remembered (a few MiB at most).
 VERIFIED_CACHE_SIZE = 20_000
+# Seconds a time signed or stored by another process may lie ahead of this one's clock.
+CLOCK_SKEW = 60
 # A cleared cookie's Expires: a year back, as Tornado's clear_cookie writes it.
 CLEARED_EXPIRES_AGO = 365 * 86400
 
@@ -144,8 +146,13 @@ class CookieSigner:
         session_id, version = self._decode(cookie)
         if session_id is None:
             return None, False
+        signed_at = _signed_at(cookie)
+        if signed_at > self.clock() + CLOCK_SKEW:
+            # Signed in the future: only a holder of the key could, or a process with its clock
+            # far ahead. Such a value would outlive the absolute lifetime by the difference.
+            return None, False
         resign = version != self._signing_version
-        self._verified.remember(cookie, (session_id, resign, _signed_at(cookie)))
+        self._verified.remember(cookie, (session_id, resign, signed_at))
         return session_id, resign
 
     def _decode(self, cookie: str) -> tuple[str | None, int | None]:

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from handlers.app import SessionApplication
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Values of one cookie name looked at: a client can repeat a name thousands of times in one
+# header, and each value may cost a signature check.
+COOKIE_VALUES_CHECKED = 4
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -79,6 +82,7 @@ class JsonHandler(RequestHandler):
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self._request_cookies: dict[str, str] | None = None
+        self._cookies_header = ""
         self._request_checked = False
         # Counted so a shutdown can wait for requests in flight.
         self._counted = True
@@ -111,17 +115,53 @@ class JsonHandler(RequestHandler):
         """The HTTP methods this handler implements (for Allow and preflight answers)."""
         return [m for m in _METHODS if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
+    def cookie_header(self) -> str:
+        """The request's cookies as one Cookie header ("" if none).
+
+        Tornado joins repeated headers with ","; repeated Cookie headers (HTTP/2's split cookies
+        forwarded as they came, say) are joined with "; " here, so they stay apart.
+        """
+        header = request_header(self.request.headers, "Cookie")
+        if header is None:
+            return ""
+        if "," in header:
+            return "; ".join(self.request.headers.get_list("Cookie"))
+        return header
+
     def request_cookie(self, name: str) -> str | None:
         """The request cookie ``name``, like ``get_cookie`` but parsed once and without Morsels."""
         if self._request_cookies is None:
             header = request_header(self.request.headers, "Cookie")
-            self._request_cookies = parse_cookie_header(header) if header else {}
+            if header is None:
+                self._request_cookies = {}
+                return None
+            if "," in header:
+                header = self.cookie_header()
+            self._cookies_header = header
+            self._request_cookies = parse_cookie_header(header)
         return self._request_cookies.get(name)
 
     def request_cookie_values(self, name: str) -> list[str]:
-        """Every value the request's Cookie header gives ``name`` (see `cookie_values`)."""
-        header = request_header(self.request.headers, "Cookie")
-        return cookie_values(header, name) if header else []
+        """The values the request gives cookie ``name``, in order, duplicates included (see
+        `cookie_values`): the first ``COOKIE_VALUES_CHECKED``, as each may cost a check."""
+        header = self.cookie_header()
+        return cookie_values(header, name)[:COOKIE_VALUES_CHECKED] if header else []
+
+    def session_cookie(self) -> str | None:
+        """The request's session cookie value, or None.
+
+        A sibling subdomain can add a second cookie of the same name for the parent domain
+        (unless the name has the ``__Host-`` prefix, as in prod). One cookie per name would be the
+        last (Tornado's parser) and could be the planted one, logging the user out; of several,
+        the first that verifies is taken, as browsers list a page's own cookie first.
+        """
+        name = self.app.config.cookie_name
+        value = self.request_cookie(name)
+        if value is not None and self._cookies_header.count(name + "=") > 1:
+            for candidate in self.request_cookie_values(name):
+                if self.app.sessions.verify(candidate)[0] is not None:
+                    return candidate
+        return value
 
     def own_origin(self) -> str:
         """This server's origin as the browser sees it (the forwarded scheme behind a proxy)."""
@@ -181,6 +221,8 @@ class JsonHandler(RequestHandler):
         written = super().finish(chunk)
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
+            # Requests the client pipelined behind this one are not run (connections.py).
+            connection.stream.last_answer_given = True  # type: ignore[attr-defined]
             written.add_done_callback(lambda _: connection.close())
         return written
 

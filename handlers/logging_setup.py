@@ -147,8 +147,20 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     logging.getLogger("tornado.access").disabled = True
 
 
-# Characters of a request's path an access line keeps.
+# Characters of a request's path and method an access line keeps.
 LOGGED_PATH_LENGTH = 256
+LOGGED_METHOD_LENGTH = 20
+
+
+def loggable(text: str, limit: int) -> str:
+    """Client-chosen ``text`` as a log line may hold it: at most ``limit`` characters of it, and
+    anything not printable escaped (a NEL or a no-break space in a path would otherwise let the
+    client write what reads as a line of its own in a text log)."""
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text)} characters)"
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text
 
 
 def log_request(handler: RequestHandler) -> None:
@@ -161,19 +173,22 @@ def log_request(handler: RequestHandler) -> None:
     request = handler.request
     session = getattr(handler, "_session", None)
     session_hash = app.sessions.log_id(session.stored_id) if session is not None else "-"
+    # A client chooses the path and the method: its log line stays short and one line.
     path = request.path
-    if len(path) > LOGGED_PATH_LENGTH:
-        # A client chooses the path: its log line stays short however long the path is.
-        path = f"{path[:LOGGED_PATH_LENGTH]}...({len(request.path)} characters)"
+    if len(path) > LOGGED_PATH_LENGTH or not path.isprintable():
+        path = loggable(path, LOGGED_PATH_LENGTH)
+    method = request.method or ""
+    if len(method) > LOGGED_METHOD_LENGTH or not method.isprintable():
+        method = loggable(method, LOGGED_METHOD_LENGTH)
     duration = request.request_time() * 1000
     # Formatted to two places directly: what the rounded duration formats to, without round().
-    message = f"{request.method} {path} {status} {duration:.2f}ms client={request.remote_ip} session={session_hash}"
+    message = f"{method} {path} {status} {duration:.2f}ms client={request.remote_ip} session={session_hash}"
     if _access_lines is not None and not _access_lines.json:
         _access_lines.add(level, message)  # a text line has no fields beside its message
         return
     fields = {
         "event": "access",
-        "method": request.method,
+        "method": method,
         "path": path,
         "status": status,
         "duration_ms": round(duration, 2),

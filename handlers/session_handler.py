@@ -150,8 +150,7 @@ class SessionHandler(JsonHandler):
         if self._session is None:
             found, self._found = self._found, None
             try:
-                cookie = self.request_cookie(self.app.config.cookie_name)
-                self._session = await self.app.sessions.load(cookie, copy, found)
+                self._session = await self.app.sessions.load(self.session_cookie(), copy, found)
             except StoreUnavailable:
                 raise store_unavailable() from None
             self._stale_cookie_at_load = self._session.stale_cookie
@@ -221,6 +220,6 @@ class SessionHandler(JsonHandler):
         if self._session is not None:
             session_id = self._session.stored_id
         else:
-            session_id, _ = self.app.sessions.verify(self.request_cookie(self.app.config.cookie_name))
+            session_id, _ = self.app.sessions.verify(self.session_cookie())
         if xsrf_cookie_needed(self, session_id):
             self._set_cookie(self.app.config.xsrf_cookie_name, self.app.sessions.xsrf_token(session_id), httponly=False)

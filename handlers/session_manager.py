@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from handlers.cookies import VERIFIED_CACHE_SIZE, CookieSigner
+from handlers.cookies import CLOCK_SKEW, VERIFIED_CACHE_SIZE, CookieSigner
 from handlers.remembered import Remembered
 from handlers.session_object import Session, new_session_id
 from handlers.throttle import client_block, counter_name
@@ -86,7 +86,7 @@ class SessionManager:
             return "absolute timeout"
         if now - record["last_seen"] >= self._idle_timeouts[is_privileged(record)]:
             return "idle timeout"
-        if record["created_at"] > now + 60:
+        if record["created_at"] > now + CLOCK_SKEW:
             return "created in the future"
         return None
 

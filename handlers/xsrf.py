@@ -71,7 +71,7 @@ def check_csrf(handler: JsonHandler) -> None:
             return
         raise ApiError(403, "Cross-origin request refused.")
     header = request_header(handler.request.headers, config.xsrf_header_name)
-    session_id, _ = handler.app.sessions.verify(handler.request_cookie(config.cookie_name))
+    session_id, _ = handler.app.sessions.verify(handler.session_cookie())
     if not header or not handler.app.sessions.xsrf_valid(header, session_id):
         raise ApiError(403, "Missing or invalid XSRF token.")
     token = header.encode("utf-8", "replace")

@@ -217,6 +217,20 @@ def _validate_server(s: Settings, problems: list[str]) -> None:
             problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is never allowed with credentials")
         elif not _ORIGIN.match(origin):
             problems.append(f"cors_origins (CORS_ORIGINS): {origin!r} is not an origin (scheme://host[:port], no path)")
+        elif (sent := _as_browsers_send(origin)) != origin:
+            # The allowlist is compared exactly: this entry would never match, silently.
+            problems.append(f"cors_origins (CORS_ORIGINS): browsers send {origin!r} as {sent!r}: write that")
+
+
+def _as_browsers_send(origin: str) -> str:
+    """An origin as a browser's Origin header spells it: lower case, no default port, no leading zeros."""
+    scheme, _, rest = origin.lower().partition("://")
+    host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not colon or not port.isdigit():
+        return f"{scheme}://{rest}"
+    port = str(int(port))
+    default = {"http": "80", "https": "443"}[scheme]
+    return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"
 
 
 def _validate_cookies_and_secrets(s: Settings, problems: list[str]) -> None:

@@ -10,6 +10,7 @@ import http.client
 import http.cookies
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -355,3 +356,31 @@ def test_a_draining_process_closes_kept_alive_connections_after_answering(deploy
         worker.join(10)
         assert slow.getresponse().status == 200
         assert draining.wait() == 0
+
+
+def test_requests_pipelined_behind_a_draining_process_s_last_answer_are_not_run(deployment):
+    with AppProcess(deployment.env, args=("--env=prod",)) as draining:
+        body = json.dumps(SLOW_USER)
+        host = f"Host: 127.0.0.1:{draining.port}\r\n"
+        login_request = (
+            f"POST /api/login HTTP/1.1\r\n{host}Origin: {draining.base_url}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        )
+        behind = f"GET /api HTTP/1.1\r\n{host}\r\n" * 3
+        counted = login_counts(deployment.memcached)
+        with socket.create_connection(("127.0.0.1", draining.port), timeout=10) as sock:
+            sock.sendall((login_request + behind).encode())
+            for _ in range(1000):  # until the login is in flight (its attempt counted)
+                if login_counts(deployment.memcached) >= counted + 3:
+                    break
+                time.sleep(0.01)
+            draining.send_signal(signal.SIGTERM)
+            answers = b""
+            while chunk := sock.recv(65536):
+                answers += chunk
+        assert draining.wait() == 0
+        log = draining.output
+    # The login was the connection's last answer; what the client sent behind it never ran.
+    assert answers.startswith(b"HTTP/1.1 200 ") and answers.count(b"HTTP/1.1 ") == 1, answers
+    assert b"Connection: close" in answers
+    assert "draining 1 request" in log and "GET /api " not in log, log

@@ -130,6 +130,9 @@ def test_prod_refuses_a_missing_secret():
         ({"SESSION_IDLE_TIMEOUT": "7200", "SESSION_ABSOLUTE_TIMEOUT": "3600"}, "longer than absolute_timeout"),
         ({"SESSION_IDLE_TIMEOUT": "0"}, "must be positive"),
         ({"CORS_ORIGINS": "http://a.example/path"}, "not an origin"),
+        ({"CORS_ORIGINS": "http://LOCALHOST:4736"}, "browsers send 'http://LOCALHOST:4736' as 'http://localhost:4736'"),
+        ({"CORS_ORIGINS": "https://app.example:443"}, "as 'https://app.example': write that"),
+        ({"CORS_ORIGINS": "http://[::1]:08080"}, "as 'http://[::1]:8080'"),
         ({"SESSION_STORE": "memcached", "MEMCACHED_SERVERS": "a:1,nohost"}, "entry 2 of 2: not host:port"),
         (
             {"SESSION_STORE": "memcached", "MEMCACHED_SERVRES": "a:1"},

@@ -1,0 +1,142 @@
+"""Requests a hostile or broken client sends below what a browser would: malformed headers,
+pipelining past a close, repeated and planted cookies, and what such requests leave in the log."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from handlers.cookies import CookieSigner
+from handlers.session_object import new_session_id
+from settings import load_settings
+from tests.conftest import Browser, FakeClock, test_secret
+from tests.services import AppProcess
+
+LOGIN = {"email": "max@gmail.com", "password": "1234"}
+
+
+def exchange(app: AppProcess, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and read every byte until the server closes it."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        sock.sendall(data)
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def request(app: AppProcess, method: str, path: str, headers: str = "", body: str = "", close: bool = True) -> str:
+    lines = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\n{headers}"
+    if body:
+        lines += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    if close:
+        lines += "Connection: close\r\n"
+    return lines + "\r\n" + body
+
+
+def set_cookies(answer: bytes) -> dict[str, str]:
+    cookies = {}
+    for line in answer.decode("latin-1").split("\r\n\r\n", 1)[0].split("\r\n"):
+        if line.lower().startswith("set-cookie:"):
+            name, _, rest = line.split(":", 1)[1].strip().partition("=")
+            cookies[name] = rest.split(";", 1)[0]
+    return cookies
+
+
+def logged_in_cookies(app: AppProcess) -> dict[str, str]:
+    origin = f"Origin: {app.base_url}\r\n"
+    answer = exchange(app, request(app, "POST", "/api/login", origin, json.dumps(LOGIN)).encode())
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    return set_cookies(answer)
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[AppProcess]:
+    with AppProcess({"SESSION_SECRETS": test_secret(), "LOG_FORMAT": "text"}, args=("--env=dev",)) as app:
+        yield app
+
+
+def test_a_malformed_header_is_logged_without_the_text_it_carries(server: AppProcess):
+    sid = logged_in_cookies(server)["sid"]
+    answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: sid={sid}; theme=\x01dark\r\n").encode())
+    assert status(answer) == 400
+    log = server.wait_for_output("Invalid header value")
+    assert "Invalid header value (not logged)" in log
+    assert sid not in log and sid.split("|")[-1] not in log and "theme=" not in log
+
+
+def test_requests_pipelined_behind_one_that_closes_the_connection_are_not_run(server: AppProcess):
+    cookies = logged_in_cookies(server)
+    cookie = f"Cookie: sid={cookies['sid']}\r\n"
+    logout = request(server, "POST", "/api/logout", cookie + f"Origin: {server.base_url}\r\n", "{}", close=False)
+    for first in (
+        request(server, "GET", "/livez"),  # Connection: close
+        "GET /livez HTTP/1.0\r\n\r\n",  # HTTP/1.0 closes unless asked to keep alive
+    ):
+        answers = exchange(server, (first + logout).encode())
+        assert answers.count(b" 200 OK\r\n") == 1, answers
+    # The logout was never answered, so it never ran: the session is still logged in.
+    assert status(exchange(server, request(server, "GET", "/api/balance", cookie).encode())) == 200
+
+
+def test_an_access_line_bounds_and_escapes_the_method_and_path_a_client_chose(server: AppProcess):
+    forged = "2026-12-02\xa007:01:00,000\xa0INFO\xa0access:\xa0POST\xa0/api/login\xa0200"
+    assert status(exchange(server, request(server, "GET", "/x\x85" + forged).encode("latin-1"))) == 404
+    assert status(exchange(server, request(server, "X" * 5000, "/api").encode())) == 405
+    log = server.wait_for_output("(5000 characters)", "x85")
+    lines = [line for line in log.splitlines() if " access: " in line]
+    assert any("/x\\x852026-12-02\\xa007:01:00" in line for line in lines), lines
+    assert "\x85" not in log and "\xa0" not in log
+    long_method = [line for line in lines if "(5000 characters)" in line]
+    assert len(long_method) == 1 and len(long_method[0]) < 200, long_method
+
+
+def test_repeated_cookie_headers_are_read_as_one_list_of_cookies(server: AppProcess):
+    first = exchange(server, request(server, "GET", "/api").encode())
+    cookies = set_cookies(first)
+    repeated = f"Cookie: sid={cookies['sid']}\r\nCookie: XSRF-TOKEN={cookies['XSRF-TOKEN']}\r\n"
+    for headers in (repeated, "\r\n".join(reversed(repeated.split("\r\n")[:2])) + "\r\n"):
+        answer = exchange(server, request(server, "GET", "/api", headers).encode())
+        assert b"You visited this page" in answer and b"Set-Cookie: sid=" not in answer, answer
+
+
+@pytest.mark.parametrize("order", ["planted last", "planted first"])
+def test_a_planted_second_session_cookie_neither_logs_out_nor_replaces_the_browser_s(server: AppProcess, order):
+    sid = logged_in_cookies(server)["sid"]
+    planted = "sid=planted-by-a-sibling-subdomain"
+    pair = [f"sid={sid}", planted] if order == "planted last" else [planted, f"sid={sid}"]
+    answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: {'; '.join(pair)}\r\n").encode())
+    assert status(answer) == 200 and b"Set-Cookie: sid=" not in answer, answer
+
+
+@pytest.mark.gen_test
+async def test_a_header_repeating_the_xsrf_cookie_costs_a_bounded_number_of_checks(browser: Browser, app):
+    macs = []
+    real_mac = app.sessions.xsrf._mac
+
+    def counted_mac(*args):
+        macs.append(args)
+        return real_mac(*args)
+
+    app.sessions.xsrf._mac = counted_mac
+    response = await browser.get("/api/login", headers={"Cookie": "; ".join(["XSRF-TOKEN=a.b"] * 3500)})
+    assert response.code == 200
+    # A check per secret of the one value a parser keeps and of at most four of the repeats, and
+    # the token the answer issues.
+    assert 1 <= len(macs) <= (1 + 4) * len(app.config.session_secrets) + 1, len(macs)
+
+
+def test_a_cookie_signed_in_the_future_is_refused():
+    config = load_settings("test", environ={}, session_secrets=(test_secret(),))
+    clock = FakeClock()
+    session_id = new_session_id()
+    for ahead, accepted in ((30, True), (3600, False)):
+        value = CookieSigner(config, FakeClock(clock.now + ahead)).sign(session_id)
+        assert (CookieSigner(config, clock).verify(value)[0] == session_id) is accepted, ahead
