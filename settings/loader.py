@@ -89,7 +89,8 @@ def _read_secrets_file(path: str, problems: list[str]) -> tuple[str, ...]:
             # Secrets are used exactly as written; only the line ending is not part of one.
             return tuple(line.rstrip("\r\n") for line in f if line.rstrip("\r\n"))
     except (OSError, UnicodeDecodeError) as e:
-        problems.append(f"SESSION_SECRETS_FILE: cannot read {path!r}: {e.__class__.__name__}")
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+        problems.append(f"SESSION_SECRETS_FILE: cannot read {path!r}: {reason}")
         return ()
 
 
@@ -266,7 +267,7 @@ def _validate_prod(s: Settings, problems: list[str]) -> None:
         problems.append("cookie_secure: must be on in prod (the cookie would travel over plain HTTP)")
     if s.store == "memory":
         problems.append(
-            "store: the memory store is for development only (lost on restart, not shared between "
+            "store (SESSION_STORE): the memory store is for development only (lost on restart, not shared between "
             "processes); use the memcached store (MEMCACHED_SERVERS) or the redis store (REDIS_URL)"
         )
     if not s.users_file:
@@ -313,7 +314,7 @@ def load_settings(
         result = base.replace(**changes)
     except TypeError as e:
         raise SettingsError([str(e)]) from None
-    if not result.session_secrets and env in ("dev", "test"):
+    if not result.session_secrets and env in ("dev", "test") and not variables.get("SESSION_SECRETS_FILE"):
         # Convenience for a laptop: a random secret for this process only. Sessions do not
         # survive a restart; set SESSION_SECRETS to keep them.
         log.warning("no SESSION_SECRETS set: using a random secret; sessions end when the server stops")
@@ -323,4 +324,13 @@ def load_settings(
         _validate_prod(result, problems)
     if problems:
         raise SettingsError(problems)
+    ignored = [
+        f"{store.upper()}_{option.upper()}"
+        for store, options in sorted(store_variables(variables).items())
+        if store != result.store
+        for option in sorted(options)
+    ]
+    if ignored:
+        # Likely a store meant but not chosen (REDIS_URL without SESSION_STORE=redis, say).
+        log.warning("%s set, but the store is %s (SESSION_STORE): ignored", ", ".join(ignored), result.store)
     return result

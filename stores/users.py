@@ -181,7 +181,10 @@ class UserDirectory:
             raise UsersFileError(f"users file {str(path)!r} is not valid JSON: {e}") from None
         if not isinstance(entries, list):
             raise UsersFileError(f"users file {str(path)!r} must hold a JSON list")
-        return cls(entries, max_waiting=max_waiting)
+        try:
+            return cls(entries, max_waiting=max_waiting)
+        except UsersFileError as e:
+            raise UsersFileError(f"users file {str(path)!r}: {e}") from None
 
     def get(self, email: str) -> User | None:
         """The user with this email (case-insensitive), or None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pty
 import subprocess
@@ -100,7 +101,7 @@ def test_prod_refuses_every_unsafe_setting_at_once():
         "SameSite=None",
         "'*'",
         "'null'",
-        "memory store",
+        "store (SESSION_STORE): the memory store",
         "USERS_FILE",
     ):
         assert expected in text, expected
@@ -150,7 +151,7 @@ def test_prod_refuses_a_missing_secret():
         ({**REDIS_SENTINELS, "REDIS_SENTINEL_USERNAME": "watcher"}, "SENTINEL_USERNAME): needs sentinel_password"),
         ({"SESSION_STORE": "memory", "MEMORY_MAX_SESSIONS": "-1"}, "MEMORY_MAX_SESSIONS): expected a positive"),
         ({"SESSION_SECRETS": "same,same"}, "listed twice"),
-        ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read"),
+        ({"SESSION_SECRETS_FILE": "/does/not/exist"}, "cannot read '/does/not/exist': No such file or directory"),
         ({"LOG_FORMAT": "xml"}, "not text or json"),
         ({"DRAIN_TIMEOUT": "soon"}, "DRAIN_TIMEOUT: expected a whole number"),
         ({"SESSION_STORE": "mongo"}, "'mongo' is not one of memory, memcached, redis"),
@@ -162,6 +163,16 @@ def test_bad_values_are_named(environ, message):
     with pytest.raises(SettingsError) as caught:
         load_settings("dev", environ=environ)
     assert message in str(caught.value)
+
+
+def test_a_secrets_file_that_cannot_be_read_is_no_reason_for_a_random_secret(caplog, tmp_path):
+    empty = tmp_path / "secrets"
+    empty.write_text("\n")
+    for path in ("/does/not/exist", str(empty)):
+        with caplog.at_level(logging.WARNING, logger="settings"), pytest.raises(SettingsError) as caught:
+            load_settings("dev", environ={"SESSION_SECRETS_FILE": path})
+        assert "at least one secret is required" in str(caught.value)
+        assert "random secret" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -246,8 +257,9 @@ def test_password_hashes_round_trip_and_carry_their_cost():
 def test_malformed_users_files_are_refused(tmp_path, entries):
     path = tmp_path / "users.json"
     path.write_text(json.dumps(entries))
-    with pytest.raises(UsersFileError):
+    with pytest.raises(UsersFileError) as caught:
         UserDirectory.from_file(path)
+    assert f"users file {str(path)!r}" in str(caught.value)
 
 
 # The command line, as a user runs it --------------------------------------------------------------
@@ -388,3 +400,14 @@ def test_only_the_chosen_store_is_imported_with_its_client_library():
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["[]", "['redis']"]
+
+
+def test_another_store_s_variables_are_named_as_ignored(caplog):
+    with caplog.at_level(logging.WARNING, logger="settings"):
+        s = load_settings("dev", environ={"REDIS_URL": "redis://127.0.0.1:6379/0", "SESSION_SECRETS": LONG})
+    assert s.store == "memory"
+    assert "REDIS_URL set, but the store is memory (SESSION_STORE): ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="settings"):
+        load_settings("dev", environ={"SESSION_STORE": "redis", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert "ignored" not in caplog.text
