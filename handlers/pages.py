@@ -9,7 +9,7 @@ from typing import Any
 from tornado.web import HTTPError, StaticFileHandler, stream_request_body
 
 from handlers.base import JsonHandler, SessionHandler
-from handlers.json_api import JSON_CONTENT_TYPE, error_body
+from handlers.json_api import JSON_CONTENT_TYPE, STATUS_MESSAGES, error_body
 
 PAGE_VIEWS = "page_views"
 # The first of the shipped demo users (settings/demo_users.json), as the README lists them.
@@ -73,5 +73,8 @@ class DemoClientHandler(StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:
+            self.set_header("Allow", "GET, HEAD")
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
-        self.finish(error_body("Not found." if status_code == 404 else responses.get(status_code, "Unknown")))
+        message = STATUS_MESSAGES.get(status_code) or responses.get(status_code, "Unknown")
+        self.finish(error_body(message))

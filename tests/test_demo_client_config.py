@@ -11,6 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from handlers.app import SessionApplication
+from handlers.json_api import STATUS_MESSAGES
 from settings import Settings
 from stores.users import DEMO_USERS_FILE
 from tests.conftest import serve
@@ -124,3 +125,17 @@ async def test_the_static_route_answers_a_body_with_405_without_reading_it(
     status = await asyncio.wait_for(reader.readline(), timeout=10)
     writer.close()
     assert status.startswith(b"HTTP/1.1 405")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(("method", "path", "status"), [("DELETE", "/index.html", 405), ("GET", "/nope.html", 404)])
+async def test_the_static_route_s_errors_are_the_api_s(
+    http_server, base_url, app: SessionApplication, config: Settings, method, path, status
+):
+    serve(http_server, SessionApplication(config.replace(static_path="static"), app.store, app.users))
+    response = await AsyncHTTPClient().fetch(
+        base_url + path, method=method, raise_error=False, allow_nonstandard_methods=True
+    )
+    assert response.code == status
+    assert json.loads(response.body) == {"errorMessage": STATUS_MESSAGES[status]}
+    assert response.headers.get("Allow") == ("GET, HEAD" if status == 405 else None)
