@@ -1,8 +1,10 @@
 """What a process does about its connections: how many it keeps open, how it accepts them
-when it is short of descriptors, and how often the lines a client can cause reach the log.
+when it is short of descriptors, what it runs of what a client pipelines after its last answer,
+and how often (and how much of) the lines a client can cause reach the log.
 
-Only public Tornado APIs: the server's ``add_sockets``, ``handle_stream``, ``on_close`` and
-``stop`` hooks, IOStream (and its public ``set_nodelay``), and IOLoop's ``add_handler`` / ``remove_handler``.
+Only public Tornado APIs: the server's ``add_sockets``, ``handle_stream``, ``start_request``,
+``on_close`` and ``stop`` hooks, IOStream (its public ``set_nodelay`` and ``close``),
+``HTTP1Connection.detach``, and IOLoop's ``add_handler`` / ``remove_handler``.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ QUOTING_ERRORS = (
     "Only integer Content-Length is allowed",
     "Unsupported Transfer-Encoding",
     "Unsupported Content-Encoding",
-    "Malformed HTTP version",
+    "Unexpected HTTP version",
     "Invalid x-www-form-urlencoded body",
     "Invalid multipart/form-data",
     "invalid gzip data",
@@ -202,15 +204,17 @@ class ClientStream(IOStream):
 
 class _NotRun(HTTPMessageDelegate):
     """A request read from a connection that gave its last answer: nothing runs, and the
-    connection's request loop ends with it."""
+    connection's request loop ends with it, before its body is read."""
 
     def __init__(self, request_conn: HTTPConnection) -> None:
         self.request_conn = request_conn
 
-    def finish(self) -> None:
+    def headers_received(self, start_line: Any, headers: Any) -> None:
         if isinstance(self.request_conn, HTTP1Connection):
-            # The public way to stop Tornado's reading on this connection.
-            self.request_conn.detach()
+            # Taking the stream (allowed while headers are received) ends Tornado's reading on
+            # it. The last answer before this request was written whole: Tornado reads a
+            # connection's next request only once the answer before it is sent.
+            self.request_conn.detach().close()
 
 
 class CappedHTTPServer(HTTPServer):

@@ -5,6 +5,8 @@ one set of attributes every cookie this server writes (set or cleared) carries.
 from __future__ import annotations
 
 import http.cookies
+import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,6 +17,8 @@ from tornado.web import create_signed_value, decode_signed_value, get_signature_
 from handlers.remembered import Remembered
 from handlers.session_object import SESSION_ID_PATTERN
 from settings import key_version
+
+log = logging.getLogger("sessions")
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -32,6 +36,8 @@ _parsed_cookie_headers = Remembered(COOKIE_HEADERS_REMEMBERED)
 VERIFIED_CACHE_SIZE = 20_000
 # Seconds a time signed or stored by another process may lie ahead of this one's clock.
 CLOCK_SKEW = 60
+# Seconds between warnings about cookies signed further ahead than that (a clock gone wrong).
+FUTURE_WARNING_INTERVAL = 60
 # A cleared cookie's Expires: a year back, as Tornado's clear_cookie writes it.
 CLEARED_EXPIRES_AGO = 365 * 86400
 
@@ -119,6 +125,7 @@ class CookieSigner:
         # browser sends the same value many times: successful verifications are remembered (the
         # value's age is still checked on every use). Failures are not, so junk cannot fill it.
         self._verified: Remembered = Remembered(VERIFIED_CACHE_SIZE)
+        self._next_future_warning = -math.inf
 
     def sign(self, session_id: str) -> str:
         """The cookie value for ``session_id``, signed (Tornado v2) with the newest secret."""
@@ -147,9 +154,16 @@ class CookieSigner:
         if session_id is None:
             return None, False
         signed_at = _signed_at(cookie)
-        if signed_at > self.clock() + CLOCK_SKEW:
+        now = self.clock()
+        if signed_at > now + CLOCK_SKEW:
             # Signed in the future: only a holder of the key could, or a process with its clock
             # far ahead. Such a value would outlive the absolute lifetime by the difference.
+            if now >= self._next_future_warning:
+                self._next_future_warning = now + FUTURE_WARNING_INTERVAL
+                log.warning(
+                    "session cookie signed %.0f s ahead of this clock refused: are the servers' clocks apart?",
+                    signed_at - now,
+                )
             return None, False
         resign = version != self._signing_version
         self._verified.remember(cookie, (session_id, resign, signed_at))

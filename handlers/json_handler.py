@@ -141,27 +141,37 @@ class JsonHandler(RequestHandler):
             self._request_cookies = parse_cookie_header(header)
         return self._request_cookies.get(name)
 
-    def request_cookie_values(self, name: str) -> list[str]:
+    def request_cookie_values(self, name: str, limit: int | None = COOKIE_VALUES_CHECKED) -> list[str]:
         """The values the request gives cookie ``name``, in order, duplicates included (see
-        `cookie_values`): the first ``COOKIE_VALUES_CHECKED``, as each may cost a check."""
+        `cookie_values`): the first ``limit`` (None: all), where each costs a signature check."""
         header = self.cookie_header()
-        return cookie_values(header, name)[:COOKIE_VALUES_CHECKED] if header else []
+        return cookie_values(header, name)[:limit] if header else []
 
-    def session_cookie(self) -> str | None:
-        """The request's session cookie value, or None.
+    def session_cookies(self) -> list[str]:
+        """The request's session cookie value, as a list: empty if none.
 
         A sibling subdomain can add a second cookie of the same name for the parent domain
-        (unless the name has the ``__Host-`` prefix, as in prod). One cookie per name would be the
-        last (Tornado's parser) and could be the planted one, logging the user out; of several,
-        the first that verifies is taken, as browsers list a page's own cookie first.
+        (unless the name has the ``__Host-`` prefix, as in prod), listed before the browser's own
+        when its path is longer. One value per name would be the last (Tornado's parser), and a
+        planted junk value would log the user out; when the name is repeated, this is every value
+        that verifies (of the first ``COOKIE_VALUES_CHECKED``), in the order sent, and the session
+        is the first of them the store holds (`SessionHandler`).
         """
         name = self.app.config.cookie_name
         value = self.request_cookie(name)
-        if value is not None and self._cookies_header.count(name + "=") > 1:
-            for candidate in self.request_cookie_values(name):
-                if self.app.sessions.verify(candidate)[0] is not None:
-                    return candidate
-        return value
+        if value is None:
+            return []
+        if self._cookies_header.count(name + "=") > 1:
+            verify = self.app.sessions.verify
+            verified = [candidate for candidate in self.request_cookie_values(name) if verify(candidate)[0]]
+            if verified:
+                return verified
+        return [value]
+
+    def session_cookie(self) -> str | None:
+        """The request's session cookie value (of repeated ones, the first that verifies), or None."""
+        values = self.session_cookies()
+        return values[0] if values else None
 
     def own_origin(self) -> str:
         """This server's origin as the browser sees it (the forwarded scheme behind a proxy)."""

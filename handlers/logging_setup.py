@@ -153,14 +153,16 @@ LOGGED_METHOD_LENGTH = 20
 
 
 def loggable(text: str, limit: int) -> str:
-    """Client-chosen ``text`` as a log line may hold it: at most ``limit`` characters of it, and
-    anything not printable escaped (a NEL or a no-break space in a path would otherwise let the
-    client write what reads as a line of its own in a text log)."""
-    if len(text) > limit:
-        text = f"{text[:limit]}...({len(text)} characters)"
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    return text
+    """Client-chosen ``text`` as a log line may hold it: anything not printable escaped, and a
+    backslash too, so an escape cannot be forged (a NEL or a no-break space in a path would
+    otherwise let a client write what reads as a line of its own in a text log); then at most
+    ``limit`` characters of that, with the original length when cut."""
+    shown = text[:limit]
+    if not shown.isprintable() or "\\" in shown:
+        shown = shown.encode("unicode_escape").decode("ascii")
+    if len(text) > limit or len(shown) > limit:
+        return f"{shown[:limit]}...({len(text)} characters)"
+    return shown
 
 
 def log_request(handler: RequestHandler) -> None:
@@ -175,10 +177,10 @@ def log_request(handler: RequestHandler) -> None:
     session_hash = app.sessions.log_id(session.stored_id) if session is not None else "-"
     # A client chooses the path and the method: its log line stays short and one line.
     path = request.path
-    if len(path) > LOGGED_PATH_LENGTH or not path.isprintable():
+    if len(path) > LOGGED_PATH_LENGTH or not path.isprintable() or "\\" in path:
         path = loggable(path, LOGGED_PATH_LENGTH)
     method = request.method or ""
-    if len(method) > LOGGED_METHOD_LENGTH or not method.isprintable():
+    if len(method) > LOGGED_METHOD_LENGTH or not method.isprintable() or "\\" in method:
         method = loggable(method, LOGGED_METHOD_LENGTH)
     duration = request.request_time() * 1000
     # Formatted to two places directly: what the rounded duration formats to, without round().

@@ -150,7 +150,13 @@ class SessionHandler(JsonHandler):
         if self._session is None:
             found, self._found = self._found, None
             try:
-                self._session = await self.app.sessions.load(self.session_cookie(), copy, found)
+                cookies = self.session_cookies()
+                session = await self.app.sessions.load(cookies[0] if cookies else None, copy, found)
+                for cookie in cookies[1:]:  # a repeated cookie name: the first the store holds
+                    if not session.stale_cookie:
+                        break
+                    session = await self.app.sessions.load(cookie, copy, found)
+                self._session = session
             except StoreUnavailable:
                 raise store_unavailable() from None
             self._stale_cookie_at_load = self._session.stale_cookie

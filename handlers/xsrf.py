@@ -71,13 +71,16 @@ def check_csrf(handler: JsonHandler) -> None:
             return
         raise ApiError(403, "Cross-origin request refused.")
     header = request_header(handler.request.headers, config.xsrf_header_name)
-    session_id, _ = handler.app.sessions.verify(handler.session_cookie())
-    if not header or not handler.app.sessions.xsrf_valid(header, session_id):
+    sessions = handler.app.sessions
+    # The token is bound to the session the browser holds: of repeated session cookies, any.
+    session_ids = [sessions.verify(cookie)[0] for cookie in handler.session_cookies()] or [None]
+    if not header or not any(sessions.xsrf_valid(header, session_id) for session_id in session_ids):
         raise ApiError(403, "Missing or invalid XSRF token.")
     token = header.encode("utf-8", "replace")
+    # Only compared (no signature to check), so every value counts, however many were planted.
     if not any(
         hmac.compare_digest(token, cookie.encode("utf-8", "replace"))
-        for cookie in handler.request_cookie_values(config.xsrf_cookie_name)
+        for cookie in handler.request_cookie_values(config.xsrf_cookie_name, limit=None)
     ):
         raise ApiError(403, "Missing or invalid XSRF token.")
 

@@ -374,6 +374,8 @@ def test_requests_pipelined_behind_a_draining_process_s_last_answer_are_not_run(
                 if login_counts(deployment.memcached) >= counted + 3:
                     break
                 time.sleep(0.01)
+            else:
+                pytest.fail("the login's attempt was never counted")
             draining.send_signal(signal.SIGTERM)
             answers = b""
             while chunk := sock.recv(65536):

@@ -4,6 +4,7 @@ pipelining past a close, repeated and planted cookies, and what such requests le
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Iterator
 
@@ -63,11 +64,13 @@ def server() -> Iterator[AppProcess]:
         yield app
 
 
-def test_a_malformed_header_is_logged_without_the_text_it_carries(server: AppProcess):
-    sid = logged_in_cookies(server)["sid"]
-    answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: sid={sid}; theme=\x01dark\r\n").encode())
-    assert status(answer) == 400
-    log = server.wait_for_output("Invalid header value")
+def test_a_malformed_header_is_logged_without_the_text_it_carries():
+    # A server of its own: Tornado's line for a malformed request is let through once a second.
+    with AppProcess({"SESSION_SECRETS": test_secret(), "LOG_FORMAT": "text"}, args=("--env=dev",)) as server:
+        sid = logged_in_cookies(server)["sid"]
+        malformed = request(server, "GET", "/api/balance", f"Cookie: sid={sid}; theme=\x01dark\r\n")
+        assert status(exchange(server, malformed.encode())) == 400
+        log = server.wait_for_output("Invalid header value")
     assert "Invalid header value (not logged)" in log
     assert sid not in log and sid.split("|")[-1] not in log and "theme=" not in log
 
@@ -82,17 +85,26 @@ def test_requests_pipelined_behind_one_that_closes_the_connection_are_not_run(se
     ):
         answers = exchange(server, (first + logout).encode())
         assert answers.count(b" 200 OK\r\n") == 1, answers
+    # Nor is the body of one read (a length past the limit would be logged), nor a 100 Continue sent.
+    for expect in ("", "Expect: 100-continue\r\n"):
+        waiting = request(server, "POST", "/api/logout", cookie + expect, close=False)
+        waiting = waiting.replace("\r\n\r\n", "\r\nContent-Length: 99999999999\r\n\r\n")
+        answers = exchange(server, (request(server, "GET", "/livez") + waiting).encode())
+        assert answers.count(b"HTTP/1.1 ") == 1 and b"100 Continue" not in answers, answers
     # The logout was never answered, so it never ran: the session is still logged in.
     assert status(exchange(server, request(server, "GET", "/api/balance", cookie).encode())) == 200
+    assert "Content-Length too long" not in server.output
 
 
 def test_an_access_line_bounds_and_escapes_the_method_and_path_a_client_chose(server: AppProcess):
     forged = "2026-12-02\xa007:01:00,000\xa0INFO\xa0access:\xa0POST\xa0/api/login\xa0200"
     assert status(exchange(server, request(server, "GET", "/x\x85" + forged).encode("latin-1"))) == 404
     assert status(exchange(server, request(server, "X" * 5000, "/api").encode())) == 405
-    log = server.wait_for_output("(5000 characters)", "x85")
+    assert status(exchange(server, request(server, "GET", "/y\\x85").encode())) == 404
+    log = server.wait_for_output("(5000 characters)", "x85", "/y")
     lines = [line for line in log.splitlines() if " access: " in line]
     assert any("/x\\x852026-12-02\\xa007:01:00" in line for line in lines), lines
+    assert any("/y\\\\x85 404" in line for line in lines), lines  # a backslash sent is escaped too
     assert "\x85" not in log and "\xa0" not in log
     long_method = [line for line in lines if "(5000 characters)" in line]
     assert len(long_method) == 1 and len(long_method[0]) < 200, long_method
@@ -107,13 +119,33 @@ def test_repeated_cookie_headers_are_read_as_one_list_of_cookies(server: AppProc
         assert b"You visited this page" in answer and b"Set-Cookie: sid=" not in answer, answer
 
 
-@pytest.mark.parametrize("order", ["planted last", "planted first"])
-def test_a_planted_second_session_cookie_neither_logs_out_nor_replaces_the_browser_s(server: AppProcess, order):
+def ended_session_cookie(server: AppProcess) -> str:
+    """A correctly signed session cookie whose session was logged out: anyone can make one."""
     sid = logged_in_cookies(server)["sid"]
-    planted = "sid=planted-by-a-sibling-subdomain"
+    headers = f"Cookie: sid={sid}\r\nOrigin: {server.base_url}\r\n"
+    assert status(exchange(server, request(server, "POST", "/api/logout", headers, "{}").encode())) == 200
+    return sid
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["junk", "signed, ended"])
+@pytest.mark.parametrize("order", ["planted last", "planted first"])
+def test_a_planted_second_session_cookie_does_not_log_the_user_out(server: AppProcess, order, signed):
+    sid = logged_in_cookies(server)["sid"]
+    planted = "sid=" + (ended_session_cookie(server) if signed else "planted-by-a-sibling-subdomain")
     pair = [f"sid={sid}", planted] if order == "planted last" else [planted, f"sid={sid}"]
     answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: {'; '.join(pair)}\r\n").encode())
     assert status(answer) == 200 and b"Set-Cookie: sid=" not in answer, answer
+
+
+@pytest.mark.gen_test
+async def test_planted_xsrf_cookies_do_not_hide_the_browser_s_token(browser: Browser):
+    await browser.get("/api")
+    token = browser.cookies["XSRF-TOKEN"]
+    planted = "; ".join(f"XSRF-TOKEN=planted{i}.x" for i in range(6))
+    cookies = f"{planted}; XSRF-TOKEN={token}; sid={browser.cookies['sid']}"
+    headers = {"Cookie": cookies, "X-XSRF-TOKEN": token}
+    response = await browser.post("/api/logout", {}, headers=headers, send_origin=False)
+    assert response.code == 200, response.body
 
 
 @pytest.mark.gen_test
@@ -133,10 +165,14 @@ async def test_a_header_repeating_the_xsrf_cookie_costs_a_bounded_number_of_chec
     assert 1 <= len(macs) <= (1 + 4) * len(app.config.session_secrets) + 1, len(macs)
 
 
-def test_a_cookie_signed_in_the_future_is_refused():
+def test_a_cookie_signed_in_the_future_is_refused_and_the_clock_named(caplog):
     config = load_settings("test", environ={}, session_secrets=(test_secret(),))
     clock = FakeClock()
-    session_id = new_session_id()
-    for ahead, accepted in ((30, True), (3600, False)):
-        value = CookieSigner(config, FakeClock(clock.now + ahead)).sign(session_id)
-        assert (CookieSigner(config, clock).verify(value)[0] == session_id) is accepted, ahead
+    signer = CookieSigner(config, clock)
+    with caplog.at_level(logging.WARNING, logger="sessions"):
+        for ahead, accepted in ((30, True), (3600, False), (3601, False)):
+            session_id = new_session_id()
+            value = CookieSigner(config, FakeClock(clock.now + ahead)).sign(session_id)
+            assert (signer.verify(value)[0] == session_id) is accepted, ahead
+    warnings = [r.getMessage() for r in caplog.records if "ahead of this clock" in r.getMessage()]
+    assert warnings == ["session cookie signed 3600 s ahead of this clock refused: are the servers' clocks apart?"]
