@@ -178,6 +178,76 @@ def connection_cap(max_connections: int | None = None, store_connections: int = 
     return available
 
 
+# A connection this side closes while its client may still be sending (an answer given before
+# the request's body was read: a 413 judged from Content-Length, a CSRF 403, a 404, a malformed
+# request's 400) is not closed at once. Closing a socket with unread input makes the kernel reset
+# the connection, and the reset destroys the answer before the client reads it: the client sees
+# a reset instead of its 413, and nginx logs an upstream error, answers 502 and takes the process
+# out of its rotation. Instead its sending side is shut (the answer, then end of stream) and what
+# the client still sends is read and dropped until it closes: at most LINGER_SECONDS and
+# LINGER_BYTES (twice nginx's client_max_body_size in the shipped site). It still counts against
+# the process's connection cap meanwhile.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 2 << 20
+
+
+class Lingering:
+    """One connection closed by this side, its input read and dropped until the client closes."""
+
+    def __init__(self, sock: socket.socket, ended: Callable[[], None]) -> None:
+        self.sock = sock
+        self.ended = ended
+        self.dropped = 0
+        self.io_loop = IOLoop.current()
+        self.io_loop.add_handler(sock, self.drop, IOLoop.READ)
+        self.timer: object | None = self.io_loop.call_later(LINGER_SECONDS, self.end)
+
+    @classmethod
+    def start(cls, sock: socket.socket, ended: Callable[[], None]) -> bool:
+        """Linger on ``sock``'s connection (through a duplicate descriptor: the stream closes its
+        own) if the client may still send, calling ``ended`` when done; False if it need not."""
+        try:
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return False  # the client has closed its side: nothing more will come
+        except BlockingIOError:
+            pass  # nothing yet: a body may still be on its way
+        except OSError:
+            return False  # reset, or gone
+        try:
+            held = sock.dup()
+        except OSError:
+            return False
+        try:
+            held.setblocking(False)
+            held.shutdown(socket.SHUT_WR)
+        except OSError:
+            held.close()
+            return False
+        cls(held, ended)
+        return True
+
+    def drop(self, fd: object, events: int) -> None:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.dropped += len(chunk)
+                if self.dropped > LINGER_BYTES:
+                    break
+        except BlockingIOError:
+            return  # all read for now
+        except OSError:
+            pass
+        self.end()  # end of stream, the byte budget spent, or an error
+
+    def end(self) -> None:
+        if self.timer is None:
+            return
+        self.io_loop.remove_timeout(self.timer)
+        self.timer = None
+        self.io_loop.remove_handler(self.sock)
+        self.sock.close()
+        self.ended()
+
+
 class ClientStream(IOStream):
     """A client connection that keeps TCP_NODELAY on for its whole life.
 
@@ -187,15 +257,21 @@ class ClientStream(IOStream):
     for Nagle's algorithm to gather between them: it is turned off once, at accept.
     """
 
-    def __init__(self, connection: socket.socket, **kwargs: Any) -> None:
+    def __init__(
+        self, connection: socket.socket, linger: Callable[[socket.socket], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(connection, **kwargs)
         super().set_nodelay(True)
+        # Called with the socket when this side closes the connection (see Lingering).
+        self.linger = linger
         # Closed, or its last answer on the way (a draining process closes it once sent): a
         # request read after that is not run (see CappedHTTPServer.start_request).
         self.last_answer_given = False
 
     def close(self, exc_info: Any = False) -> None:
         self.last_answer_given = True
+        if not exc_info and self.linger is not None and self.socket is not None and not self.closed():
+            self.linger(self.socket)
         super().close(exc_info)
 
     def set_nodelay(self, value: bool) -> None:
@@ -289,7 +365,10 @@ class CappedHTTPServer(HTTPServer):
                 self.accept_warning("accepting a connection failed: %s", e.strerror)
                 continue
             stream = ClientStream(
-                connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+                connection,
+                linger=self.linger,
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
             )
             self.handle_stream(stream, address)
 
@@ -310,8 +389,17 @@ class CappedHTTPServer(HTTPServer):
 
     def on_close(self, server_conn: object) -> None:
         super().on_close(server_conn)
+        self.connection_ended()
+
+    def connection_ended(self) -> None:
         self.open_connections -= 1
         self.start_accepting()
+
+    def linger(self, sock: socket.socket) -> None:
+        """A connection this side closes lingers while its client may still send (see Lingering),
+        counted as open until it ends."""
+        if Lingering.start(sock, self.connection_ended):
+            self.open_connections += 1
 
     def stop(self) -> None:
         self.pause_accepting()

@@ -40,6 +40,12 @@ COOKIE_VALUES_CHECKED = 4
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
+def declares_body(request: HTTPServerRequest) -> bool:
+    """Whether ``request`` declares a body (a length above 0, or chunks)."""
+    length = request_header(request.headers, "Content-Length")
+    return (length is not None and length != "0") or "Transfer-Encoding" in request.headers
+
+
 def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap an HTTP method so the request checks have run before it, whatever ``prepare`` does.
 
@@ -260,6 +266,10 @@ class JsonHandler(RequestHandler):
         answer_options(self, self.app.config, self.allowed_methods())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if not self._running and declares_body(self.request):
+            # Answered before the body was read (the method never began): the connection ends
+            # with this answer, and saying so keeps a proxy from sending another request on it.
+            self.set_header("Connection", "close")
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             message = error.message

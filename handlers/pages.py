@@ -10,6 +10,7 @@ from tornado.web import HTTPError, StaticFileHandler, stream_request_body
 
 from handlers.base import JsonHandler, SessionHandler
 from handlers.json_api import JSON_CONTENT_TYPE, STATUS_MESSAGES, error_body
+from handlers.json_handler import declares_body
 
 PAGE_VIEWS = "page_views"
 # The first of the shipped demo users (settings/demo_users.json), as the README lists them.
@@ -75,6 +76,8 @@ class DemoClientHandler(StaticFileHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
             self.set_header("Allow", "GET, HEAD")
+        if declares_body(self.request):  # never read: the connection ends with this answer
+            self.set_header("Connection", "close")
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
         message = STATUS_MESSAGES.get(status_code) or responses.get(status_code, "Unknown")
         self.finish(error_body(message))

@@ -386,3 +386,56 @@ def test_requests_pipelined_behind_a_draining_process_s_last_answer_are_not_run(
     assert answers.startswith(b"HTTP/1.1 200 ") and answers.count(b"HTTP/1.1 ") == 1, answers
     assert b"Connection: close" in answers
     assert "draining 1 request" in log and "GET /api " not in log, log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_requests_refused_before_their_body_is_read_keep_both_processes_in_rotation(client, deployment):
+    # The app answers a declared size past its limit (413) and a foreign Origin (403) from the
+    # headers. Closing with the body unread would reset the connection: nginx then answered 502
+    # and took the process out of its rotation, so a few such requests a second kept every
+    # process out (503 "no live upstreams" for everyone).
+    error_log = deployment.nginx.dir / "logs" / "error.log"
+    logged_before = error_log.read_text()
+    big = {"Content-Type": "application/json", "Origin": deployment.https}
+    foreign = {"Content-Type": "application/json", "Origin": "https://evil.example"}
+    for headers, size, status in ((big, 70_000, 413), (foreign, 20_000, 403)):
+        for _ in range(10):
+            r = await fetch(client, deployment.https + "/api/balance", method="POST", body="a" * size, headers=headers)
+            assert r.code == status and "errorMessage" in json.loads(r.body), (r.code, r.body[:200])
+    r = await login(client, deployment)
+    assert r.code == 200
+    logged = error_log.read_text()[len(logged_before) :]
+    assert "temporarily disabled" not in logged and "reset by peer" not in logged, logged
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_nginx_s_own_answers_keep_to_the_site_s_name_and_the_api_s_error_shape(client, deployment):
+    # The redirect goes to the site's name, whatever Host the client sent.
+    r = await fetch(client, deployment.http + "/page", headers={"Host": "evil.example"})
+    assert r.code == 301 and r.headers["Location"] == deployment.https + "/page", r.headers.get("Location")
+    # Requests nginx refuses itself answer in the API's JSON error shape.
+    for method, path, headers, status in (
+        ("GET", "/api/" + "x" * 9000, {}, 414),
+        ("GET", "/api", {"Cookie": "x=" + "y" * 9000}, 400),
+        ("TRACE", "/api", {}, 405),
+    ):
+        r = await client.fetch(
+            deployment.https + path, method=method, headers=headers, raise_error=False, allow_nonstandard_methods=True
+        )
+        assert r.code == status, (method, path[:20], r.code)
+        assert "errorMessage" in json.loads(r.body), r.body[:200]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_static_files_hide_dotfiles_and_links_and_are_revalidated(client, deployment):
+    static = deployment.nginx.dir.parent / "static"
+    (static / ".env").write_text("SECRET=1\n")
+    (static / "link.txt").symlink_to("/etc/hostname")
+    r = await fetch(client, deployment.https + "/index.html")
+    assert r.code == 200 and r.headers["Cache-Control"] == "no-cache"
+    assert r.headers.get_list("X-Frame-Options") == ["DENY"]  # the site's headers are kept there
+    r = await fetch(client, deployment.https + "/.env")
+    assert r.code == 404 and b"SECRET" not in r.body
+    # A link is not followed: the path is as unknown as any other, so the page is the client's.
+    r = await fetch(client, deployment.https + "/link.txt")
+    assert r.body == (static / "index.html").read_bytes()

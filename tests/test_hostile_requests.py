@@ -176,3 +176,29 @@ def test_a_cookie_signed_in_the_future_is_refused_and_the_clock_named(caplog):
             assert (signer.verify(value)[0] == session_id) is accepted, ahead
     warnings = [r.getMessage() for r in caplog.records if "ahead of this clock" in r.getMessage()]
     assert warnings == ["session cookie signed 3600 s ahead of this clock refused: are the servers' clocks apart?"]
+
+
+@pytest.mark.parametrize("refusal", ["413", "403"])
+def test_an_answer_given_before_the_body_is_read_reaches_the_client(server: AppProcess, refusal):
+    # Answered from the headers (a declared size past the limit, or a foreign Origin), while the
+    # body is still unread: closing at once would reset the connection, and the reset would
+    # destroy the answer before the client read it (behind nginx: a 502 and a process out of the
+    # rotation).
+    size, origin = (70_000, server.base_url) if refusal == "413" else (20_000, "https://evil.example")
+    for _ in range(10):
+        answer = exchange(server, (request(server, "POST", "/api/login", f"Origin: {origin}\r\n", "x" * size)).encode())
+        assert answer.startswith(f"HTTP/1.1 {refusal} ".encode()), answer[:80]
+
+
+def test_a_client_that_goes_on_sending_after_the_answer_is_cut_off(server: AppProcess):
+    headers = f"Origin: {server.base_url}\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request(server, "POST", "/api/login", headers, close=False).encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # the answer, then the end of the server's side
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+        # What follows is read and dropped up to a bound (a megabyte), then the connection ends.
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(256):
+                sock.sendall(b"x" * 65536)
