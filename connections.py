@@ -3,8 +3,9 @@ when it is short of descriptors, what it runs of what a client pipelines after i
 and how often (and how much of) the lines a client can cause reach the log.
 
 Only public Tornado APIs: the server's ``add_sockets``, ``handle_stream``, ``start_request``,
-``on_close`` and ``stop`` hooks, IOStream (its public ``set_nodelay`` and ``close``),
-``HTTP1Connection.detach``, and IOLoop's ``add_handler`` / ``remove_handler``.
+``on_close`` and ``stop`` hooks, IOStream (its public ``socket``, ``set_nodelay`` and ``close``),
+``HTTP1Connection.detach``, and IOLoop's ``add_handler`` / ``remove_handler``; lingering uses the
+socket module's ``dup`` and ``shutdown``.
 """
 
 from __future__ import annotations
@@ -203,14 +204,17 @@ class Lingering:
         self.timer: object | None = self.io_loop.call_later(LINGER_SECONDS, self.end)
 
     @classmethod
-    def start(cls, sock: socket.socket, ended: Callable[[], None]) -> bool:
+    def start(cls, sock: socket.socket, ended: Callable[[], None], input_expected: bool) -> bool:
         """Linger on ``sock``'s connection (through a duplicate descriptor: the stream closes its
-        own) if the client may still send, calling ``ended`` when done; False if it need not."""
+        own) if input is waiting, or ``input_expected`` (an answer given before the request was
+        read whole) and the client has not closed; ``ended`` is called when done. False if it
+        need not: a close after a whole exchange, or a timeout, closes at once."""
         try:
             if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
                 return False  # the client has closed its side: nothing more will come
         except BlockingIOError:
-            pass  # nothing yet: a body may still be on its way
+            if not input_expected:
+                return False  # nothing waiting, nothing owed
         except OSError:
             return False  # reset, or gone
         try:
@@ -220,10 +224,10 @@ class Lingering:
         try:
             held.setblocking(False)
             held.shutdown(socket.SHUT_WR)
-        except OSError:
+            cls(held, ended)
+        except Exception:  # never let lingering keep the stream from closing
             held.close()
             return False
-        cls(held, ended)
         return True
 
     def drop(self, fd: object, events: int) -> None:
@@ -258,21 +262,25 @@ class ClientStream(IOStream):
     """
 
     def __init__(
-        self, connection: socket.socket, linger: Callable[[socket.socket], None] | None = None, **kwargs: Any
+        self, connection: socket.socket, linger: Callable[[socket.socket, bool], None] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(connection, **kwargs)
         super().set_nodelay(True)
-        # Called with the socket when this side closes the connection (see Lingering).
+        # Called with the socket and input_unread when this side closes it (see Lingering).
         self.linger = linger
+        # An answer went out before the request was read whole (see JsonHandler.write_error).
+        self.input_unread = False
         # Closed, or its last answer on the way (a draining process closes it once sent): a
         # request read after that is not run (see CappedHTTPServer.start_request).
         self.last_answer_given = False
 
     def close(self, exc_info: Any = False) -> None:
         self.last_answer_given = True
-        if not exc_info and self.linger is not None and self.socket is not None and not self.closed():
-            self.linger(self.socket)
-        super().close(exc_info)
+        try:
+            if not exc_info and self.linger is not None and self.socket is not None and not self.closed():
+                self.linger(self.socket, self.input_unread)
+        finally:
+            super().close(exc_info)
 
     def set_nodelay(self, value: bool) -> None:
         """Nothing to do: TCP_NODELAY is on from the start (see the class)."""
@@ -290,7 +298,10 @@ class _NotRun(HTTPMessageDelegate):
             # Taking the stream (allowed while headers are received) ends Tornado's reading on
             # it. The last answer before this request was written whole: Tornado reads a
             # connection's next request only once the answer before it is sent.
-            self.request_conn.detach().close()
+            stream = self.request_conn.detach()
+            if isinstance(stream, ClientStream):
+                stream.input_unread = True  # this request's body, at least
+            stream.close()
 
 
 class CappedHTTPServer(HTTPServer):
@@ -395,10 +406,10 @@ class CappedHTTPServer(HTTPServer):
         self.open_connections -= 1
         self.start_accepting()
 
-    def linger(self, sock: socket.socket) -> None:
+    def linger(self, sock: socket.socket, input_unread: bool) -> None:
         """A connection this side closes lingers while its client may still send (see Lingering),
         counted as open until it ends."""
-        if Lingering.start(sock, self.connection_ended):
+        if Lingering.start(sock, self.connection_ended, input_unread):
             self.open_connections += 1
 
     def stop(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from connections import CappedHTTPServer, ThrottledLines, WithheldRequestText, connection_cap
+from connections import LINGER_SECONDS, CappedHTTPServer, ThrottledLines, WithheldRequestText, connection_cap
 from handlers.app import Routes, SessionApplication
 from handlers.logging_setup import configure_logging
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
@@ -166,6 +166,11 @@ async def drain(server: HTTPServer, app: SessionApplication, timeout: float) -> 
         await asyncio.wait_for(server.close_all_connections(), timeout=max(1.0, deadline - time.monotonic()))
     except TimeoutError:
         log.warning("some connections did not close in time")
+    # Connections still lingering after an early answer (connections.Lingering) end on their own,
+    # within LINGER_SECONDS: exiting first would reset them, and their answers with them.
+    linger_deadline = time.monotonic() + LINGER_SECONDS
+    while getattr(server, "open_connections", 0) > 0 and time.monotonic() < linger_deadline:
+        await asyncio.sleep(0.02)
 
 
 def run(main_coroutine: Coroutine[Any, Any, None]) -> None:

@@ -12,6 +12,7 @@ Writes the site to standard output; ``proxy_params.conf`` is referenced from whe
 from __future__ import annotations
 
 import argparse
+import re
 import string
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the proxy parameters file the site includes (default: deploy/nginx/proxy_params.conf)",
     )
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", args.server_name):
+        # The plain-HTTP redirect goes to this name: a list or a wildcard would not be one.
+        parser.error("--server-name takes one host name (no list, wildcard or regex)")
     try:
         ports = [int(p) for p in args.app_ports.split(",") if p.strip()]
     except ValueError:

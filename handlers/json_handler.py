@@ -40,10 +40,27 @@ COOKIE_VALUES_CHECKED = 4
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
-def declares_body(request: HTTPServerRequest) -> bool:
-    """Whether ``request`` declares a body (a length above 0, or chunks)."""
+def input_unread(request: HTTPServerRequest, received: int, running: bool = False) -> bool:
+    """Whether an answer now would come before ``request``'s body is read whole: ``received``
+    bytes of a declared length, or chunks and the method (``running``) not begun."""
     length = request_header(request.headers, "Content-Length")
-    return (length is not None and length != "0") or "Transfer-Encoding" in request.headers
+    if length is not None:
+        if not (length.isascii() and length.isdigit()):
+            return True  # no length to tell where the body ends: the connection ends here
+        return received < int(length)
+    return "Transfer-Encoding" in request.headers and not running
+
+
+def end_with_answer(handler: RequestHandler) -> None:
+    """This answer comes before the request was read whole: the connection ends with it.
+
+    Saying so keeps a proxy from sending another request on it, and the connection lingers
+    while the client still sends (connections.Lingering) instead of resetting the answer away.
+    """
+    handler.set_header("Connection", "close")
+    connection = handler.request.connection
+    if isinstance(connection, HTTP1Connection) and connection.stream is not None:
+        connection.stream.input_unread = True  # type: ignore[attr-defined]
 
 
 def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -266,10 +283,8 @@ class JsonHandler(RequestHandler):
         answer_options(self, self.app.config, self.allowed_methods())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if not self._running and declares_body(self.request):
-            # Answered before the body was read (the method never began): the connection ends
-            # with this answer, and saying so keeps a proxy from sending another request on it.
-            self.set_header("Connection", "close")
+        if input_unread(self.request, self._body_size, self._running):
+            end_with_answer(self)
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             message = error.message

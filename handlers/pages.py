@@ -10,7 +10,7 @@ from tornado.web import HTTPError, StaticFileHandler, stream_request_body
 
 from handlers.base import JsonHandler, SessionHandler
 from handlers.json_api import JSON_CONTENT_TYPE, STATUS_MESSAGES, error_body
-from handlers.json_handler import declares_body
+from handlers.json_handler import end_with_answer, input_unread
 
 PAGE_VIEWS = "page_views"
 # The first of the shipped demo users (settings/demo_users.json), as the README lists them.
@@ -62,12 +62,15 @@ class DemoClientHandler(StaticFileHandler):
     to its own 16 MiB cap) before answering that files take only GET and HEAD.
     """
 
+    # Body bytes received (and dropped): see write_error.
+    _body_size = 0
+
     def prepare(self) -> None:
         if self.request.method not in ("GET", "HEAD"):
             raise HTTPError(405)
 
     def data_received(self, chunk: bytes) -> None:
-        pass  # refused in prepare(); nothing is kept
+        self._body_size += len(chunk)  # counted, never kept: refused in prepare()
 
     def set_extra_headers(self, path: str) -> None:
         # A laptop edits these files: always revalidate.
@@ -76,8 +79,8 @@ class DemoClientHandler(StaticFileHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
             self.set_header("Allow", "GET, HEAD")
-        if declares_body(self.request):  # never read: the connection ends with this answer
-            self.set_header("Connection", "close")
+        if input_unread(self.request, self._body_size):
+            end_with_answer(self)
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
         message = STATUS_MESSAGES.get(status_code) or responses.get(status_code, "Unknown")
         self.finish(error_body(message))

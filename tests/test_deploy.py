@@ -436,6 +436,9 @@ async def test_the_static_files_hide_dotfiles_and_links_and_are_revalidated(clie
     assert r.headers.get_list("X-Frame-Options") == ["DENY"]  # the site's headers are kept there
     r = await fetch(client, deployment.https + "/.env")
     assert r.code == 404 and b"SECRET" not in r.body
+    # The API's own paths are the app's to answer, dotted or not.
+    r = await fetch(client, deployment.https + "/api/.env")
+    assert r.code == 404 and json.loads(r.body) == {"errorMessage": "Not found."}
     # A link is not followed: the path is as unknown as any other, so the page is the client's.
     r = await fetch(client, deployment.https + "/link.txt")
     assert r.body == (static / "index.html").read_bytes()

@@ -3,6 +3,7 @@ pipelining past a close, repeated and planted cookies, and what such requests le
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from connections import Lingering
 from handlers.cookies import CookieSigner
 from handlers.session_object import new_session_id
 from settings import load_settings
@@ -198,7 +200,43 @@ def test_a_client_that_goes_on_sending_after_the_answer_is_cut_off(server: AppPr
         while chunk := sock.recv(65536):  # the answer, then the end of the server's side
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
-        # What follows is read and dropped up to a bound (a megabyte), then the connection ends.
+        # What follows is read and dropped up to a bound (2 MiB), then the connection ends.
         with pytest.raises((BrokenPipeError, ConnectionResetError)):
             for _ in range(256):
                 sock.sendall(b"x" * 65536)
+
+
+def test_an_error_after_the_body_was_read_keeps_the_connection(server: AppProcess):
+    # /livez has no PUT: Tornado's 405 comes once the body is read, and the connection goes on.
+    put = request(server, "PUT", "/livez", f"Origin: {server.base_url}\r\n", "{}", close=False)
+    answers = exchange(server, (put + request(server, "GET", "/livez")).encode())
+    assert answers.startswith(b"HTTP/1.1 405 ") and b"Connection: close" not in answers.split(b"\r\n\r\n")[0]
+    assert answers.count(b"HTTP/1.1 200 OK") == 1, answers
+
+
+def test_a_connection_lingers_only_while_input_is_waiting_or_owed():
+    ended: list[bool] = []
+
+    async def start(pending: bytes, owed: bool, client_closed: bool = False) -> bool:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            theirs.sendall(pending)
+            if client_closed:
+                theirs.shutdown(socket.SHUT_WR)
+            lingering = Lingering.start(ours, lambda: ended.append(True), owed)
+            if lingering:
+                theirs.close()  # the client closes: the lingering ends on its own
+                while not ended:
+                    await asyncio.sleep(0.01)
+            return lingering
+
+    async def cases() -> list[bool]:
+        return [
+            await start(b"", owed=False),  # a whole exchange, or a timeout: close at once
+            await start(b"", owed=True),  # an early answer: the body may be on its way
+            await start(b"body", owed=False),  # input already waiting (a malformed request's)
+            await start(b"", owed=True, client_closed=True),  # the client closed: nothing to wait for
+        ]
+
+    assert asyncio.run(cases()) == [False, True, True, False]
+    assert len(ended) == 2
