@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connections import Lingering
+from connections import LINGER_SECONDS, Lingering
 from handlers.cookies import CookieSigner
 from handlers.session_object import new_session_id
 from settings import load_settings
@@ -240,3 +240,28 @@ def test_a_connection_lingers_only_while_input_is_waiting_or_owed():
 
     assert asyncio.run(cases()) == [False, True, True, False]
     assert len(ended) == 2
+
+
+def test_a_client_that_neither_sends_nor_closes_is_let_go_after_the_linger_time():
+    async def linger_on_a_silent_client() -> bytes:
+        ours, theirs = socket.socketpair()
+        ended = asyncio.Event()
+        with theirs:
+            with ours:
+                assert Lingering.start(ours, ended.set, True)
+            # Only the duplicate held by the lingering keeps the connection open now.
+            await asyncio.wait_for(ended.wait(), timeout=LINGER_SECONDS + 10)
+            theirs.setblocking(False)
+            return theirs.recv(1)  # end of stream: the lingering side is closed
+
+    assert asyncio.run(linger_on_a_silent_client()) == b""
+
+
+@pytest.mark.gen_test
+async def test_a_header_repeating_the_session_cookie_costs_a_bounded_number_of_loads(browser: Browser, app, store):
+    # Correctly signed values for sessions the store does not hold: each that verifies may be loaded.
+    repeated = "; ".join(f"sid={app.sessions.sign(new_session_id())}" for _ in range(10))
+    store.calls.clear()
+    response = await browser.get("/api/balance", headers={"Cookie": repeated})
+    assert response.code == 401
+    assert 1 <= store.calls.count("load") <= 4, store.calls
