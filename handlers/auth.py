@@ -109,7 +109,13 @@ class LoginHandler(AuthenticatedHandler):
         address = self.request.remote_ip or "-"
         config = self.app.config
         account = normalise_email(email)
-        known = self.app.devices.known(self.request_cookie(config.device_cookie_name), account, self.app.clock())
+        # Every value the name is given (the first few): a junk cookie of the same name planted
+        # by a sibling subdomain (the dev name has no __Host- prefix) must not hide the real one.
+        now = self.app.clock()
+        known = any(
+            self.app.devices.known(value, account, now)
+            for value in self.request_cookie_values(config.device_cookie_name)
+        )
         refused = await check_address_budget(self.app.store, config, address)
         if refused is not None:
             raise self._throttled(refused, address)

@@ -61,6 +61,30 @@ async def test_an_account_locked_from_many_addresses_still_lets_the_owners_brows
     assert (await browser.login(LILY)).code == 429
 
 
+@pytest.mark.parametrize("order", ["planted first", "planted last"])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_planted_device_cookie_does_not_hide_the_owners(
+    http_server, http_client, base_url, config, store, users, clock, browser: Browser, order
+):
+    # A sibling subdomain can add a cookie of the same name (no __Host- prefix outside prod); the
+    # browser sends both. Whichever comes first, the owner's own device cookie still counts.
+    app_with(http_server, config, store, users, clock)
+    assert (await browser.login()).code == 200
+    own = browser.cookies.pop("device")
+    lily_device = DeviceCookies(config.session_secrets, 3600).issue("lily@gmail.com", clock())
+    planted = ["device=junk", f"device={lily_device}"]
+    values = [*planted, f"device={own}"] if order == "planted first" else [f"device={own}", *planted]
+    assert (await browser.post("/api/logout", {})).code == 200
+    for n in range(1, 4):
+        for _ in range(3):
+            await attempt(http_client, base_url, WRONG, f"127.0.42.{n}")
+    cookie = "; ".join([*values, browser.cookie_header()])
+    locked = await browser.post("/api/login", MAX, headers={"Cookie": "; ".join([*planted, browser.cookie_header()])})
+    assert locked.code == 429
+    r = await browser.post("/api/login", MAX, headers={"Cookie": cookie})
+    assert (r.code, body_json(r)["user"]["name"]) == (200, "Max Miller")
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_device_cookie_is_bound_to_its_account_and_signed(clock: FakeClock, config: Settings):
     devices = DeviceCookies(config.session_secrets, 3600)
