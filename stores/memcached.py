@@ -91,6 +91,8 @@ _Fetched = tuple[bytes | None, Any]
 # on a worker thread. Few: each round of many writers of one session stores one of them, and the
 # threads are what bounds a client that sends many at once.
 BATCHED_RETRIES = 2
+# Keys remembered as cleared of strays (see MemcachedStore._clear_strays) before the set starts again.
+STRAYS_REMEMBERED = 10_000
 
 
 class _Lost(NamedTuple):
@@ -224,6 +226,8 @@ class MemcachedStore(SessionStore):
         self._prober = Periodic(probe_interval, self.probe, "memcached probe")
         self.cas_retries = cas_retries
         self._copies = Copies(copies)
+        # Keys whose strays were deleted since a node last rejoined (see _clear_strays).
+        self._strays_cleared: set[str] = set()
         self._workers = Workers(threads, name="memcached")
         self.threads = threads
         clients = {}
@@ -237,6 +241,7 @@ class MemcachedStore(SessionStore):
                 timeout=timeout,
                 tls=tls,
                 busy_poll_seconds=busy_poll_seconds,
+                max_value=self._records.max_value_size,
             )
             clients[server] = CheckedPooledClient(
                 (host, port),
@@ -272,7 +277,9 @@ class MemcachedStore(SessionStore):
 
     def _store_error(self, node: Node, error: BaseException) -> BaseException:
         """What a failed client call means to a request; outages are noted against the node."""
-        if isinstance(error, OSError | MemcacheError):
+        # ValueError: pymemcache reading an answer not as the protocol has it (a counter's
+        # reply that is not a number, say): the node is out of step, as good as down.
+        if isinstance(error, OSError | MemcacheError | ValueError):
             self._ring.failed(node, error)
             return StoreUnavailable(f"memcached {node.name}: {error.__class__.__name__}")
         if isinstance(error, CasContention):
@@ -334,6 +341,7 @@ class MemcachedStore(SessionStore):
                         log.error("memcached %s answers but refuses flush_all: left out of the ring", node.name)
                     continue
                 self._copies.clear()  # none of them is on the node any more
+                self._strays_cleared.clear()  # its keys may have strays elsewhere again
                 self._ring.rejoin(node)
 
     async def ready(self) -> bool:
@@ -373,9 +381,28 @@ class MemcachedStore(SessionStore):
         future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._batch(node).loads.setdefault(key, []).append(future)
         raw, token = await future
+        if raw is None and len(self._ring.nodes) > 1 and key not in self._strays_cleared:
+            await self._clear_strays(key, node)
         loaded = self._decode(key, raw, token)
         self._copies.refresh(key, raw if loaded is not None else None, token, node.name)
         return loaded
+
+    async def _clear_strays(self, key: str, home: Node) -> None:
+        """Delete ``key`` on the nodes other than its home, after its home had no record of it.
+
+        While a node is out of the ring, its keys are written to the others. Once it is back,
+        those copies are strays: unread, but alive until their TTL, and a logout reaches only
+        the home. Should the home leave again, a stray would be read, and a session lost or
+        logged out meanwhile would come back. A key whose home has no record must have none
+        anywhere. Each key once per rejoin: a replayed dead cookie costs no more deletes.
+        """
+        if len(self._strays_cleared) >= STRAYS_REMEMBERED:
+            self._strays_cleared.clear()
+        self._strays_cleared.add(key)
+        others = [n for n in self._ring.nodes.values() if n is not home and n.in_ring and n.failing_since is None]
+        for other in others:
+            with contextlib.suppress(StoreUnavailable):
+                await self._call(other, other.client.delete, key, False)
 
     def copy(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)

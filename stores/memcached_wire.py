@@ -41,26 +41,31 @@ Landed = Callable[[Exchanged | None, BaseException | None], None]
 class _Batch:
     """One sent batch: what its answer holds, parsed as far as the bytes received allow."""
 
-    __slots__ = ("done", "found", "header", "loads", "sent_at", "writes", "written")
+    __slots__ = ("done", "found", "header", "keys", "next_key", "sent_at", "skipped", "writes", "written")
 
-    def __init__(self, writes: int, loads: bool, done: Landed, sent_at: float) -> None:
+    def __init__(self, writes: int, keys: Sequence[str], done: Landed, sent_at: float) -> None:
         self.writes = writes
-        self.loads = loads
+        self.keys = keys
         self.done = done
         self.sent_at = sent_at
         self.written: list[CasResult] = []
         self.found: Found = {}
         self.header: tuple[str, int, bytes] | None = None  # a VALUE line whose data has not all come
+        self.next_key = 0  # the keys before it were answered or passed over (not found)
+        self.skipped = 0  # bytes of an oversized value passed over so far
 
-    def parse(self, buffer: bytes, position: int) -> tuple[bool, int]:
-        """Read this batch's answers from ``buffer`` at ``position``: (complete, new position)."""
+    def parse(self, buffer: bytes, position: int, max_value: int) -> tuple[bool, int]:
+        """Read this batch's answers from ``buffer`` at ``position``: (complete, new position).
+
+        A value longer than ``max_value`` is passed over as it arrives, never kept (a miss).
+        """
         while len(self.written) < self.writes:
             end = buffer.find(b"\r\n", position)
             if end < 0:
                 return False, position
             self.written.append(cas_result(buffer[position:end]))
             position = end + 2
-        if not self.loads:
+        if not self.keys:
             return True, position
         while True:
             if self.header is None:
@@ -71,9 +76,18 @@ class _Batch:
                 position = end + 2
                 if line == b"END":
                     return True, position
-                self.header = _value_header(line)
+                self.header = self._header(line)
             key, size, token = self.header
             end = position + size
+            if size > max_value:
+                left = size + 2 - self.skipped
+                if len(buffer) - position < left:
+                    self.skipped += len(buffer) - position
+                    return False, len(buffer)
+                position += left
+                self.skipped = 0
+                self.header = None
+                continue
             if len(buffer) < end + 2:
                 return False, position
             if buffer[end : end + 2] != b"\r\n":
@@ -81,6 +95,18 @@ class _Batch:
             self.found[key] = (buffer[position:end], token)
             position = end + 2
             self.header = None
+
+    def _header(self, line: bytes) -> tuple[str, int, bytes]:
+        """A VALUE line, checked against the keys asked: memcached answers them in the order
+        asked, each at most once, so any other key is an answer out of step (another batch's)."""
+        header = _value_header(line)
+        keys, index = self.keys, self.next_key
+        while index < len(keys) and keys[index] != header[0]:
+            index += 1
+        if index == len(keys):
+            raise MemcacheUnknownError("a value for a key this batch did not ask for, or out of order")
+        self.next_key = index + 1
+        return header
 
 
 def _value_header(line: bytes) -> tuple[str, int, bytes]:
@@ -99,9 +125,11 @@ class _Connection(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         timeout: float,
         busy_poll_seconds: float = 0.0,
+        max_value: int = 1 << 20,
     ) -> None:
         self.loop = loop
         self.timeout = timeout
+        self.max_value = max_value
         self.busy_poll = BusyPoll(busy_poll_seconds, self.answers_due)
         self.transport: asyncio.Transport | None = None
         self.sent: collections.deque[_Batch] = collections.deque()
@@ -142,7 +170,7 @@ class _Connection(asyncio.Protocol):
         self.buffer, self.position = data, 0
         try:
             while self.sent:
-                complete, self.position = self.sent[0].parse(self.buffer, self.position)
+                complete, self.position = self.sent[0].parse(self.buffer, self.position, self.max_value)
                 if not complete:
                     return
                 batch = self.sent.popleft()
@@ -181,8 +209,10 @@ class Wire:
         timeout: float,
         tls: ssl.SSLContext | None = None,
         busy_poll_seconds: float = 0.0,
+        max_value: int = 1 << 20,
     ) -> None:
         self.host, self.port = host, port
+        self.max_value = max_value
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.busy_poll_seconds = busy_poll_seconds
@@ -194,7 +224,7 @@ class Wire:
     def exchange(self, writes: Sequence[CasWrite], keys: Sequence[str], done: Landed) -> None:
         """Send the writes, then a gets of ``keys``; ``done`` gets their answers on the IOLoop."""
         loop = asyncio.get_running_loop()
-        batch = _Batch(len(writes), bool(keys), done, loop.time())
+        batch = _Batch(len(writes), keys, done, loop.time())
         request = request_bytes(writes, keys)
         connection = self._connection
         if connection is not None and not connection.closed and connection.loop is loop:
@@ -212,7 +242,7 @@ class Wire:
             server_hostname = self.host if self.tls is not None else None
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, self.timeout, self.busy_poll_seconds),
+                    lambda: _Connection(loop, self.timeout, self.busy_poll_seconds, self.max_value),
                     self.host,
                     self.port,
                     ssl=self.tls,

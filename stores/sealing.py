@@ -115,6 +115,8 @@ class SealedRecords:
     def __init__(self, keys: Sequence[bytes], max_record_size: int, store_name: str) -> None:
         self.seal = RecordSeal(keys)
         self.max_record_size = max_record_size
+        # The longest value a record within the limit is sealed into.
+        self.max_value_size = _HEADER_LENGTH + max_record_size
         self.store_name = store_name
         self._log = logging.getLogger(f"stores.{store_name}")
 
@@ -126,6 +128,12 @@ class SealedRecords:
         """The record in ``value`` with ``version`` beside it, or None for anything we did not write."""
         if value is None:
             return None
+        if len(value) > self.max_value_size:
+            # Never ours (a sealed record is never this long): no MAC computed over megabytes.
+            self._log.warning(
+                "%s value over the size limit; read as no session", self.store_name, extra={"event": "store.forged"}
+            )
+            return None
         opened = self.seal.open(storage_key, value)
         if opened is None:
             # Not written by a server holding our secrets (or corrupted): never a session. A
@@ -135,8 +143,6 @@ class SealedRecords:
                 self.store_name,
                 extra={"event": "store.forged"},
             )
-            return None
-        if len(opened.payload) > self.max_record_size:
             return None
         record = parse_record(opened.payload)
         return None if record is None else Loaded(record, version, opened.stale_key)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from pymemcache.client.base import Client
+from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheServerError
 from tornado.httpclient import AsyncHTTPClient
 from tornado.web import create_signed_value
@@ -629,6 +630,25 @@ async def test_a_garbled_answer_is_a_503_and_the_next_batch_starts_clean(http_se
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_counter_answer_that_is_not_a_number_is_a_503(http_server, browser, users, clock, config):
+    # A login counts its attempts with incr; an answer pymemcache cannot read as a number is the
+    # node out of step: 503 with Retry-After, never a 500, and the next login goes through.
+    garble = threading.Event()
+
+    def garbled(client: socket.socket, data: bytes) -> bytes:
+        return b"garbage\r\n" if garble.is_set() and data.rstrip(b"\r\n").isdigit() else data
+
+    with Memcached() as real, relayed(real, garbled) as store:
+        serve(http_server, app_with(config, store, users, clock))
+        assert (await browser.login()).code == 200  # the counters exist: the next login incrs them
+        garble.set()
+        r = await browser.login()
+        assert (r.code, r.headers.get("Retry-After")) == (503, "2") and body_json(r)["errorMessage"]
+        garble.clear()
+        assert (await browser.login()).code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_touch_memcached_refuses_is_a_503_and_the_session_stays(http_server, browser, users, clock, config):
     refuse = threading.Event()
 
@@ -762,4 +782,55 @@ async def test_a_node_that_left_the_ring_rejoins_empty(
             old.cookies["sid"] = cookie
             r = await old.get("/api")
             assert (r.code, r.body) == (200, b"Welcome to this page for the first time!")
+        await store.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_session_written_elsewhere_while_its_node_was_out_stays_ended_when_it_leaves_again(
+    http_server, make_browser, users, clock, config
+):
+    # b leaves; a user homed on b logs in, so the record is written to a. b rejoins emptied: the
+    # session is lost there, and the user logs out. Were the record left on a, b leaving again
+    # would bring the logged-in session back to whoever kept the cookie.
+    with Memcached() as a, Memcached() as b:
+        store = make_store(a, b)
+        await store.start()
+        app = serve(http_server, app_with(config, store, users, clock))
+
+        async def until_home(session_id: str, home: str | None) -> None:
+            deadline = time.monotonic() + 10
+            while store.node_name(session_id) != home:
+                assert time.monotonic() < deadline, f"the ring never placed it on {home}"
+                await asyncio.sleep(0.05)
+
+        full_ring = RendezvousHash(nodes=[a.address, b.address])
+        b.pause()
+        deadline = time.monotonic() + 10
+        while store._ring.nodes[b.address].in_ring:  # new sessions find b failing, then out
+            assert time.monotonic() < deadline, "b never left the ring"
+            await make_browser().get("/api")
+            await asyncio.sleep(0.05)
+        for _ in range(20):  # a logged-in session whose home, with every node in, is b
+            user = make_browser()
+            assert (await user.login()).code == 200
+            session_id = session_id_of(user, app)
+            if full_ring.get_node(store.key(session_id)) == b.address:
+                break
+        else:
+            raise AssertionError("no session homed on b in 20 logins")
+        kept = user.cookies["sid"]
+        assert raw_client(a).get(store.key(session_id)) is not None
+        b.resume()
+        await until_home(session_id, b.address)
+        assert (await user.get("/api/balance")).code == 401  # lost with b's emptying
+        assert raw_client(a).get(store.key(session_id)) is None  # and nowhere else either
+        await user.post("/api/logout", {})
+        b.pause()
+        old = make_browser()
+        old.cookies["sid"] = kept
+        deadline = time.monotonic() + 10
+        while (r := await old.get("/api/balance")).code == 503:  # b failing, then out of the ring
+            assert time.monotonic() < deadline, "b never left the ring"
+        assert r.code == 401 and store.node_name(session_id) == a.address
+        b.resume()
         await store.close()

@@ -63,8 +63,9 @@ async def test_answers_read_the_same_however_the_bytes_arrive():
             _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
             results: list[Exchanged | BaseException | None] = []
             # Two batches pipelined: the second's answer is an empty gets.
-            for writes in (4, 0):
-                connection.send(b"", _Batch(writes, True, collector(results), 0.0))
+            keys = [f"k{i}" for i in range(len(TRICKY_VALUES))]
+            for writes, asked in ((4, ["absent", *keys]), (0, ["k0"])):
+                connection.send(b"", _Batch(writes, asked, collector(results), 0.0))
             # The answer arrives in pieces of ``size`` bytes; then the second batch's END.
             for start in range(0, len(answer), size):
                 connection.data_received(answer[start : start + size])
@@ -86,10 +87,48 @@ async def test_answers_out_of_step_fail_every_waiting_batch():
         _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
         results: list[Exchanged | BaseException | None] = []
         for _ in range(2):
-            connection.send(b"", _Batch(0, True, collector(results), 0.0))
+            connection.send(b"", _Batch(0, ["k"], collector(results), 0.0))
         connection.data_received(b"VALUE k 0 not-a-size 1\r\n")
         assert len(results) == 2 and all(isinstance(r, MemcacheError) for r in results)
         assert connection.closed
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"VALUE other 0 1 1\r\nx\r\nEND\r\n", b"VALUE b 0 1 1\r\nx\r\nVALUE a 0 1 2\r\ny\r\nEND\r\n"],
+    ids=["a key not asked", "keys out of order"],
+)
+@pytest.mark.gen_test
+async def test_an_answer_for_keys_not_asked_in_that_order_fails_the_connection(answer: bytes):
+    # Another batch's answer (a relay that reorders, a desynchronised stream) is never read as
+    # this batch's: a missing key here would read as "no session" and log its user out.
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
+        results: list[Exchanged | BaseException | None] = []
+        connection.send(b"", _Batch(0, ["a", "b"], collector(results), 0.0))
+        connection.data_received(answer)
+        assert len(results) == 1 and isinstance(results[0], MemcacheError)
+        assert connection.closed
+
+
+@pytest.mark.gen_test
+async def test_a_value_over_the_limit_is_passed_over_as_it_arrives():
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, max_value=100), sock=left)
+        results: list[Exchanged | BaseException | None] = []
+        connection.send(b"", _Batch(0, ["big", "small"], collector(results), 0.0))
+        huge = b"VALUE big 0 1000000 7\r\n" + b"x" * 1_000_000 + b"\r\nVALUE small 0 2 8\r\nok\r\nEND\r\n"
+        for start in range(0, len(huge), 65536):
+            connection.data_received(huge[start : start + 65536])
+            # Nothing of the value is kept between pieces.
+            assert len(connection.buffer) - connection.position <= 65536
+        assert results == [Exchanged([], {"small": (b"ok", b"8")})]
+        assert not connection.closed
+        connection.fail(ConnectionResetError())
 
 
 @pytest.mark.gen_test
@@ -215,8 +254,8 @@ async def test_busy_polling_lasts_until_the_answers_or_its_bound():
     loop = asyncio.get_running_loop()
     async with polled_connection(0.0002) as (connection, clock):
         results: list[Exchanged | BaseException | None] = []
-        connection.send(b"", _Batch(0, True, collector(results), loop.time()))
-        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # pipelined: one poller
+        connection.send(b"", _Batch(0, ["k"], collector(results), loop.time()))
+        connection.send(b"", _Batch(0, ["k"], collector(results), loop.time()))  # pipelined: one poller
         reads = clock.reads
         await loop_turns(20)
         assert clock.reads - reads >= 15  # each turn of the loop polled once, as answers are due
@@ -224,7 +263,7 @@ async def test_busy_polling_lasts_until_the_answers_or_its_bound():
         await loop_turns(3)
         assert len(results) == 2 and not connection.busy_poll.polling  # answered: polling ends
 
-        connection.send(b"", _Batch(0, True, collector(results), loop.time()))  # due again: polls again
+        connection.send(b"", _Batch(0, ["k"], collector(results), loop.time()))  # due again: polls again
         await loop_turns(3)
         assert connection.busy_poll.polling
         clock.now = 0.00021  # past the bound with no answer: the loop may sleep again
@@ -241,7 +280,7 @@ async def test_busy_polling_lasts_until_the_answers_or_its_bound():
 async def test_busy_polling_off_reads_no_clock():
     loop = asyncio.get_running_loop()
     async with polled_connection(0.0) as (connection, clock):
-        connection.send(b"", _Batch(0, True, collector([]), loop.time()))
+        connection.send(b"", _Batch(0, ["k"], collector([]), loop.time()))
         await loop_turns(10)
         assert clock.reads == 0 and not connection.busy_poll.polling
 

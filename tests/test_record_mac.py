@@ -18,7 +18,7 @@ from handlers.app import SessionApplication
 from server import session_store
 from settings import Settings, load_settings
 from stores.memcached import MemcachedStore
-from stores.sealing import RecordSeal, record_keys
+from stores.sealing import RecordSeal, SealedRecords, record_keys
 from tests.conftest import LILY, Browser, body_json, serve, test_secret
 from tests.services import Memcached
 
@@ -133,3 +133,17 @@ def test_a_seal_opens_only_its_own_key_and_value():
     assert seal.open("session:a", b"") is None
     other = RecordSeal(record_keys([test_secret()]))
     assert other.open("session:a", value) is None
+
+
+def test_a_value_longer_than_any_sealed_record_is_refused_before_its_mac_is_computed():
+    # Someone with write access to the store puts megabytes under their own session's key: each
+    # load would otherwise hash all of it, on the IOLoop, for every request that cookie sends.
+    records = SealedRecords(record_keys([test_secret()]), 100, "memcached")
+    opened: list[int] = []
+    real_open = records.seal.open
+    records.seal.open = lambda key, value: opened.append(len(value)) or real_open(key, value)  # type: ignore[method-assign]
+    sealed = records.encode("session:a", {"created_at": 1.0, "last_seen": 1.0, "data": {"x": "y" * 40}})
+    assert records.decode("session:a", sealed) is not None
+    assert records.decode("session:a", sealed + b" " * (records.max_value_size - len(sealed) + 1)) is None
+    assert records.decode("session:a", b"x" * 10_000_000) is None
+    assert opened == [len(sealed)]
