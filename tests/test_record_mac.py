@@ -18,7 +18,7 @@ from handlers.app import SessionApplication
 from server import session_store
 from settings import Settings, load_settings
 from stores.memcached import MemcachedStore
-from stores.sealing import RecordSeal, SealedRecords, record_keys
+from stores.sealing import Opened, RecordSeal, SealedRecords, record_keys
 from tests.conftest import LILY, Browser, body_json, serve, test_secret
 from tests.services import Memcached
 
@@ -141,7 +141,12 @@ def test_a_value_longer_than_any_sealed_record_is_refused_before_its_mac_is_comp
     records = SealedRecords(record_keys([test_secret()]), 100, "memcached")
     opened: list[int] = []
     real_open = records.seal.open
-    records.seal.open = lambda key, value: opened.append(len(value)) or real_open(key, value)  # type: ignore[method-assign]
+
+    def counted_open(storage_key: str, value: bytes) -> Opened | None:
+        opened.append(len(value))
+        return real_open(storage_key, value)
+
+    records.seal.open = counted_open  # type: ignore[method-assign]
     sealed = records.encode("session:a", {"created_at": 1.0, "last_seen": 1.0, "data": {"x": "y" * 40}})
     assert records.decode("session:a", sealed) is not None
     assert records.decode("session:a", sealed + b" " * (records.max_value_size - len(sealed) + 1)) is None
