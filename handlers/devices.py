@@ -40,7 +40,8 @@ class DeviceCookies:
 
     def known(self, value: str | None, account: str, now: float) -> bool:
         """Whether ``value`` is a device cookie we issued for ``account`` and still within its age."""
-        if not value or len(value) > 64:
+        # ASCII only: compare_digest refuses non-ASCII str (Tornado reads headers as latin-1).
+        if not value or len(value) > 64 or not value.isascii():
             return False
         issued, _, mac = value.partition(".")
         # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.

@@ -72,7 +72,8 @@ async def test_a_planted_device_cookie_does_not_hide_the_owners(
     assert (await browser.login()).code == 200
     own = browser.cookies.pop("device")
     lily_device = DeviceCookies(config.session_secrets, 3600).issue("lily@gmail.com", clock())
-    planted = ["device=junk", f"device={lily_device}"]
+    # Junk, another account's genuine cookie, and a MAC's length of non-ASCII (once a 500).
+    planted = ["device=junk", f"device={lily_device}", f"device={int(clock())}." + "\u00e9" * 32]
     values = [*planted, f"device={own}"] if order == "planted first" else [f"device={own}", *planted]
     assert (await browser.post("/api/logout", {})).code == 200
     for n in range(1, 4):
