@@ -112,9 +112,13 @@ class LoginHandler(AuthenticatedHandler):
         # Every value the name is given (the first few): a junk cookie of the same name planted
         # by a sibling subdomain (the dev name has no __Host- prefix) must not hide the real one.
         now = self.app.clock()
-        known = any(
-            self.app.devices.known(value, account, now)
-            for value in self.request_cookie_values(config.device_cookie_name)
+        device = next(
+            (
+                value
+                for value in self.request_cookie_values(config.device_cookie_name)
+                if self.app.devices.known(value, account, now)
+            ),
+            None,
         )
         refused = await check_address_budget(self.app.store, config, address)
         if refused is not None:
@@ -124,12 +128,13 @@ class LoginHandler(AuthenticatedHandler):
 
         async def admit() -> None:
             # Once a hashing thread is this attempt's: a login refused as busy spent no budget.
-            refused = await check_account_budgets(self.app.store, config, address, email, known_device=known)
+            refused = await check_account_budgets(self.app.store, config, address, email, device=device)
             if refused is not None:
                 raise self._throttled(refused, address)
             if not self._client_still_there():
                 raise CheckAbandoned
 
+        known = device is not None
         self._check = asyncio.ensure_future(self.app.users.authenticate(email, password, admit, priority=known))
         try:
             user = await self._check

@@ -3,10 +3,13 @@
 The account budget (see `handlers.throttle`) stops many addresses guessing one account, and so
 would also stop its owner logging in from anywhere. OWASP's answer is a device cookie: after a
 successful login the browser gets a signed, HttpOnly cookie naming (a keyed digest of) that
-account. A login attempt for the account that carries it is not counted against the account
-budget, and waits for a hashing thread ahead of attempts without one: an attacker who floods the
-account or the hashing queue from elsewhere never locks the owner's own browser out. The pair
-budget (account and address) still applies to it.
+account. A login attempt for the account that carries it is counted against that cookie's own
+budget (``login_device_budget`` an account window) in place of the account budget, and waits for
+a hashing thread ahead of attempts without one: an attacker who floods the account or the
+hashing queue from elsewhere never locks the owner's own browser out. Past its budget a cookie
+counts for nothing until the window ends (OWASP's device lockout): a copy of it, taken from a
+shared browser or kept by someone who once knew the password, is worth a few guesses an hour.
+The pair budget (account and address) applies to it throughout.
 
 A value is ``<issued at>.<MAC>``: the MAC (HMAC-SHA256, truncated to 128 bits) covers the
 account and the time, under a key derived from each session secret (the newest signs, every one

@@ -16,8 +16,10 @@ nothing about which accounts exist. Counters are checked in an order that keeps 
 make the store hold bounded: the address first, so one address creates at most its budget of pair
 and account counters per window. The pair and the account are counted only once a hashing thread
 is the attempt's (`check_account_budgets`): an attempt refused because too many logins are being
-checked (503) costs the user nothing. An attempt from a known device (`handlers.devices`) is not
-counted against the account budget at all.
+checked (503) costs the user nothing. An attempt from a known device (`handlers.devices`) is
+counted against that device cookie's own budget instead of the account's; past it, the cookie
+is trusted no more than none until the window ends (OWASP's device-cookie lockout), so whoever
+holds a copy of one gets a few guesses an hour, not the account budget's freedom.
 
 Counter names are keyed digests (HMAC under a key from the session secrets): whoever can write
 to a shared store cannot compute which counter is whose account.
@@ -90,19 +92,22 @@ async def check_address_budget(store: SessionStore, settings: Settings, address:
 
 
 async def check_account_budgets(
-    store: SessionStore, settings: Settings, address: str, email: str, *, known_device: bool
+    store: SessionStore, settings: Settings, address: str, email: str, *, device: str | None
 ) -> Refused | None:
-    """Count one attempt on ``email``'s account from ``address``: the pair, then (unless the
-    attempt comes from a known device) the account. A `Refused` past either budget.
+    """Count one attempt on ``email``'s account from ``address``: the pair, then the account,
+    or, for an attempt with a known ``device`` cookie (its value) within its own budget, that
+    device's budget in the account's place. A `Refused` past the pair or the account budget.
 
     Raises `StoreUnavailable` when a count cannot be made: the caller refuses the login.
     """
     account = normalise_email(email)
     pair = counter_name(settings, "login-pair", client_block(address), account)
-    budgets: tuple[tuple[str, str, int, int], ...] = (
-        ("pair", pair, settings.login_pair_budget, settings.login_pair_window),
-    )
-    if not known_device:
-        across = counter_name(settings, "login-account", account)
-        budgets += (("account", across, settings.login_account_budget, settings.login_account_window),)
-    return await _spend(store, budgets)
+    refused = await _spend(store, (("pair", pair, settings.login_pair_budget, settings.login_pair_window),))
+    if refused is not None:
+        return refused
+    if device is not None:
+        name = counter_name(settings, "login-device", account, device)
+        if await store.count(name, settings.login_account_window) <= settings.login_device_budget:
+            return None
+    across = counter_name(settings, "login-account", account)
+    return await _spend(store, (("account", across, settings.login_account_budget, settings.login_account_window),))

@@ -50,6 +50,7 @@ ENV_VARIABLES: dict[str, str] = {
     "LOGIN_ADDRESS_WINDOW": "login_address_window",
     "LOGIN_ACCOUNT_BUDGET": "login_account_budget",
     "LOGIN_ACCOUNT_WINDOW": "login_account_window",
+    "LOGIN_DEVICE_BUDGET": "login_device_budget",
 }
 # The variables that hold a whole number.
 _INT_VARIABLES = (
@@ -68,6 +69,7 @@ _INT_VARIABLES = (
     "LOGIN_ADDRESS_WINDOW",
     "LOGIN_ACCOUNT_BUDGET",
     "LOGIN_ACCOUNT_WINDOW",
+    "LOGIN_DEVICE_BUDGET",
 )
 
 
@@ -183,6 +185,7 @@ def _validate_timeouts_and_budgets(s: Settings, problems: list[str]) -> None:
         ("login_pair_budget", "login_pair_window"),
         ("login_address_budget", "login_address_window"),
         ("login_account_budget", "login_account_window"),
+        ("login_device_budget", "login_account_window"),
     ):
         if getattr(s, budget) <= 0 or getattr(s, window) <= 0:
             problems.append(f"{budget} / {window} ({budget.upper()}, {window.upper()}): must be positive")

@@ -194,3 +194,36 @@ async def test_an_accounts_own_device_cookie_cannot_fill_the_known_devices_queue
     assert [r.code for r in await asyncio.gather(*flood)] == [401] * 4
     # The thread's first check, the account's one place ahead, then the owner, then the rest.
     assert finished == ["flood", "flood", "owner", "flood", "flood"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_copied_device_cookie_is_worth_its_own_budget_then_nothing(
+    http_server, http_client, base_url, config, store, users, clock, browser: Browser
+):
+    # Whoever holds a copy of the owner's device cookie (a shared browser, a former password
+    # holder) guesses from many addresses: its attempts count against the cookie's own budget,
+    # and past it the cookie is no pass through the account budget any more.
+    serve(http_server, SessionApplication(config.replace(**BUDGETS, login_device_budget=4), store, users, clock=clock))
+    assert (await browser.login()).code == 200
+    device = browser.cookies["device"]
+    for n in range(1, 4):  # the account budget spent from elsewhere
+        for _ in range(3):
+            await attempt(http_client, base_url, WRONG, f"127.0.43.{n}")
+
+    async def with_device(credentials: dict[str, str], address: str) -> int:
+        response = await http_client.fetch(
+            base_url + "/api/login",
+            method="POST",
+            body=json.dumps(credentials),
+            headers={"Content-Type": "application/json", "Origin": base_url, "Cookie": f"device={device}"},
+            network_interface=address,
+            raise_error=False,
+        )
+        code: int = response.code
+        return code
+
+    codes = [await with_device(WRONG, f"127.0.44.{n}") for n in (1, 1, 1, 2, 2, 2)]
+    assert codes == [401, 401, 401, 401, 429, 429]
+    assert await with_device(MAX, "127.0.44.3") == 429  # the cookie spent: the locked account
+    clock.advance(config.login_account_window + 1)
+    assert await with_device(MAX, "127.0.44.3") == 200  # a new window
