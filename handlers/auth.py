@@ -50,8 +50,13 @@ def _credentials(body: Any) -> tuple[str, str]:
 
 
 def log_in(session: Session, user: User) -> None:
-    """Bind the session to ``user`` under a new id (the pre-login id dies: no fixation)."""
-    session.regenerate()
+    """Bind the session to ``user`` under a new id (the pre-login id dies: no fixation).
+
+    What the session held carries over, except when another user was logged in on it: their data
+    (a cart, say) is not the new user's on a shared browser.
+    """
+    previous = session.get(USER_KEY)
+    session.regenerate(keep_data=previous is None or previous == user.email)
     session[USER_KEY] = user.email
 
 

@@ -144,14 +144,17 @@ class Session(MutableMapping[str, Any]):
         value: int = self._data[key]
         return value
 
-    def regenerate(self) -> None:
-        """Give the session a new id, keeping its data; the old id stops working on save.
+    def regenerate(self, keep_data: bool = True) -> None:
+        """Give the session a new id, keeping its data (or with ``keep_data=False``, none of
+        it); the old id stops working on save.
 
         Call it whenever privilege changes (login), so an id an attacker planted or saw before
         is worthless afterwards.
         """
         if self.stored_id is not None:
             self.retired_ids.append(self.stored_id)
+        if not keep_data:
+            self._data = {}
         # The kept data becomes the new record's starting point.
         self.operations = [Operation("set", k, v) for k, v in self._data.items()]
         self.stored_id = None

@@ -18,7 +18,7 @@ from handlers.session_object import Session
 from settings import Settings, key_version
 from stores.base import Operation, Record, is_privileged
 from stores.memory import MemoryStore
-from tests.conftest import Browser, CountingStore, FakeClock, body_json, serve, test_secret
+from tests.conftest import LILY, Browser, CountingStore, FakeClock, body_json, serve, test_secret
 
 
 def stored_ids(store: MemoryStore) -> set[str]:
@@ -71,6 +71,20 @@ async def test_login_regenerates_the_id_so_the_old_one_is_dead(make_browser, app
     attacker.cookies.update(planted)
     assert body_json(await attacker.get("/api/login")) == {"loggedIn": False}
     assert (await attacker.get("/api/balance")).code == 401
+
+
+@pytest.mark.gen_test
+async def test_another_user_logging_in_on_a_logged_in_session_starts_with_none_of_its_data(browser):
+    # A shared browser: Max's session data is not Lily's when she logs in without Max logging out;
+    # the same user logging in again keeps it.
+    await browser.login()
+    for _ in range(3):
+        await browser.get("/api")
+    await browser.login()
+    assert (await browser.get("/api")).body.decode() == "You visited this page 4 times"
+    assert (await browser.login(LILY)).code == 200
+    assert (await browser.get("/api")).body.decode() == "Welcome to this page for the first time!"
+    assert body_json(await browser.get("/api/login")) == {"loggedIn": True}
 
 
 @pytest.mark.gen_test
