@@ -59,9 +59,11 @@ class SessionManager:
         self.xsrf_valid = self.xsrf.valid
         # Read on every request; settings are frozen, so plain attributes here.
         self._absolute_timeout = settings.absolute_timeout
-        self._touch_interval = settings.touch_interval
         # Indexed by privileged (False, True): an anonymous session never gets the longer one.
         self._idle_timeouts = (min(settings.idle_timeout, settings.anonymous_idle_timeout), settings.idle_timeout)
+        # A quarter of the shortest idle timeout at most: a session read every second must not
+        # idle out because its last_seen was written a whole touch interval ago.
+        self._touch_interval = min(settings.touch_interval, self._idle_timeouts[0] / 4)
         self._log_key = hmac.digest(settings.session_secrets[-1].encode("utf-8"), b"log-id", "sha256")
         self._log_ids: Remembered = Remembered(VERIFIED_CACHE_SIZE)
 

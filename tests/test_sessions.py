@@ -245,6 +245,22 @@ async def test_idle_timeout(browser: Browser, app: SessionApplication, clock: Fa
 
 
 @pytest.mark.gen_test
+async def test_an_idle_timeout_shorter_than_the_touch_interval_never_ends_a_session_in_use(
+    http_server, browser: Browser, config, store, users, clock: FakeClock
+):
+    # Read every second with a 5 s idle timeout: last_seen must be written often enough.
+    short = config.replace(idle_timeout=5, anonymous_idle_timeout=5)
+    assert short.touch_interval > short.idle_timeout
+    serve(http_server, SessionApplication(short, store, users, clock=clock))
+    await browser.login()
+    for _ in range(30):
+        clock.advance(1)
+        assert (await browser.get("/api/balance")).code == 200
+    clock.advance(5)
+    assert (await browser.get("/api/balance")).code == 401
+
+
+@pytest.mark.gen_test
 async def test_absolute_timeout_ends_even_an_active_session(browser: Browser, app: SessionApplication, clock):
     await browser.login()
     step = app.config.idle_timeout / 2
