@@ -160,7 +160,8 @@ class LoginHandler(AuthenticatedHandler):
 
 class LogoutHandler(AuthenticatedHandler):
     async def post(self) -> None:
-        self.json_body(allow_empty=True)
+        if not isinstance(self.json_body(allow_empty=True), dict):
+            raise ApiError(400, "Expected a JSON object ({}) or an empty body.")
         (await self.get_session()).destroy()
         self.current_user = None
         self.write_json({})
