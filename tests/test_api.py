@@ -140,7 +140,8 @@ async def test_logout_when_not_logged_in_is_200(browser: Browser, store: Countin
 @pytest.mark.gen_test
 async def test_logout_with_a_body_not_an_object_is_400_and_ends_nothing(browser: Browser, store: CountingStore):
     await browser.login()
-    for body in ([], "x", 1, None):
+    bodies: list[object] = [[], "x", 1, None]
+    for body in bodies:
         r = await browser.post("/api/logout", body=json.dumps(body), headers={"Content-Type": "application/json"})
         assert (r.code, body_json(r)) == (400, {"errorMessage": "Expected a JSON object ({}) or an empty body."})
     assert (await browser.get("/api/balance")).code == 200
