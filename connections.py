@@ -105,6 +105,20 @@ class ThrottledLines(logging.Filter):
         return True
 
 
+class ThrottledEvents(ThrottledLines):
+    """`ThrottledLines` for the lines of the given ``event``s only (their ``extra``); the rest,
+    a session's life-cycle lines among them, pass untouched."""
+
+    def __init__(self, events: Iterable[str], throttle: LogThrottle | None = None) -> None:
+        super().__init__(throttle)
+        self.events = frozenset(events)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "event", None) not in self.events:
+            return True
+        return super().filter(record)
+
+
 # Tornado's line for a request it could not parse, and the kinds of error it quotes client text in.
 MALFORMED_MESSAGE = "Malformed HTTP message from %s: %s"
 QUOTING_ERRORS = (

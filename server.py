@@ -24,9 +24,17 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from connections import LINGER_SECONDS, CappedHTTPServer, ThrottledLines, WithheldRequestText, connection_cap
+from connections import (
+    LINGER_SECONDS,
+    CappedHTTPServer,
+    ThrottledEvents,
+    ThrottledLines,
+    WithheldRequestText,
+    connection_cap,
+)
 from handlers.app import Routes, SessionApplication
 from handlers.logging_setup import configure_logging
+from handlers.session_manager import CLIENT_CAUSED_EVENTS
 from settings import ENV_VARIABLES, ENVIRONMENTS, Settings, SettingsError, load_settings
 from stores import build_store
 from stores.base import SessionStore, StoreContext
@@ -127,6 +135,8 @@ async def serve(settings: Settings, users: UserDirectory, extra_routes: Routes |
     general = logging.getLogger("tornado.general")
     general.addFilter(WithheldRequestText())
     general.addFilter(ThrottledLines())
+    # Lines any client can cause once per request by replaying a cookie: once a second each.
+    logging.getLogger("sessions").addFilter(ThrottledEvents(CLIENT_CAUSED_EVENTS))
     await store.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

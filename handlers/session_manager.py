@@ -31,6 +31,9 @@ from stores.base import (
 )
 
 log = logging.getLogger("sessions")
+# Events of lines any client can cause on every request, by sending a bad or dead session cookie
+# again and again: server.py lets each through once a second (the access line still says it).
+CLIENT_CAUSED_EVENTS = ("session.rejected", "session.unknown")
 # New ids drawn for one session before a store that finds each one taken is called unavailable.
 CREATE_ATTEMPTS = 3
 

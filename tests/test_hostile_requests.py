@@ -265,3 +265,15 @@ async def test_a_header_repeating_the_session_cookie_costs_a_bounded_number_of_l
     response = await browser.get("/api/balance", headers={"Cookie": repeated})
     assert response.code == 401
     assert 1 <= store.calls.count("load") <= 4, store.calls
+
+
+def test_a_dead_cookie_replayed_costs_a_log_line_a_second_not_one_a_request(server: AppProcess):
+    sid = ended_session_cookie(server)
+    before = server.output.count("session cookie for an unknown session")
+    for _ in range(100):
+        answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: sid={sid}\r\n").encode())
+        assert status(answer) == 401
+    server.wait_for_output("GET /api/balance 401")
+    warned = server.output.count("session cookie for an unknown session") - before
+    # One a second at most (100 requests on loopback take well under ten), never one a request.
+    assert 1 <= warned <= 10
