@@ -71,7 +71,6 @@ from stores.options import Options, parse_address
 from stores.redis_protocol import (
     COUNT,
     CREATE,
-    PING,
     SAVE,
     Script,
     WrongType,
@@ -216,6 +215,8 @@ class RedisStore(SessionStore):
 
     def __init__(self, options: RedisOptions, context: StoreContext) -> None:
         self.prefix = options.prefix
+        # A short-lived key of its own, under the prefix an ACL user is allowed (docs/STORES.md).
+        self._ready_probe = pack(b"SET", f"{self.prefix}ready".encode("ascii"), b"1", b"PX", b"10000")
         self.max_record_size = context.max_record_size
         self.cas_retries = options.cas_retries
         self.max_connections = options.max_connections
@@ -447,8 +448,10 @@ class RedisStore(SessionStore):
         return reply[0], reply[1]
 
     async def ready(self) -> bool:
+        """True when Redis takes a write: a replica (read-only) answers PING, but every login,
+        counter and logout on it would be a 503, so a load balancer must not send it traffic."""
         try:
-            return await self._command(PING) in (b"PONG", "PONG")
+            return await self._command(self._ready_probe) in (b"OK", "OK")
         except (StoreUnavailable, WrongType):
             return False
 

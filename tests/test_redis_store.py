@@ -103,6 +103,7 @@ async def test_an_acl_user_and_password_from_the_url(http_server, users, clock, 
         assert (await browser.get("/api")).body.decode() == "You visited this page 2 times"
         assert body_json(await browser.get("/api/balance")) == {"balance": 53762}
         assert (await browser.post("/api/logout", {})).code == 200
+        assert (await browser.get("/readyz")).code == 200  # its probe is a write the user may make
         wrong = RedisStore.from_options(
             {"url": f"redis://sessions:not-{password[:8]}@127.0.0.1:{server.port}/0"}, _context(app)
         )
@@ -199,6 +200,20 @@ async def test_sessions_keep_working_through_a_sentinel_failover(http_server, us
             await app.store.close()
         finally:
             sentinel.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_read_only_replica_is_not_ready(http_server, users, clock, make_browser):
+    # It answers PING and reads, but every login, counter and logout on it is a 503.
+    with Redis() as primary, Redis("--replicaof", "127.0.0.1", str(primary.port)) as replica:
+        redis_app(http_server, users, clock, url=replica.url)
+        browser = make_browser()
+        r = await browser.get("/readyz")
+        assert r.code == 503 and body_json(r)["errorMessage"]
+        assert (await browser.login()).code == 503
+        replica.command("REPLICAOF", "NO", "ONE")  # promoted: writable, so ready
+        assert (await browser.get("/readyz")).code == 200
+        assert (await browser.login()).code == 200
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -387,14 +402,14 @@ async def test_scripts_answered_in_a_shape_redis_never_sends_are_an_outage(
 
 @pytest.mark.gen_test
 async def test_other_commands_answered_as_redis_never_does():
-    async with NotRedis({b"UNLINK": b"-WRONGTYPE not a key's type\r\n", b"PING": b":1\r\n"}) as url:
+    async with NotRedis({b"UNLINK": b"-WRONGTYPE not a key's type\r\n", b"SET": b":1\r\n"}) as url:
         store = not_redis_store(url)
         try:
             assert await outcome(store.delete("a-session")) == UNAVAILABLE
             assert await store.ready() is False
         finally:
             await store.close()
-    async with NotRedis({b"PING": b"+PONG\r\n", b"EVALSHA": b":1\r\n"}) as url:
+    async with NotRedis({b"SET": b"+OK\r\n", b"EVALSHA": b":1\r\n"}) as url:
         store = not_redis_store(url)
         try:  # the same harness, answered as Redis would
             assert await store.ready() is True
@@ -632,7 +647,8 @@ async def test_tls_refuses_an_untrusted_server_a_wrong_name_a_missing_client_cer
                     assert await store.ready()
             finally:
                 await store.close()
-        assert not other.stored_keys() and server.stored_keys() == [store.key("a-session")]
+        sessions = [key for key in server.stored_keys() if key != "session:ready"]  # /readyz's probe
+        assert not other.stored_keys() and sessions == [store.key("a-session")]
 
 
 @pytest.mark.gen_test(timeout=60)
