@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 from collections import deque
@@ -23,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("users")
 
 # OWASP's scrypt minimum (N=2^14, r=8, p=5): about 16 MiB and a few hundred ms per hash.
 DEFAULT_COST = (14, 8, 5)
@@ -99,6 +102,12 @@ class User:
     balance: float
 
 
+def _work(cost: tuple[int, int, int]) -> int:
+    """What a scrypt cost (log2 N, r, p) asks of a check, up to a constant factor."""
+    log_n, r, p = cost
+    return (1 << log_n) * r * p
+
+
 def normalise_email(email: str) -> str:
     """An email as accounts are keyed: trimmed and lower-cased."""
     return email.strip().lower()
@@ -126,9 +135,22 @@ class UserDirectory:
                 raise UsersFileError(f"entry {i}: email {user.email!r} appears twice")
             self._users[key] = (user, password_hash)
             costs.add(_parse_hash(password_hash)[:3])
-        # An unknown email is checked against a hash of the most expensive cost in the file, so
-        # the answer takes as long as for a known email with a wrong password.
-        self._decoy_hash = hash_password(os.urandom(16).hex(), max(costs, default=DEFAULT_COST))
+        # An unknown email is checked against a hash of the most expensive cost in the file (by
+        # work: 2^log_n * r * p), so the answer takes as long as for a known email.
+        dearest = max(costs, key=_work, default=DEFAULT_COST)
+        self._decoy_hash = hash_password(os.urandom(16).hex(), dearest)
+        cheaper = sum(
+            1 for _, password_hash in self._users.values() if _work(_parse_hash(password_hash)[:3]) < _work(dearest)
+        )
+        if cheaper:
+            # Their wrong-password answers come sooner than an unknown email's: timing tells they exist.
+            log.warning(
+                "users file: %d of %d accounts have a cheaper password hash than the dearest (%s); a login's "
+                "timing shows that they exist: hash their passwords again with server.py hash-password",
+                cheaper,
+                len(self._users),
+                "N=2^{} r={} p={}".format(*dearest),
+            )
         self._executor = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="password")
         self.max_waiting = max_waiting
         self.threads = threads

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from settings import SettingsError, load_settings
-from stores.users import UserDirectory, UsersFileError, hash_password, verify_password
+from stores.users import UserDirectory, UsersFileError, _parse_hash, hash_password, verify_password
 from tests.conftest import test_secret
 from tests.services import TestPKI, free_port
 
@@ -242,6 +242,22 @@ def test_password_hashes_round_trip_and_carry_their_cost():
     assert verify_password("s3cret", h)
     assert not verify_password("s3cret ", h)
     assert hash_password("s3cret", cost=(10, 8, 1)) != h  # salted
+
+
+def test_an_unknown_email_costs_the_dearest_hash_and_cheaper_ones_are_named(caplog):
+    # By work (2^log_n * r * p), not by log_n first: (10, 8, 1) is four times (11, 1, 1).
+    entries = [
+        {"email": f"u{i}@example.com", "name": "U", "balance": 1, "password_hash": hash_password("x", cost)}
+        for i, cost in enumerate([(11, 1, 1), (10, 8, 1), (10, 8, 1)])
+    ]
+    with caplog.at_level(logging.WARNING, logger="users"):
+        users = UserDirectory(entries)
+    assert _parse_hash(users._decoy_hash)[:3] == (10, 8, 1)
+    assert "1 of 3 accounts have a cheaper password hash than the dearest (N=2^10 r=8 p=1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="users"):
+        UserDirectory(entries[1:])
+    assert "cheaper password hash" not in caplog.text
 
 
 @pytest.mark.parametrize(
