@@ -10,6 +10,8 @@ from typing import Any
 from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, SessionHandler, not_logged_in
+from handlers.devices import DeviceCookies
+from handlers.json_handler import COOKIE_VALUES_CHECKED
 from handlers.session_handler import USER_KEY
 from handlers.session_object import Session
 from handlers.throttle import TOO_MANY_ATTEMPTS, Refused, check_account_budgets, check_address_budget
@@ -56,7 +58,8 @@ def log_in(session: Session, user: User) -> None:
     (a cart, say) is not the new user's on a shared browser.
     """
     previous = session.get(USER_KEY)
-    session.regenerate(keep_data=previous is None or previous == user.email)
+    same = isinstance(previous, str) and normalise_email(previous) == normalise_email(user.email)
+    session.regenerate(keep_data=previous is None or same)
     session[USER_KEY] = user.email
 
 
@@ -114,17 +117,13 @@ class LoginHandler(AuthenticatedHandler):
         address = self.request.remote_ip or "-"
         config = self.app.config
         account = normalise_email(email)
-        # Every value the name is given (the first few): a junk cookie of the same name planted
-        # by a sibling subdomain (the dev name has no __Host- prefix) must not hide the real one.
+        # Every well-formed value the name is given (the first few: each costs an HMAC): junk of
+        # the same name planted by a sibling subdomain (the dev name has no __Host- prefix) must
+        # not hide the real one.
         now = self.app.clock()
-        device = next(
-            (
-                value
-                for value in self.request_cookie_values(config.device_cookie_name)
-                if self.app.devices.known(value, account, now)
-            ),
-            None,
-        )
+        values = self.request_cookie_values(config.device_cookie_name, limit=None)
+        candidates = [value for value in values if DeviceCookies.well_formed(value)][:COOKIE_VALUES_CHECKED]
+        device = next((value for value in candidates if self.app.devices.known(value, account, now)), None)
         refused = await check_address_budget(self.app.store, config, address)
         if refused is not None:
             raise self._throttled(refused, address)

@@ -7,8 +7,9 @@ account. A login attempt for the account that carries it is counted against that
 budget (``login_device_budget`` an account window) in place of the account budget, and waits for
 a hashing thread ahead of attempts without one: an attacker who floods the account or the
 hashing queue from elsewhere never locks the owner's own browser out. Past its budget a cookie
-counts for nothing until the window ends (OWASP's device lockout): a copy of it, taken from a
-shared browser or kept by someone who once knew the password, is worth a few guesses an hour.
+no longer spares the account budget until the window ends (OWASP's device lockout): a copy of
+it, taken from a shared browser or kept by someone who once knew the password, is worth a few
+guesses an hour. (It still waits in the known devices' queue, one login per account at a time.)
 The pair budget (account and address) applies to it throughout.
 
 A value is ``<issued at>.<MAC>``: the MAC (HMAC-SHA256, truncated to 128 bits) covers the
@@ -41,15 +42,24 @@ class DeviceCookies:
         issued_at = int(now)
         return f"{issued_at}.{self._mac(self._keys[0], account, issued_at)}"
 
-    def known(self, value: str | None, account: str, now: float) -> bool:
-        """Whether ``value`` is a device cookie we issued for ``account`` and still within its age."""
+    @staticmethod
+    def well_formed(value: str | None) -> bool:
+        """Whether ``value`` is spelled as `issue` spells a value (no HMAC computed): one spelling
+        per value, so a copy cannot pass for several cookies (leading zeros), each with a budget."""
         # ASCII only: compare_digest refuses non-ASCII str (Tornado reads headers as latin-1).
         if not value or len(value) > 64 or not value.isascii():
             return False
         issued, _, mac = value.partition(".")
         # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
-        if not (issued.isascii() and issued.isdigit()) or len(mac) != _MAC_HEX:
+        if not issued.isdigit() or issued != str(int(issued)) or len(mac) != _MAC_HEX:
             return False
+        return all(c in "0123456789abcdef" for c in mac)
+
+    def known(self, value: str | None, account: str, now: float) -> bool:
+        """Whether ``value`` is a device cookie we issued for ``account`` and still within its age."""
+        if value is None or not self.well_formed(value):
+            return False
+        issued, _, mac = value.partition(".")
         issued_at = int(issued)
         if not 0 <= now - issued_at <= self.max_age:
             return False

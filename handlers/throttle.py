@@ -18,7 +18,7 @@ and account counters per window. The pair and the account are counted only once 
 is the attempt's (`check_account_budgets`): an attempt refused because too many logins are being
 checked (503) costs the user nothing. An attempt from a known device (`handlers.devices`) is
 counted against that device cookie's own budget instead of the account's; past it, the cookie
-is trusted no more than none until the window ends (OWASP's device-cookie lockout), so whoever
+spares it no more until the window ends (OWASP's device-cookie lockout), so whoever
 holds a copy of one gets a few guesses an hour, not the account budget's freedom.
 
 Counter names are keyed digests (HMAC under a key from the session secrets): whoever can write

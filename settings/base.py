@@ -104,7 +104,7 @@ class Settings:
     login_account_budget: int = 100
     login_account_window: int = HOUR
     # Attempts on an account from one known device cookie (handlers.devices) per account window,
-    # counted in place of the account budget; past it the cookie counts for nothing until then.
+    # counted in place of the account budget; past it the account budget counts them until then.
     login_device_budget: int = 10
     # Password hashes waiting for one of the hashing threads; past it a login is 503 at once.
     password_queue_size: int = 16

@@ -19,6 +19,7 @@ BUDGET_VARIABLES = {
     "LOGIN_ADDRESS_WINDOW": "login_address_window",
     "LOGIN_ACCOUNT_BUDGET": "login_account_budget",
     "LOGIN_ACCOUNT_WINDOW": "login_account_window",
+    "LOGIN_DEVICE_BUDGET": "login_device_budget",
 }
 
 

@@ -73,7 +73,8 @@ async def test_a_planted_device_cookie_does_not_hide_the_owners(
     own = browser.cookies.pop("device")
     lily_device = DeviceCookies(config.session_secrets, 3600).issue("lily@gmail.com", clock())
     # Junk, another account's genuine cookie, and a MAC's length of non-ASCII (once a 500).
-    planted = ["device=junk", f"device={lily_device}", f"device={int(clock())}." + "\u00e9" * 32]
+    junk = [f"device=junk{i}" for i in range(5)]
+    planted = [*junk, f"device={lily_device}", f"device={int(clock())}." + "\u00e9" * 32]
     values = [*planted, f"device={own}"] if order == "planted first" else [f"device={own}", *planted]
     assert (await browser.post("/api/logout", {})).code == 200
     for n in range(1, 4):
@@ -95,6 +96,9 @@ async def test_a_device_cookie_is_bound_to_its_account_and_signed(clock: FakeClo
     assert not devices.known(value[:-1] + ("0" if value[-1] != "0" else "1"), "max@gmail.com", clock())
     issued, _, mac = value.partition(".")
     assert not devices.known(f"{int(issued) + 1}.{mac}", "max@gmail.com", clock())
+    # One spelling per value: a copy zero-padded or upper-cased would be another cookie, budget and all.
+    for other_spelling in (f"0{value}", f"00{value}", f"{issued}.{mac.upper()}"):
+        assert other_spelling != value and not devices.known(other_spelling, "max@gmail.com", clock())
     assert not devices.known(value, "max@gmail.com", clock() + 3601)  # too old
     assert not DeviceCookies(("another secret",), 3600).known(value, "max@gmail.com", clock())
     rotated = DeviceCookies(("a newer secret", *config.session_secrets), 3600)
