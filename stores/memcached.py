@@ -38,6 +38,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import random
 import ssl
@@ -69,6 +70,7 @@ from stores.memcached_client import (
     CasWrite,
     CheckedPooledClient,
     WriteRefused,
+    answers_read,
     count_blocking,
     memcached_exptime,
     tls_context,
@@ -227,7 +229,7 @@ class MemcachedStore(SessionStore):
         self.cas_retries = cas_retries
         self._copies = Copies(copies)
         # Keys whose strays were deleted since a node last rejoined (see _clear_strays).
-        self._strays_cleared: set[str] = set()
+        self._strays_cleared: dict[str, None] = {}
         self._workers = Workers(threads, name="memcached")
         self.threads = threads
         clients = {}
@@ -277,9 +279,7 @@ class MemcachedStore(SessionStore):
 
     def _store_error(self, node: Node, error: BaseException) -> BaseException:
         """What a failed client call means to a request; outages are noted against the node."""
-        # ValueError: pymemcache reading an answer not as the protocol has it (a counter's
-        # reply that is not a number, say): the node is out of step, as good as down.
-        if isinstance(error, OSError | MemcacheError | ValueError):
+        if isinstance(error, OSError | MemcacheError):
             self._ring.failed(node, error)
             return StoreUnavailable(f"memcached {node.name}: {error.__class__.__name__}")
         if isinstance(error, CasContention):
@@ -394,15 +394,25 @@ class MemcachedStore(SessionStore):
         those copies are strays: unread, but alive until their TTL, and a logout reaches only
         the home. Should the home leave again, a stray would be read, and a session lost or
         logged out meanwhile would come back. A key whose home has no record must have none
-        anywhere. Each key once per rejoin: a replayed dead cookie costs no more deletes.
+        anywhere. A process cannot know what happened before it started, so this runs from the
+        start; then once per key until a node rejoins: a replayed dead cookie costs no more
+        deletes. The deletes go out at once, each node's on the worker threads; a node that fails
+        is skipped from then on (as failing) and the key tried again on its next miss.
         """
-        if len(self._strays_cleared) >= STRAYS_REMEMBERED:
-            self._strays_cleared.clear()
-        self._strays_cleared.add(key)
         others = [n for n in self._ring.nodes.values() if n is not home and n.in_ring and n.failing_since is None]
-        for other in others:
-            with contextlib.suppress(StoreUnavailable):
-                await self._call(other, other.client.delete, key, False)
+        outcomes = await asyncio.gather(
+            *(self._call(other, other.client.delete, key, False) for other in others), return_exceptions=True
+        )
+        if any(isinstance(outcome, StoreUnavailable) for outcome in outcomes):
+            return
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # not an outage: a bug, as from any store call
+        if len(self._strays_cleared) >= STRAYS_REMEMBERED:
+            # The oldest tenth forgotten (a set keeps no order: a dict does).
+            for old in list(itertools.islice(self._strays_cleared, STRAYS_REMEMBERED // 10)):
+                del self._strays_cleared[old]
+        self._strays_cleared[key] = None
 
     def copy(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)
@@ -567,12 +577,15 @@ class MemcachedStore(SessionStore):
     ) -> Record | None:
         """gets, re-apply, cas until one wins (on a worker thread, after a lost compare-and-swap)."""
         for attempt in range(self.cas_retries):
-            raw, token = client.gets(key)
+            with answers_read():
+                raw, token = client.gets(key)
             current = self._decode(key, raw)
             if current is None or token is None:
                 return None
             merged = apply_operations(current.record, operations, now)
-            stored = client.cas(key, self._encode(key, merged), token, expire=memcached_exptime(ttl), noreply=False)
+            value = self._encode(key, merged)
+            with answers_read():
+                stored = client.cas(key, value, token, expire=memcached_exptime(ttl), noreply=False)
             if stored:
                 return merged
             if stored is None:  # NOT_FOUND: deleted meanwhile

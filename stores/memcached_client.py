@@ -10,12 +10,13 @@ which `stores.memcached_wire` sends and reads on the IOLoop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import select
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
 from pymemcache.client.base import Client, PooledClient
@@ -149,12 +150,24 @@ class CheckedPooledClient(PooledClient):  # type: ignore[misc]
         )
 
 
+@contextlib.contextmanager
+def answers_read() -> Iterator[None]:
+    """pymemcache calls whose answers it cannot read (a counter's reply that is not a number, a
+    VALUE line of the wrong shape) raise ValueError: that node is out of step, which the store
+    calls an outage as it does `MemcacheUnknownError` (503, and the node noted as failing)."""
+    try:
+        yield
+    except ValueError as error:  # UnicodeDecodeError included
+        raise MemcacheUnknownError(f"unreadable answer from memcached: {error.__class__.__name__}") from error
+
+
 def count_blocking(client: PooledClient, key: str, exptime: int) -> int:
     """incr; if there is no counter, add one at 1 that expires with its window; if another
     process added it first, incr again. On a worker thread."""
     for _ in range(3):
         try:
-            value = client.incr(key, 1, noreply=False)
+            with answers_read():
+                value = client.incr(key, 1, noreply=False)
         except MemcacheClientError:
             # Not a number: written by someone else (memcached has no authentication). Counting
             # starts again rather than refusing every login it names or calling the node down.

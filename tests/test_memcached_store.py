@@ -834,3 +834,33 @@ async def test_a_session_written_elsewhere_while_its_node_was_out_stays_ended_wh
         assert r.code == 401 and store.node_name(session_id) == a.address
         b.resume()
         await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_strays_of_a_key_are_deleted_once_until_a_node_rejoins(memcached: Memcached):
+    with Memcached() as other:
+        store = make_store(memcached, other)
+        deleted: list[str] = []
+        for node in store._ring.nodes.values():
+            real = node.client.delete
+
+            def counted(key: str, noreply: bool, real: Any = real, name: str = node.name) -> bool:
+                deleted.append(name)
+                return bool(real(key, noreply))
+
+            node.client.delete = counted
+        try:
+            for _ in range(3):  # a dead cookie replayed: its strays deleted at the first miss only
+                assert await store.load("a-dead-session") is None
+            home = store.node_name("a-dead-session")
+            elsewhere = other if home == memcached.address else memcached
+            assert deleted == [elsewhere.address]
+            key = store.key("a-dead-session")
+            raw_client(elsewhere).set(key, b"a stray")
+            assert await store.load("a-dead-session") is None
+            assert raw_client(elsewhere).get(key) == b"a stray" and len(deleted) == 1  # remembered
+            store._strays_cleared.clear()  # as a node's rejoining does
+            assert await store.load("a-dead-session") is None
+            assert raw_client(elsewhere).get(key) is None and len(deleted) == 2
+        finally:
+            store.shutdown()

@@ -113,19 +113,22 @@ async def test_an_answer_for_keys_not_asked_in_that_order_fails_the_connection(a
         assert connection.closed
 
 
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000, 65536])
 @pytest.mark.gen_test
-async def test_a_value_over_the_limit_is_passed_over_as_it_arrives():
+async def test_a_value_over_the_limit_is_passed_over_as_it_arrives(piece: int):
     loop = asyncio.get_running_loop()
     left, right = socket.socketpair()
     with right:
         _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, max_value=100), sock=left)
         results: list[Exchanged | BaseException | None] = []
         connection.send(b"", _Batch(0, ["big", "small"], collector(results), 0.0))
-        huge = b"VALUE big 0 1000000 7\r\n" + b"x" * 1_000_000 + b"\r\nVALUE small 0 2 8\r\nok\r\nEND\r\n"
-        for start in range(0, len(huge), 65536):
-            connection.data_received(huge[start : start + 65536])
-            # Nothing of the value is kept between pieces.
-            assert len(connection.buffer) - connection.position <= 65536
+        # Its data holds what would read as the answer's end, were it parsed.
+        data = b"\r\nEND\r\n" + b"x" * (100_000 if piece >= 1000 else 300)
+        huge = b"VALUE big 0 %d 7\r\n%s\r\nVALUE small 0 2 8\r\nok\r\nEND\r\n" % (len(data), data)
+        for start in range(0, len(huge), piece):
+            connection.data_received(huge[start : start + piece])
+            # Nothing of the value is kept between pieces (beyond a header not yet whole).
+            assert len(connection.buffer) - connection.position <= max(piece, 64)
         assert results == [Exchanged([], {"small": (b"ok", b"8")})]
         assert not connection.closed
         connection.fail(ConnectionResetError())
