@@ -64,9 +64,9 @@ class SessionManager:
         self._absolute_timeout = settings.absolute_timeout
         # Indexed by privileged (False, True): an anonymous session never gets the longer one.
         self._idle_timeouts = (min(settings.idle_timeout, settings.anonymous_idle_timeout), settings.idle_timeout)
-        # A quarter of the shortest idle timeout at most: a session read every second must not
-        # idle out because its last_seen was written a whole touch interval ago.
-        self._touch_interval = min(settings.touch_interval, self._idle_timeouts[0] / 4)
+        # Likewise, and a quarter of that idle timeout at most: a session read every second must
+        # not idle out because its last_seen was written a whole touch interval ago.
+        self._touch_intervals = tuple(min(settings.touch_interval, idle / 4) for idle in self._idle_timeouts)
         self._log_key = hmac.digest(settings.session_secrets[-1].encode("utf-8"), b"log-id", "sha256")
         self._log_ids: Remembered = Remembered(VERIFIED_CACHE_SIZE)
 
@@ -142,7 +142,7 @@ class SessionManager:
             if kept is not None:
                 now = self.clock()
                 if self._expired(kept.record, now) is None:
-                    touch_due = now - kept.record["last_seen"] >= self._touch_interval
+                    touch_due = now - kept.record["last_seen"] >= self._touch_intervals[is_privileged(kept.record)]
                     return Session(session_id, kept, resign=resign, touch_due=touch_due)
         loaded = found[1] if found is not None and found[0] == session_id else await self.store.load(session_id)
         if loaded is None:
@@ -167,7 +167,7 @@ class SessionManager:
             )
             return Session(None, None, stale_cookie=True)
         # A record sealed under an older secret is written again under the newest one at once.
-        touch_due = now - record["last_seen"] >= self._touch_interval or loaded.stale_seal
+        touch_due = now - record["last_seen"] >= self._touch_intervals[is_privileged(record)] or loaded.stale_seal
         return Session(session_id, loaded, resign=resign, touch_due=touch_due)
 
     async def save(self, session: Session, client: str | None = None) -> CookieChange | None:

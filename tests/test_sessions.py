@@ -261,6 +261,19 @@ async def test_an_idle_timeout_shorter_than_the_touch_interval_never_ends_a_sess
 
 
 @pytest.mark.gen_test
+async def test_a_short_anonymous_timeout_does_not_touch_logged_in_sessions_more_often(
+    http_server, browser: Browser, config, store: CountingStore, users, clock: FakeClock
+):
+    serve(http_server, SessionApplication(config.replace(anonymous_idle_timeout=60), store, users, clock=clock))
+    await browser.login()
+    store.calls.clear()
+    for _ in range(5):  # 50 s of reads: a quarter of 60 s would touch three times
+        clock.advance(10)
+        assert (await browser.get("/api/balance")).code == 200
+    assert "touch" not in store.calls
+
+
+@pytest.mark.gen_test
 async def test_absolute_timeout_ends_even_an_active_session(browser: Browser, app: SessionApplication, clock):
     await browser.login()
     step = app.config.idle_timeout / 2
