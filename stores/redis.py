@@ -51,7 +51,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.retry import Retry
 
 from stores.base import (
@@ -71,6 +71,7 @@ from stores.options import Options, parse_address
 from stores.redis_protocol import (
     COUNT,
     CREATE,
+    PING,
     SAVE,
     Script,
     WrongType,
@@ -310,15 +311,20 @@ class RedisStore(SessionStore):
 
     # Batches: the commands of one loop iteration, in one send on one pooled connection ------
 
-    async def _command(self, packed: bytes) -> Any:
-        """One command, sent with the others of this loop iteration; failures are
-        `StoreUnavailable` (logged once per outage), a key of another type `WrongType`."""
+    async def _reply(self, packed: bytes) -> Any:
+        """One command's reply, an error reply as it came; sent with the others of this loop
+        iteration. A failed connection is `StoreUnavailable`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._pending is None:
             self._pending = []
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append((packed, future))
-        result = await future
+        return await future
+
+    async def _command(self, packed: bytes) -> Any:
+        """One command, sent with the others of this loop iteration; failures are
+        `StoreUnavailable` (logged once per outage), a key of another type `WrongType`."""
+        result = await self._reply(packed)
         if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
             if "WRONGTYPE" in str(result):
                 raise WrongType  # a key someone else wrote: no session
@@ -448,10 +454,17 @@ class RedisStore(SessionStore):
         return reply[0], reply[1]
 
     async def ready(self) -> bool:
-        """True when Redis takes a write: a replica (read-only) answers PING, but every login,
-        counter and logout on it would be a 503, so a load balancer must not send it traffic."""
+        """True when Redis answers and is not a read-only replica: a replica answers PING, but
+        every login, counter and logout on it is a 503, so a load balancer must send it nothing.
+        Other refused writes (out of memory, too few replicas) leave reads working: ready."""
         try:
-            return await self._command(self._ready_probe) in (b"OK", "OK")
+            reply = await self._reply(self._ready_probe)
+            if isinstance(reply, ResponseError):
+                if isinstance(reply, ReadOnlyError):  # READONLY: a replica
+                    return False
+                reply = await self._command(PING)
+                return reply in (b"PONG", "PONG")
+            return reply in (b"OK", "OK")
         except (StoreUnavailable, WrongType):
             return False
 

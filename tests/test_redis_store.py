@@ -216,6 +216,17 @@ async def test_a_read_only_replica_is_not_ready(http_server, users, clock, make_
         assert (await browser.login()).code == 200
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_redis_that_refuses_writes_for_memory_is_still_ready(http_server, users, clock, make_browser):
+    # Out of memory under noeviction, Redis refuses writes but still serves reads: logged-in
+    # users browse on. Not a reason to take every instance out of the load balancer.
+    with Redis("--maxmemory", "1", "--maxmemory-policy", "noeviction") as server:
+        redis_app(http_server, users, clock, url=server.url)
+        browser = make_browser()
+        assert (await browser.login()).code == 503  # the write refused
+        assert (await browser.get("/readyz")).code == 200
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_sentinel_that_does_not_answer_is_a_503_within_the_timeouts(http_server, users, clock, make_browser):
     with Redis() as primary:
