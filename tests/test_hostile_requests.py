@@ -273,7 +273,9 @@ def test_a_dead_cookie_replayed_costs_a_log_line_a_second_not_one_a_request(serv
     for _ in range(100):
         answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: sid={sid}\r\n").encode())
         assert status(answer) == 401
-    server.wait_for_output("GET /api/balance 401")
+    # A request of its own last: once its access line is out, so are the lines before it.
+    assert status(exchange(server, request(server, "GET", "/api/after-the-replays").encode())) == 404
+    server.wait_for_output("GET /api/after-the-replays 404")
     warned = server.output.count("session cookie for an unknown session") - before
     # One a second at most (100 requests on loopback take well under ten), never one a request.
     assert 1 <= warned <= 10
