@@ -35,8 +35,12 @@ if TYPE_CHECKING:
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Values of one cookie name looked at: a client can repeat a name thousands of times in one
-# header, and each value may cost a signature check.
-COOKIE_VALUES_CHECKED = 4
+# header, and each value may cost a signature check. A planting sibling subdomain can send a
+# value per path that prefixes the request's ("/", "/api", "/api/", "/api/login") and parent
+# domain: sixteen leave room for the browser's own behind all of those.
+COOKIE_VALUES_CHECKED = 16
+# Of repeated session cookies that verify, those loaded (each may cost a store round trip).
+SESSION_VALUES_LOADED = 4
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -177,8 +181,8 @@ class JsonHandler(RequestHandler):
         (unless the name has the ``__Host-`` prefix, as in prod), listed before the browser's own
         when its path is longer. One value per name would be the last (Tornado's parser), and a
         planted junk value would log the user out; when the name is repeated, this is every value
-        that verifies (of the first ``COOKIE_VALUES_CHECKED``), in the order sent, and the session
-        is the first of them the store holds (`SessionHandler`).
+        that verifies (of the first ``COOKIE_VALUES_CHECKED``; at most ``SESSION_VALUES_LOADED``),
+        in the order sent, and the session is the first of them the store holds (`SessionHandler`).
         """
         name = self.app.config.cookie_name
         value = self.request_cookie(name)
@@ -186,7 +190,8 @@ class JsonHandler(RequestHandler):
             return []
         if self._cookies_header.count(name + "=") > 1:
             verify = self.app.sessions.verify
-            verified = [candidate for candidate in self.request_cookie_values(name) if verify(candidate)[0]]
+            values = self.request_cookie_values(name)
+            verified = [candidate for candidate in values if verify(candidate)[0]][:SESSION_VALUES_LOADED]
             if verified:
                 return verified
         return [value]

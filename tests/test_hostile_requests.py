@@ -139,6 +139,16 @@ def test_a_planted_second_session_cookie_does_not_log_the_user_out(server: AppPr
     assert status(answer) == 200 and b"Set-Cookie: sid=" not in answer, answer
 
 
+def test_eight_planted_session_cookies_before_the_browser_s_own_do_not_hide_it(server: AppProcess):
+    # One per path prefixing the request's ("/", "/api", "/api/", "/api/balance") on two parent
+    # domains: as many as a sibling subdomain can have a browser send ahead of its own.
+    sid = logged_in_cookies(server)["sid"]
+    planted = [f"sid=planted-{i}" for i in range(8)]
+    cookie = "; ".join([*planted, f"sid={sid}"])
+    answer = exchange(server, request(server, "GET", "/api/balance", f"Cookie: {cookie}\r\n").encode())
+    assert status(answer) == 200 and b"Set-Cookie: sid=" not in answer, answer
+
+
 @pytest.mark.gen_test
 async def test_planted_xsrf_cookies_do_not_hide_the_browser_s_token(browser: Browser):
     await browser.get("/api")
