@@ -123,7 +123,8 @@ class LoginHandler(AuthenticatedHandler):
         now = self.app.clock()
         values = self.request_cookie_values(config.device_cookie_name, limit=None)
         candidates = [value for value in values if DeviceCookies.well_formed(value)][:COOKIE_VALUES_CHECKED]
-        device = next((value for value in candidates if self.app.devices.known(value, account, now)), None)
+        credential = self.app.users.credential(account)
+        device = next((v for v in candidates if self.app.devices.known(v, account, credential, now)), None)
         refused = await check_address_budget(self.app.store, config, address)
         if refused is not None:
             raise self._throttled(refused, address)
@@ -152,7 +153,9 @@ class LoginHandler(AuthenticatedHandler):
             raise ApiError(401, "Permission denied!")
         log_in(await self.get_session(), user)
         self.current_user = user
-        device = self.app.devices.issue(account, self.app.clock())
+        credential = self.app.users.credential(account)
+        assert credential is not None  # the account just logged in
+        device = self.app.devices.issue(account, credential, self.app.clock())
         self._set_cookie(config.device_cookie_name, device, httponly=True, max_age=config.device_cookie_max_age)
         self.write_json({"user": {"email": user.email, "name": user.name}})
 

@@ -8,13 +8,15 @@ budget (``login_device_budget`` an account window) in place of the account budge
 a hashing thread ahead of attempts without one: an attacker who floods the account or the
 hashing queue from elsewhere never locks the owner's own browser out. Past its budget a cookie
 no longer spares the account budget until the window ends (OWASP's device lockout): a copy of
-it, taken from a shared browser or kept by someone who once knew the password, is worth a few
-guesses an hour. (It still waits in the known devices' queue, one login per account at a time.)
+it, taken from a shared browser, is worth a few guesses an hour; minting more takes the
+password. (It still waits in the known devices' queue, one login per account at a time.)
 The pair budget (account and address) applies to it throughout.
 
 A value is ``<issued at>.<MAC>``: the MAC (HMAC-SHA256, truncated to 128 bits) covers the
-account and the time, under a key derived from each session secret (the newest signs, every one
-verifies), and a value older than ``device_cookie_max_age`` no longer counts.
+account, its password's stored hash (a new password revokes every cookie issued before it:
+someone who once knew the password keeps nothing) and the time, under a key derived from each
+session secret (the newest signs, every one verifies); a value older than
+``device_cookie_max_age`` no longer counts.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ class DeviceCookies:
         self.max_age = max_age
 
     @staticmethod
-    def _mac(key: bytes, account: str, issued_at: int) -> str:
-        message = f"{issued_at}\0{account}".encode("utf-8", "surrogatepass")
+    def _mac(key: bytes, account: str, credential: str, issued_at: int) -> str:
+        message = f"{issued_at}\0{account}\0{credential}".encode("utf-8", "surrogatepass")
         return hmac.digest(key, message, "sha256").hex()[:_MAC_HEX]
 
-    def issue(self, account: str, now: float) -> str:
-        """A value naming ``account`` (normalised email), issued at ``now``."""
+    def issue(self, account: str, credential: str, now: float) -> str:
+        """A value naming ``account`` (normalised email) and its ``credential`` (its password's
+        stored hash: a new password revokes every cookie issued before), issued at ``now``."""
         issued_at = int(now)
-        return f"{issued_at}.{self._mac(self._keys[0], account, issued_at)}"
+        return f"{issued_at}.{self._mac(self._keys[0], account, credential, issued_at)}"
 
     @staticmethod
     def well_formed(value: str | None) -> bool:
@@ -55,12 +58,13 @@ class DeviceCookies:
             return False
         return all(c in "0123456789abcdef" for c in mac)
 
-    def known(self, value: str | None, account: str, now: float) -> bool:
-        """Whether ``value`` is a device cookie we issued for ``account`` and still within its age."""
-        if value is None or not self.well_formed(value):
+    def known(self, value: str | None, account: str, credential: str | None, now: float) -> bool:
+        """Whether ``value`` is a device cookie we issued for ``account`` while its password was
+        the one ``credential`` hashes (None: no such account), and still within its age."""
+        if value is None or credential is None or not self.well_formed(value):
             return False
         issued, _, mac = value.partition(".")
         issued_at = int(issued)
         if not 0 <= now - issued_at <= self.max_age:
             return False
-        return any(hmac.compare_digest(mac, self._mac(key, account, issued_at)) for key in self._keys)
+        return any(hmac.compare_digest(mac, self._mac(key, account, credential, issued_at)) for key in self._keys)

@@ -213,6 +213,11 @@ class UserDirectory:
         found = self._users.get(normalise_email(email))
         return found[0] if found else None
 
+    def credential(self, email: str) -> str | None:
+        """The stored hash of the user's password (it changes with the password), or None."""
+        found = self._users.get(normalise_email(email))
+        return found[1] if found else None
+
     async def authenticate(
         self,
         email: str,

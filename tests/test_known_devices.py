@@ -71,7 +71,9 @@ async def test_a_planted_device_cookie_does_not_hide_the_owners(
     app_with(http_server, config, store, users, clock)
     assert (await browser.login()).code == 200
     own = browser.cookies.pop("device")
-    lily_device = DeviceCookies(config.session_secrets, 3600).issue("lily@gmail.com", clock())
+    lily = users.credential("lily@gmail.com")
+    assert lily is not None
+    lily_device = DeviceCookies(config.session_secrets, 3600).issue("lily@gmail.com", lily, clock())
     # Junk, another account's genuine cookie, and a MAC's length of non-ASCII (once a 500).
     junk = [f"device=junk{i}" for i in range(5)]
     planted = [*junk, f"device={lily_device}", f"device={int(clock())}." + "\u00e9" * 32]
@@ -88,21 +90,28 @@ async def test_a_planted_device_cookie_does_not_hide_the_owners(
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_device_cookie_is_bound_to_its_account_and_signed(clock: FakeClock, config: Settings):
+async def test_a_device_cookie_is_bound_to_its_account_and_password_and_signed(clock: FakeClock, config: Settings):
     devices = DeviceCookies(config.session_secrets, 3600)
-    value = devices.issue("max@gmail.com", clock())
-    assert devices.known(value, "max@gmail.com", clock())
-    assert not devices.known(value, "lily@gmail.com", clock())
-    assert not devices.known(value[:-1] + ("0" if value[-1] != "0" else "1"), "max@gmail.com", clock())
+    password_hash = "the account's password hash"
+    value = devices.issue("max@gmail.com", password_hash, clock())
+
+    def known(value: str, account: str = "max@gmail.com", credential: str | None = password_hash) -> bool:
+        return devices.known(value, account, credential, clock())
+
+    assert known(value)
+    assert not known(value, "lily@gmail.com")
+    assert not known(value, credential="the hash of a new password")  # a password change revokes it
+    assert not known(value, credential=None)  # no such account
+    assert not known(value[:-1] + ("0" if value[-1] != "0" else "1"))
     issued, _, mac = value.partition(".")
-    assert not devices.known(f"{int(issued) + 1}.{mac}", "max@gmail.com", clock())
+    assert not known(f"{int(issued) + 1}.{mac}")
     # One spelling per value: a copy zero-padded or upper-cased would be another cookie, budget and all.
     for other_spelling in (f"0{value}", f"00{value}", f"{issued}.{mac.upper()}"):
-        assert other_spelling != value and not devices.known(other_spelling, "max@gmail.com", clock())
-    assert not devices.known(value, "max@gmail.com", clock() + 3601)  # too old
-    assert not DeviceCookies(("another secret",), 3600).known(value, "max@gmail.com", clock())
+        assert other_spelling != value and not known(other_spelling)
+    assert not devices.known(value, "max@gmail.com", password_hash, clock() + 3601)  # too old
+    assert not DeviceCookies(("another secret",), 3600).known(value, "max@gmail.com", password_hash, clock())
     rotated = DeviceCookies(("a newer secret", *config.session_secrets), 3600)
-    assert rotated.known(value, "max@gmail.com", clock())
+    assert rotated.known(value, "max@gmail.com", password_hash, clock())
 
 
 @pytest.mark.gen_test(timeout=60)
