@@ -34,6 +34,9 @@ from pymemcache.exceptions import MemcacheUnexpectedCloseError, MemcacheUnknownE
 from stores.busy_poll import BusyPoll
 from stores.memcached_client import CasResult, CasWrite, Exchanged, Found, cas_result, request_bytes
 
+# The longest answer line read: a VALUE line (a key of at most 250 bytes and three numbers) or a
+# status line is far shorter.
+MAX_LINE = 1024
 # What a finished batch reports to, on the IOLoop: (answers, None) or (None, error).
 Landed = Callable[[Exchanged | None, BaseException | None], None]
 
@@ -62,7 +65,7 @@ class _Batch:
         while len(self.written) < self.writes:
             end = buffer.find(b"\r\n", position)
             if end < 0:
-                return False, position
+                return _line_to_come(buffer, position)
             self.written.append(cas_result(buffer[position:end]))
             position = end + 2
         if not self.keys:
@@ -71,7 +74,7 @@ class _Batch:
             if self.header is None:
                 end = buffer.find(b"\r\n", position)
                 if end < 0:
-                    return False, position
+                    return _line_to_come(buffer, position)
                 line = buffer[position:end]
                 position = end + 2
                 if line == b"END":
@@ -107,6 +110,14 @@ class _Batch:
             raise MemcacheUnknownError("a value for a key this batch did not ask for, or out of order")
         self.next_key = index + 1
         return header
+
+
+def _line_to_come(buffer: bytes, position: int) -> tuple[bool, int]:
+    """An answer line not yet whole: wait for the rest, unless it is already longer than any
+    memcached sends (kept, and searched again, on every read, it would cost the loop dear)."""
+    if len(buffer) - position > MAX_LINE:
+        raise MemcacheUnknownError("an answer line longer than memcached ever sends")
+    return False, position
 
 
 def _value_header(line: bytes) -> tuple[str, int, bytes]:

@@ -14,7 +14,7 @@ from pymemcache.exceptions import MemcacheError
 from stores.busy_poll import BusyPoll
 from stores.memcached import MemcachedStore
 from stores.memcached_client import CasWrite, Exchanged
-from stores.memcached_wire import Landed, Wire, _Batch, _Connection
+from stores.memcached_wire import MAX_LINE, Landed, Wire, _Batch, _Connection
 from tests.services import Memcached
 
 # Values that look like protocol, empty, binary, and larger than one receive.
@@ -111,6 +111,24 @@ async def test_an_answer_for_keys_not_asked_in_that_order_fails_the_connection(a
         connection.data_received(answer)
         assert len(results) == 1 and isinstance(results[0], MemcacheError)
         assert connection.closed
+
+
+@pytest.mark.parametrize("writes", [0, 1], ids=["a VALUE line", "a status line"])
+@pytest.mark.gen_test
+async def test_an_answer_line_that_never_ends_fails_the_connection_at_its_bound(writes: int):
+    # A broken or hostile server sends a line without CRLF: kept and searched on every read, it
+    # would stall the loop for everyone until the timeout. Past the longest line memcached sends,
+    # the connection fails (503) at once.
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
+        results: list[Exchanged | BaseException | None] = []
+        connection.send(b"", _Batch(writes, ["k"], collector(results), 0.0))
+        connection.data_received(b"A" * MAX_LINE)
+        assert results == [] and not connection.closed  # long, but not past the bound yet
+        connection.data_received(b"A" * 100)
+        assert len(results) == 1 and isinstance(results[0], MemcacheError) and connection.closed
 
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000, 65536])
