@@ -32,8 +32,9 @@ from stores.base import (
 
 log = logging.getLogger("sessions")
 # Events of lines any client can cause on every request, by sending a bad or dead session cookie
-# again and again: server.py lets each through once a second (the access line still says it).
-CLIENT_CAUSED_EVENTS = ("session.rejected", "session.unknown")
+# again and again, or racing its own logout: server.py lets each through once a second (the
+# access line still says it).
+CLIENT_CAUSED_EVENTS = ("session.rejected", "session.unknown", "session.vanished")
 # New ids drawn for one session before a store that finds each one taken is called unavailable.
 CREATE_ATTEMPTS = 3
 
@@ -202,7 +203,12 @@ class SessionManager:
                 # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
                 # never resurrect it; the changes start a new anonymous session instead (counted
                 # against the new-session budget, with the anonymous timeouts).
-                log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+                hashed = self.log_id(session.stored_id)
+                log.info(
+                    "session vanished during request (session=%s)",
+                    hashed,
+                    extra={"event": "session.vanished", "session": hashed},
+                )
                 session.id = new_session_id()
                 session.stored_id = None
                 session.privileged = False
@@ -268,7 +274,12 @@ class SessionManager:
         session.touch_due = False
         if not alive:
             # Ended meanwhile (a logout in another tab, or expired): the cookie names nothing.
-            log.info("session vanished during request (session=%s)", self.log_id(session.stored_id))
+            hashed = self.log_id(session.stored_id)
+            log.info(
+                "session vanished during request (session=%s)",
+                hashed,
+                extra={"event": "session.vanished", "session": hashed},
+            )
             session.id = session.stored_id = None
             session.stale_cookie = True
 
