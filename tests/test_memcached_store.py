@@ -864,3 +864,40 @@ async def test_strays_of_a_key_are_deleted_once_until_a_node_rejoins(memcached: 
             assert raw_client(elsewhere).get(key) is None and len(deleted) == 2
         finally:
             store.shutdown()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_node_emptied_by_one_process_is_not_emptied_again_by_the_next(memcached: Memcached):
+    # Two processes took b out of the ring. The first to find it back empties it and stores new
+    # sessions there; the second, finding it emptied since it saw b leave, must not empty it again.
+    with Memcached() as b:
+        first, second = make_store(memcached, b), make_store(memcached, b)
+        try:
+            homed_on_b = next(f"session-{i}" for i in range(100) if first.node_name(f"session-{i}") == b.address)
+            b.pause()
+            for store in (first, second):
+                assert await outcome_of(store.load(homed_on_b)) == "unavailable"
+            await asyncio.sleep(first.dead_after + 0.1)
+            for store in (first, second):
+                await store.probe()  # still failing past dead_after: out of the ring
+                assert not store._ring.nodes[b.address].in_ring
+            await asyncio.sleep(1.1)  # FLUSH_MARGIN: the emptying below comes well after both left
+            b.resume()
+            await first.probe()
+            assert first._ring.nodes[b.address].in_ring
+            assert await first.create(homed_on_b, new_record(1.0, True), 60)
+            await second.probe()
+            assert second._ring.nodes[b.address].in_ring
+            assert raw_client(b).get(first.key(homed_on_b)) is not None  # not emptied again
+            assert await second.load(homed_on_b) is not None
+        finally:
+            first.shutdown()
+            second.shutdown()
+
+
+async def outcome_of(call: Any) -> str:
+    try:
+        await call
+    except StoreUnavailable:
+        return "unavailable"
+    return "answered"
