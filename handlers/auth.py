@@ -59,7 +59,7 @@ def log_in(session: Session, user: User) -> None:
     """
     previous = session.get(USER_KEY)
     same = isinstance(previous, str) and normalise_email(previous) == normalise_email(user.email)
-    session.regenerate(keep_data=previous is None or same, linger=True)
+    session.regenerate(keep_data=previous is None or same)
     session[USER_KEY] = user.email
 
 

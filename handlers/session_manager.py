@@ -35,8 +35,6 @@ log = logging.getLogger("sessions")
 # again and again, or racing its own logout: server.py lets each through once a second (the
 # access line still says it).
 CLIENT_CAUSED_EVENTS = ("session.rejected", "session.unknown", "session.vanished")
-# Seconds an anonymous session a login replaced is kept (see SessionManager._delete_retired).
-REPLACED_GRACE = 30
 # New ids drawn for one session before a store that finds each one taken is called unavailable.
 CREATE_ATTEMPTS = 3
 
@@ -286,18 +284,8 @@ class SessionManager:
             session.stale_cookie = True
 
     async def _delete_retired(self, session: Session) -> None:
-        """Delete the records of ids the request retired (regenerated or destroyed).
-
-        An anonymous session a login replaced is kept ``REPLACED_GRACE`` seconds more instead,
-        anonymous as it was: a request the browser sent with it just before the login's answer
-        (another tab, a poll) then finds it and leaves the cookie alone, where a missing session
-        would have its cookie cleared or replaced, and the new, logged-in one with it. It was
-        never logged in, so keeping it gives its holder nothing the id did not give before.
-        """
+        """Delete the records of ids the request retired (regenerated or destroyed)."""
         for old_id in session.retired_ids:
-            if old_id in session.replaced_anonymous:
-                await self.store.touch(old_id, self.clock(), REPLACED_GRACE)
-                continue
             await self.store.delete(old_id)
             if session.id is None:
                 hashed = self.log_id(old_id)
@@ -305,7 +293,6 @@ class SessionManager:
                     "session destroyed (session=%s)", hashed, extra={"event": "session.destroyed", "session": hashed}
                 )
         session.retired_ids = []
-        session.replaced_anonymous = set()
 
     @staticmethod
     def _adopt(session: Session, session_id: str, record: Record) -> None:

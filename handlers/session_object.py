@@ -46,7 +46,6 @@ class Session(MutableMapping[str, Any]):
         "operations",
         "privileged",
         "regenerated",
-        "replaced_anonymous",
         "resign",
         "retired_ids",
         "stale_cookie",
@@ -79,8 +78,6 @@ class Session(MutableMapping[str, Any]):
         self.copy_id = session_id if self.copy is not None else None  # whose copy it is
         self.operations: list[Operation] = []
         self.retired_ids: list[str] = []
-        # Of those, anonymous ones a login replaced: kept a moment (SessionManager._delete_retired).
-        self.replaced_anonymous: set[str] = set()
         self.resign = resign
         self.touch_due = touch_due
         # The request carried a session cookie that was not adopted: clear it unless replaced.
@@ -147,18 +144,15 @@ class Session(MutableMapping[str, Any]):
         value: int = self._data[key]
         return value
 
-    def regenerate(self, keep_data: bool = True, *, linger: bool = False) -> None:
+    def regenerate(self, keep_data: bool = True) -> None:
         """Give the session a new id, keeping its data (or with ``keep_data=False``, none of
-        it); the old id stops working on save (with ``linger``, an anonymous one a few seconds
-        later, as a login does: see `SessionManager._delete_retired`).
+        it); the old id stops working on save.
 
         Call it whenever privilege changes (login), so an id an attacker planted or saw before
         is worthless afterwards.
         """
         if self.stored_id is not None:
             self.retired_ids.append(self.stored_id)
-            if linger and not self.privileged:
-                self.replaced_anonymous.add(self.stored_id)
         if not keep_data:
             self._data = {}
         # The kept data becomes the new record's starting point.
@@ -188,5 +182,4 @@ class Session(MutableMapping[str, Any]):
         """Drop unsaved changes (used when the request fails)."""
         self.operations = []
         self.retired_ids = []
-        self.replaced_anonymous = set()
         self.touch_due = False
