@@ -93,9 +93,6 @@ _Fetched = tuple[bytes | None, Any]
 # on a worker thread. Few: each round of many writers of one session stores one of them, and the
 # threads are what bounds a client that sends many at once.
 BATCHED_RETRIES = 2
-# Seconds a node's "emptied at" marker must follow this process's taking it out of the ring for
-# the probe to trust it and not empty the node again (clocks of several hosts differ a little).
-FLUSH_MARGIN = 1.0
 # Keys remembered as cleared of strays (see MemcachedStore._clear_strays) before the set starts again.
 STRAYS_REMEMBERED = 10_000
 
@@ -231,8 +228,6 @@ class MemcachedStore(SessionStore):
         self._prober = Periodic(probe_interval, self.probe, "memcached probe")
         self.cas_retries = cas_retries
         self._copies = Copies(copies)
-        # Where a node's emptying is marked for the other processes (see probe).
-        self._flushed_key = f"{prefix}emptied-at"
         # Keys whose strays were deleted since a node last rejoined (see _clear_strays).
         self._strays_cleared: dict[str, None] = {}
         self._workers = Workers(threads, name="memcached")
@@ -330,9 +325,7 @@ class MemcachedStore(SessionStore):
         lost when it left: their users started again on other nodes, and a logout meanwhile found
         nothing to delete. A node that was only cut off (a partition, a stopped process) still
         holds them, and would bring back every one of them, a logged-out session included, to
-        whoever kept its cookie. So the nodes must hold this server's data only. The emptying is
-        marked on the node with its time: a process that took the node out before then rejoins
-        it as it is, rather than empty it again and lose the sessions stored on it since.
+        whoever kept its cookie. So the nodes must hold this server's data only.
         """
         for node in list(self._ring.nodes.values()):
             if node.in_ring and node.failing_since is not None:
@@ -340,11 +333,7 @@ class MemcachedStore(SessionStore):
                     await self._call(node, node.client.version)
             elif not node.in_ring:
                 try:
-                    if not await self._emptied_since_it_left(node):
-                        await self._call(node, node.client.flush_all, 0, False)  # noreply off: confirmed
-                        # For the other processes: emptied now, after they too saw it leave.
-                        marker = str(time.time()).encode("ascii")
-                        await self._call(node, node.client.set, self._flushed_key, marker, 0, False)
+                    await self._call(node, node.client.flush_all, 0, False)  # noreply off: confirmed
                 except StoreUnavailable as e:
                     if isinstance(e.__cause__, MemcacheClientError) and not node.flush_refused:
                         # memcached -F: left out rather than back with what it held.
@@ -354,17 +343,6 @@ class MemcachedStore(SessionStore):
                 self._copies.clear()  # none of them is on the node any more
                 self._strays_cleared.clear()  # its keys may have strays elsewhere again
                 self._ring.rejoin(node)
-
-    async def _emptied_since_it_left(self, node: Node) -> bool:
-        """Whether another process emptied ``node`` after this one took it out of the ring (by
-        ``FLUSH_MARGIN`` at least, for the clocks' differences): then it holds only what was
-        written through rings it is in, and emptying it again would lose sessions stored since."""
-        marker = await self._call(node, node.client.get, self._flushed_key)
-        try:
-            flushed_at = float(marker) if marker is not None else None
-        except ValueError:
-            return False
-        return flushed_at is not None and node.left_at is not None and flushed_at >= node.left_at + FLUSH_MARGIN
 
     async def ready(self) -> bool:
         """True if at least one node in the ring answers."""

@@ -30,8 +30,6 @@ class Node:
         self.client = client
         self.failing_since: float | None = None
         self.in_ring = True
-        # When (wall clock, comparable across processes) this process last took it out of the ring.
-        self.left_at: float | None = None
         # It answered, but would not be emptied to rejoin the ring (logged once).
         self.flush_refused = False
 
@@ -69,7 +67,6 @@ class Ring:
         elif node.in_ring and len(self.nodes) > 1 and now - node.failing_since >= self.dead_after:
             # With one node there is nowhere else to go: it stays, and requests get 503.
             node.in_ring = False
-            node.left_at = time.time()
             self._hash.remove_node(node.name)
             log.error(
                 "memcached %s removed from the ring after %.1fs; its sessions are lost", node.name, self.dead_after
