@@ -153,7 +153,6 @@ class LoginHandler(AuthenticatedHandler):
             raise ApiError(401, "Permission denied!")
         log_in(await self.get_session(), user)
         self.current_user = user
-        credential = self.app.users.credential(account)
         assert credential is not None  # the account just logged in
         device = self.app.devices.issue(account, credential, self.app.clock())
         self._set_cookie(config.device_cookie_name, device, httponly=True, max_age=config.device_cookie_max_age)

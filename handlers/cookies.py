@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from tornado.httputil import format_timestamp, parse_cookie
 from tornado.web import create_signed_value, decode_signed_value, get_signature_key_version
 
-from handlers.remembered import Remembered
 from handlers.session_object import SESSION_ID_PATTERN
 from settings import key_version
+from stores.remembered import Remembered
 
 log = logging.getLogger("sessions")
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from handlers.cookies import CLOCK_SKEW, VERIFIED_CACHE_SIZE, CookieSigner
-from handlers.remembered import Remembered
 from handlers.session_object import Session, new_session_id
 from handlers.throttle import client_block, counter_name
 from handlers.xsrf import XsrfTokens
@@ -29,6 +28,7 @@ from stores.base import (
     is_privileged,
     new_record,
 )
+from stores.remembered import Remembered
 
 log = logging.getLogger("sessions")
 # Events of lines any client can cause on every request, by sending a bad or dead session cookie
@@ -203,12 +203,7 @@ class SessionManager:
                 # The record vanished meanwhile (expired, or a concurrent logout destroyed it):
                 # never resurrect it; the changes start a new anonymous session instead (counted
                 # against the new-session budget, with the anonymous timeouts).
-                hashed = self.log_id(session.stored_id)
-                log.info(
-                    "session vanished during request (session=%s)",
-                    hashed,
-                    extra={"event": "session.vanished", "session": hashed},
-                )
+                self._log_vanished(session.stored_id)
                 session.id = new_session_id()
                 session.stored_id = None
                 session.privileged = False
@@ -274,14 +269,17 @@ class SessionManager:
         session.touch_due = False
         if not alive:
             # Ended meanwhile (a logout in another tab, or expired): the cookie names nothing.
-            hashed = self.log_id(session.stored_id)
-            log.info(
-                "session vanished during request (session=%s)",
-                hashed,
-                extra={"event": "session.vanished", "session": hashed},
-            )
+            self._log_vanished(session.stored_id)
             session.id = session.stored_id = None
             session.stale_cookie = True
+
+    def _log_vanished(self, session_id: str) -> None:
+        hashed = self.log_id(session_id)
+        log.info(
+            "session vanished during request (session=%s)",
+            hashed,
+            extra={"event": "session.vanished", "session": hashed},
+        )
 
     async def _delete_retired(self, session: Session) -> None:
         """Delete the records of ids the request retired (regenerated or destroyed)."""

@@ -15,7 +15,7 @@ from handlers.cookies import VERIFIED_CACHE_SIZE
 from handlers.cors import normalise_origin, own_origin
 from handlers.headers import request_header
 from handlers.json_api import ApiError
-from handlers.remembered import Remembered
+from stores.remembered import Remembered
 from stores.users import b64url
 
 if TYPE_CHECKING:

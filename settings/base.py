@@ -63,8 +63,8 @@ class Settings:
     new_sessions_window: int = MINUTE
     absolute_timeout: int = 12 * HOUR
     # last_seen is written at most this often per session, so a read-only request is usually
-    # just a read. The idle timeout is enforced to within this granularity (never later); it is
-    # shortened to a quarter of the shortest idle timeout, should that be less.
+    # just a read. The idle timeout is enforced to within this granularity (never later); for
+    # each kind of session it is at most a quarter of that kind's idle timeout.
     touch_interval: int = 60
 
     # The session store, by name (stores.STORES: memory, memcached, redis), and the options of each

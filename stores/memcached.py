@@ -38,7 +38,6 @@ import collections
 import contextlib
 import functools
 import hashlib
-import itertools
 import logging
 import random
 import ssl
@@ -79,6 +78,7 @@ from stores.memcached_ring import Node, Ring
 from stores.memcached_wire import Wire
 from stores.options import KEY_PREFIX, Options, parse_address
 from stores.periodic import Periodic
+from stores.remembered import Remembered
 from stores.sealing import SealedRecords
 from stores.workers import Workers
 
@@ -93,7 +93,7 @@ _Fetched = tuple[bytes | None, Any]
 # on a worker thread. Few: each round of many writers of one session stores one of them, and the
 # threads are what bounds a client that sends many at once.
 BATCHED_RETRIES = 2
-# Keys remembered as cleared of strays (see MemcachedStore._clear_strays) before the set starts again.
+# Keys remembered as cleared of strays (see MemcachedStore._clear_strays); past it the oldest go.
 STRAYS_REMEMBERED = 10_000
 
 
@@ -229,7 +229,7 @@ class MemcachedStore(SessionStore):
         self.cas_retries = cas_retries
         self._copies = Copies(copies)
         # Keys whose strays were deleted since a node last rejoined (see _clear_strays).
-        self._strays_cleared: dict[str, None] = {}
+        self._strays_cleared = Remembered(STRAYS_REMEMBERED)
         self._workers = Workers(threads, name="memcached")
         self.threads = threads
         clients = {}
@@ -408,11 +408,7 @@ class MemcachedStore(SessionStore):
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome  # not an outage: a bug, as from any store call
-        if len(self._strays_cleared) >= STRAYS_REMEMBERED:
-            # The oldest tenth forgotten (a set keeps no order: a dict does).
-            for old in list(itertools.islice(self._strays_cleared, STRAYS_REMEMBERED // 10)):
-                del self._strays_cleared[old]
-        self._strays_cleared[key] = None
+        self._strays_cleared.remember(key, None)
 
     def copy(self, session_id: str) -> Loaded | None:
         key = self.key(session_id)

@@ -37,6 +37,8 @@ from stores.memcached_client import CasResult, CasWrite, Exchanged, Found, cas_r
 # The longest answer line read: a VALUE line (a key of at most 250 bytes and three numbers) or a
 # status line is far shorter.
 MAX_LINE = 1024
+# The longest value kept unless told otherwise: memcached's own default item size limit.
+MAX_VALUE = 1 << 20
 # What a finished batch reports to, on the IOLoop: (answers, None) or (None, error).
 Landed = Callable[[Exchanged | None, BaseException | None], None]
 
@@ -136,7 +138,7 @@ class _Connection(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         timeout: float,
         busy_poll_seconds: float = 0.0,
-        max_value: int = 1 << 20,
+        max_value: int = MAX_VALUE,
     ) -> None:
         self.loop = loop
         self.timeout = timeout
@@ -220,7 +222,7 @@ class Wire:
         timeout: float,
         tls: ssl.SSLContext | None = None,
         busy_poll_seconds: float = 0.0,
-        max_value: int = 1 << 20,
+        max_value: int = MAX_VALUE,
     ) -> None:
         self.host, self.port = host, port
         self.max_value = max_value

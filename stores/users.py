@@ -127,21 +127,19 @@ class UserDirectory:
         threads: int = HASHING_THREADS,
     ) -> None:
         self._users: dict[str, tuple[User, str]] = {}
-        costs = set()
+        costs: list[tuple[int, int, int]] = []  # each account's
         for i, entry in enumerate(entries):
             user, password_hash = self._parse_entry(i, entry)
             key = normalise_email(user.email)
             if key in self._users:
                 raise UsersFileError(f"entry {i}: email {user.email!r} appears twice")
             self._users[key] = (user, password_hash)
-            costs.add(_parse_hash(password_hash)[:3])
+            costs.append(_parse_hash(password_hash)[:3])
         # An unknown email is checked against a hash of the most expensive cost in the file (by
         # work: 2^log_n * r * p), so the answer takes as long as for a known email.
         dearest = max(costs, key=_work, default=DEFAULT_COST)
         self._decoy_hash = hash_password(os.urandom(16).hex(), dearest)
-        cheaper = sum(
-            1 for _, password_hash in self._users.values() if _work(_parse_hash(password_hash)[:3]) < _work(dearest)
-        )
+        cheaper = sum(_work(cost) < _work(dearest) for cost in costs)
         if cheaper:
             # Their wrong-password answers come sooner than an unknown email's: timing tells they exist.
             log.warning(
