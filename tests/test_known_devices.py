@@ -15,6 +15,7 @@ import pytest
 
 from handlers.app import SessionApplication
 from handlers.devices import DeviceCookies
+from handlers.json_handler import COOKIE_VALUES_CHECKED
 from settings import Settings
 from stores.memory import MemoryStore
 from stores.users import DEMO_USERS_FILE, UserDirectory
@@ -240,3 +241,23 @@ async def test_a_copied_device_cookie_is_worth_its_own_budget_then_nothing(
     assert await with_device(MAX, "127.0.44.3") == 429  # the cookie spent: the locked account
     clock.advance(config.login_account_window + 1)
     assert await with_device(MAX, "127.0.44.3") == 200  # a new window
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_header_repeating_the_device_cookie_costs_a_bounded_number_of_macs(
+    http_server, config, store, users, clock, browser: Browser
+):
+    # 1,000 well-formed values (each would cost a MAC per secret): only the first few are checked.
+    app = app_with(http_server, config, store, users, clock)
+    macs = []
+    real_mac = app.devices._mac
+
+    def counted_mac(*args: Any) -> str:
+        macs.append(args)
+        return str(real_mac(*args))
+
+    app.devices._mac = counted_mac
+    values = "; ".join(f"device={int(clock())}.{'0' * 32}" for _ in range(1000))
+    r = await browser.post("/api/login", WRONG, headers={"Cookie": values})
+    assert r.code == 401
+    assert 1 <= len(macs) <= COOKIE_VALUES_CHECKED * len(config.session_secrets) < 1000, len(macs)

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from connections import LogThrottle, ThrottledEvents
 from handlers.logging_setup import TEXT_FORMAT, AccessLines, LogHandler
-from tests.conftest import test_secret
+from handlers.session_manager import CLIENT_CAUSED_EVENTS
+from tests.conftest import FakeClock, test_secret
 from tests.services import AppProcess
 
 TEXT_ACCESS = re.compile(
@@ -109,3 +111,20 @@ def test_access_lines_outside_an_event_loop_are_written_at_once():
     lines.add(logging.ERROR, "GET /x 500 1.00ms client=127.0.0.1 session=-", {"event": "access", "status": 500})
     record = json.loads(stream.getvalue())
     assert (record["level"], record["logger"], record["status"]) == ("error", "access", 500)
+
+
+def test_lines_a_client_can_cause_at_will_pass_once_a_second_and_life_cycle_lines_always():
+    clock = FakeClock()
+    throttled = ThrottledEvents(CLIENT_CAUSED_EVENTS, LogThrottle(clock=clock))
+
+    def line(event: str, lineno: int) -> logging.LogRecord:  # each kind of line from a line of code
+        record = logging.LogRecord("sessions", logging.INFO, __file__, lineno, "a line", (), None)
+        record.event = event
+        return record
+
+    for lineno, event in enumerate(CLIENT_CAUSED_EVENTS):
+        assert [throttled.filter(line(event, lineno)) for _ in range(3)] == [True, False, False], event
+    assert all(throttled.filter(line("session.created", 99)) for _ in range(3))
+    clock.advance(1)
+    record = line(CLIENT_CAUSED_EVENTS[0], 0)
+    assert throttled.filter(record) and record.getMessage() == "a line (2 more such since the last line)"

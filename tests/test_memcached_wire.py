@@ -14,7 +14,7 @@ from pymemcache.exceptions import MemcacheError
 from stores.busy_poll import BusyPoll
 from stores.memcached import MemcachedStore
 from stores.memcached_client import CasWrite, Exchanged
-from stores.memcached_wire import MAX_LINE, Landed, Wire, _Batch, _Connection
+from stores.memcached_wire import MAX_LINE, MAX_VALUE, Landed, Wire, _Batch, _Connection
 from tests.services import Memcached
 
 # Values that look like protocol, empty, binary, and larger than one receive.
@@ -93,6 +93,23 @@ async def test_answers_out_of_step_fail_every_waiting_batch():
         assert connection.closed
 
 
+@contextlib.asynccontextmanager
+async def one_batch(
+    writes: int, keys: Sequence[str], max_value: int = MAX_VALUE
+) -> AsyncIterator[tuple[_Connection, list[Exchanged | BaseException | None]]]:
+    """A connection on a socket pair with one batch sent: its answer is fed by hand."""
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with right:
+        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, max_value=max_value), sock=left)
+        results: list[Exchanged | BaseException | None] = []
+        connection.send(b"", _Batch(writes, keys, collector(results), 0.0))
+        try:
+            yield connection, results
+        finally:
+            connection.fail(ConnectionResetError())
+
+
 @pytest.mark.parametrize(
     "answer",
     [b"VALUE other 0 1 1\r\nx\r\nEND\r\n", b"VALUE b 0 1 1\r\nx\r\nVALUE a 0 1 2\r\ny\r\nEND\r\n"],
@@ -102,12 +119,7 @@ async def test_answers_out_of_step_fail_every_waiting_batch():
 async def test_an_answer_for_keys_not_asked_in_that_order_fails_the_connection(answer: bytes):
     # Another batch's answer (a relay that reorders, a desynchronised stream) is never read as
     # this batch's: a missing key here would read as "no session" and log its user out.
-    loop = asyncio.get_running_loop()
-    left, right = socket.socketpair()
-    with right:
-        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
-        results: list[Exchanged | BaseException | None] = []
-        connection.send(b"", _Batch(0, ["a", "b"], collector(results), 0.0))
+    async with one_batch(0, ["a", "b"]) as (connection, results):
         connection.data_received(answer)
         assert len(results) == 1 and isinstance(results[0], MemcacheError)
         assert connection.closed
@@ -119,12 +131,7 @@ async def test_an_answer_line_that_never_ends_fails_the_connection_at_its_bound(
     # A broken or hostile server sends a line without CRLF: kept and searched on every read, it
     # would stall the loop for everyone until the timeout. Past the longest line memcached sends,
     # the connection fails (503) at once.
-    loop = asyncio.get_running_loop()
-    left, right = socket.socketpair()
-    with right:
-        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0), sock=left)
-        results: list[Exchanged | BaseException | None] = []
-        connection.send(b"", _Batch(writes, ["k"], collector(results), 0.0))
+    async with one_batch(writes, ["k"]) as (connection, results):
         connection.data_received(b"A" * MAX_LINE)
         assert results == [] and not connection.closed  # long, but not past the bound yet
         connection.data_received(b"A" * 100)
@@ -134,12 +141,7 @@ async def test_an_answer_line_that_never_ends_fails_the_connection_at_its_bound(
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000, 65536])
 @pytest.mark.gen_test
 async def test_a_value_over_the_limit_is_passed_over_as_it_arrives(piece: int):
-    loop = asyncio.get_running_loop()
-    left, right = socket.socketpair()
-    with right:
-        _, connection = await loop.create_connection(lambda: _Connection(loop, 5.0, max_value=100), sock=left)
-        results: list[Exchanged | BaseException | None] = []
-        connection.send(b"", _Batch(0, ["big", "small"], collector(results), 0.0))
+    async with one_batch(0, ["big", "small"], max_value=100) as (connection, results):
         # Its data holds what would read as the answer's end, were it parsed.
         data = b"\r\nEND\r\n" + b"x" * (100_000 if piece >= 1000 else 300)
         huge = b"VALUE big 0 %d 7\r\n%s\r\nVALUE small 0 2 8\r\nok\r\nEND\r\n" % (len(data), data)
@@ -149,7 +151,6 @@ async def test_a_value_over_the_limit_is_passed_over_as_it_arrives(piece: int):
             assert len(connection.buffer) - connection.position <= max(piece, 64)
         assert results == [Exchanged([], {"small": (b"ok", b"8")})]
         assert not connection.closed
-        connection.fail(ConnectionResetError())
 
 
 @pytest.mark.gen_test

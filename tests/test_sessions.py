@@ -14,6 +14,7 @@ import pytest
 from tornado.web import create_signed_value
 
 from handlers.app import SessionApplication
+from handlers.session_manager import CLIENT_CAUSED_EVENTS
 from handlers.session_object import Session
 from settings import Settings, key_version
 from stores.base import Operation, Record, is_privileged
@@ -453,7 +454,7 @@ def test_a_remembered_xsrf_token_is_valid_for_its_own_session_only(app: SessionA
 
 
 def test_remembered_maps_stay_bounded_and_keep_the_newest():
-    from handlers.remembered import Remembered
+    from stores.remembered import Remembered
 
     remembered = Remembered(10)
     for i in range(100):
@@ -566,11 +567,18 @@ class EndedOnTouchStore(MemoryStore):
 
 
 @pytest.mark.gen_test
-async def test_a_touch_that_finds_the_session_gone_clears_the_cookie(config, users, clock, browser, http_server):
+async def test_a_touch_that_finds_the_session_gone_clears_the_cookie(
+    config, users, clock, browser, http_server, caplog
+):
     app = serve(http_server, SessionApplication(config, EndedOnTouchStore(100, clock=clock), users, clock=clock))
     await browser.login()
     clock.advance(config.touch_interval + 1)
-    r = await browser.get("/api/login")
+    with caplog.at_level(logging.INFO, logger="sessions"):
+        r = await browser.get("/api/login")
     assert r.code == 200 and "sid" in browser.last_set_cookies  # the cookie is cleared with the answer
+    # Its line carries the event server.py holds to one a second (a client can race its own logout).
+    vanished = [record for record in caplog.records if "vanished" in record.getMessage()]
+    assert [getattr(record, "event", None) for record in vanished] == ["session.vanished"]
+    assert "session.vanished" in CLIENT_CAUSED_EVENTS
     assert "sid" not in browser.cookies and cookie_id(browser, app) is None
     assert body_json(await browser.get("/api/login")) == {"loggedIn": False}
